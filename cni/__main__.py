@@ -1,0 +1,5 @@
+import sys
+
+from cni.main import main
+
+sys.exit(main())

@@ -1,0 +1,95 @@
+"""Delegating to another plugin: in-process for berth's own, exec for the rest.
+
+berth's IPAM runs inside the bridge process (saves an exec and an interpreter
+start per pod); anything else is found on CNI_PATH and exec'd with the same
+stdin and a CNI_COMMAND of our choosing, as libcni's invoke package does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from typing import Any
+
+from cni import errors
+from cni.errors import CNIError
+from cni.skel import CmdArgs, PluginFuncs
+from cni.spec import CURRENT_VERSION, Result, convert_result
+
+# Plugin types that are this very program; run them without an exec.
+OWN_PLUGINS = ("berth-host-local", "berth-bridge", "berth-portmap")
+# Set by cni.main to the real path of the running executable, so an aliased
+# link (host-local -> berth) on CNI_PATH is recognised as ourselves.
+SELF_PATH: str | None = None
+EXEC_TIMEOUT_SECONDS = 300
+
+
+def own_funcs(plugin_type: str) -> PluginFuncs | None:
+    from cni.main import plugin_funcs
+
+    return plugin_funcs(plugin_type)
+
+
+def find_plugin(plugin_type: str, path: list[str]) -> str:
+    if not plugin_type or "/" in plugin_type or plugin_type in (".", ".."):
+        raise errors.invalid_config(f"invalid plugin type {plugin_type!r}")
+    for directory in path:
+        candidate = os.path.join(directory, plugin_type)
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    raise CNIError(
+        errors.INVALID_NETWORK_CONFIG, f"failed to find plugin {plugin_type!r} in path {path}"
+    )
+
+
+def _is_self(executable: str) -> bool:
+    return SELF_PATH is not None and os.path.realpath(executable) == SELF_PATH
+
+
+def delegate(plugin_type: str, command: str, args: CmdArgs, stdin: bytes | None = None) -> Result | None:
+    """Run `plugin_type` for `command` with the caller's env; return its result (current shape)."""
+    data = args.stdin if stdin is None else stdin
+    env = dict(args.environ)
+    env["CNI_COMMAND"] = command
+    funcs = own_funcs(plugin_type) if plugin_type in OWN_PLUGINS else None
+    if funcs is None:
+        executable = find_plugin(plugin_type, args.path)
+        if _is_self(executable):
+            funcs = own_funcs(os.path.basename(executable))
+        if funcs is None:
+            return _exec(executable, env, data, command)
+    from cni.skel import execute
+
+    result = execute(funcs, env, data)
+    return None if result is None else convert_result(result, CURRENT_VERSION)
+
+
+def _exec(executable: str, env: dict[str, str], data: bytes, command: str) -> Result | None:
+    try:
+        proc = subprocess.run(
+            [executable], input=data, env=env, capture_output=True, timeout=EXEC_TIMEOUT_SECONDS,
+            check=False, cwd="/",
+        )
+    except subprocess.TimeoutExpired:
+        raise CNIError(errors.TRY_AGAIN_LATER, f"plugin {executable} timed out") from None
+    except OSError as exc:
+        raise CNIError(errors.IO_FAILURE, f"cannot exec plugin {executable}", str(exc)) from None
+    out = proc.stdout.decode("utf-8", "replace").strip()
+    if proc.returncode != 0:
+        raise _error_from(executable, out, proc.stderr.decode("utf-8", "replace"))
+    if command != "ADD" or not out:
+        return None
+    try:
+        result: dict[str, Any] = json.loads(out)
+    except ValueError:
+        raise CNIError(errors.DECODE_FAILURE, f"plugin {executable} printed invalid JSON", out[:300]) from None
+    return convert_result(result, CURRENT_VERSION)
+
+
+def _error_from(executable: str, out: str, err: str) -> CNIError:
+    try:
+        parsed = json.loads(out)
+        return CNIError(int(parsed["code"]), str(parsed.get("msg", "")), str(parsed.get("details", "")))
+    except Exception:
+        return CNIError(errors.INTERNAL, f"plugin {executable} failed", (out or err)[:500])

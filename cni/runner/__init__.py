@@ -1,0 +1,1 @@
+"""The `berth` operator CLI: cnitool-compatible verbs plus list/explain/reconcile."""

@@ -1,0 +1,318 @@
+"""Turns a CNI invocation (env + stdin) into a call of a plugin handler.
+
+Everything the dispatcher reads or writes is passed in (environ, stdin, stdout,
+stderr), as libcni's skel does, so unit tests drive it without a kernel. This is
+the one place where exceptions become the CNI error JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+from cni import errors
+from cni.errors import CNIError
+from cni.spec import (
+    CURRENT_VERSION,
+    MISSING_VERSION,
+    SUPPORTED_VERSIONS,
+    Result,
+    convert_result,
+    require_supported,
+    version_at_least,
+)
+
+MAX_STDIN_BYTES = 4 * 1024 * 1024
+MAX_ID_LENGTH = 200  # the journal file name <id>-<ifname>.json must fit NAME_MAX
+MAX_NAME_LENGTH = 128
+MAX_IFNAME_LENGTH = 15  # IFNAMSIZ - 1
+
+COMMANDS = ("ADD", "DEL", "CHECK", "VERSION", "GC", "STATUS")
+_ID_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$")
+_ARG_KEY_RE = re.compile(r"^[A-Za-z0-9_.\-]+$")
+
+# Which CNI_* variables each verb needs (libcni skel's reqForCmd table).
+_REQUIRED_ENV: dict[str, frozenset[str]] = {
+    "CNI_CONTAINERID": frozenset({"ADD", "DEL", "CHECK"}),
+    "CNI_NETNS": frozenset({"ADD", "CHECK"}),
+    "CNI_IFNAME": frozenset({"ADD", "DEL", "CHECK"}),
+    "CNI_PATH": frozenset({"ADD", "DEL", "CHECK", "GC"}),
+}
+# The spec version a verb first appeared in.
+_MIN_VERSION = {"CHECK": "0.4.0", "GC": "1.1.0", "STATUS": "1.1.0"}
+
+
+@dataclass
+class CmdArgs:
+    command: str
+    container_id: str
+    netns: str
+    ifname: str
+    args: dict[str, str]
+    raw_args: str
+    path: list[str]
+    stdin: bytes
+    config: dict[str, Any]
+    version: str
+    environ: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def network(self) -> str:
+        return str(self.config.get("name", ""))
+
+
+Handler = Callable[[CmdArgs], Result | None]
+
+
+@dataclass
+class PluginFuncs:
+    name: str
+    add: Handler | None = None
+    delete: Handler | None = None
+    check: Handler | None = None
+    gc: Handler | None = None
+    status: Handler | None = None
+    # CNI_ARGS keys the plugin understands; others fail unless IgnoreUnknown.
+    known_args: frozenset[str] = frozenset()
+
+    def handler(self, command: str) -> Handler | None:
+        return {
+            "ADD": self.add,
+            "DEL": self.delete,
+            "CHECK": self.check,
+            "GC": self.gc,
+            "STATUS": self.status,
+        }.get(command)
+
+
+def validate_container_id(value: str) -> None:
+    if not value:
+        raise errors.invalid_env("missing containerID")
+    if len(value) > MAX_ID_LENGTH or not _ID_RE.match(value):
+        raise errors.invalid_env("invalid characters in containerID", value[:MAX_ID_LENGTH])
+
+
+def validate_network_name(value: object) -> str:
+    if not isinstance(value, str) or not value:
+        raise errors.invalid_config("missing network name")
+    if len(value) > MAX_NAME_LENGTH or not _ID_RE.match(value):
+        raise errors.invalid_config("invalid characters found in network name", value[:MAX_NAME_LENGTH])
+    return value
+
+
+def validate_ifname(value: str) -> None:
+    if not value:
+        raise errors.invalid_env("interface name is empty")
+    if len(value) > MAX_IFNAME_LENGTH:
+        raise errors.invalid_env("interface name is too long", f"max {MAX_IFNAME_LENGTH} characters")
+    if value in (".", ".."):
+        raise errors.invalid_env("interface name is . or ..")
+    if any(c in "/:\0" or c.isspace() for c in value):
+        raise errors.invalid_env("interface name contains / or : or whitespace characters", value)
+
+
+def validate_netns(value: str) -> None:
+    if "\0" in value or not value.startswith("/") or len(value) > 4096:
+        raise CNIError(errors.INVALID_NETNS, "netns must be an absolute path", value[:256])
+
+
+def parse_cni_args(raw: str, known: frozenset[str]) -> dict[str, str]:
+    """Parse CNI_ARGS `K=V;K2=V2`; unknown keys fail unless IgnoreUnknown is set."""
+    parsed: dict[str, str] = {}
+    if not raw:
+        return parsed
+    for pair in raw.split(";"):
+        if not pair:
+            continue
+        key, sep, value = pair.partition("=")
+        if not sep or not key or not _ARG_KEY_RE.match(key):
+            raise errors.invalid_env("invalid CNI_ARGS pair", pair[:200])
+        parsed[key] = value
+    ignore = parsed.get("IgnoreUnknown", "").lower() in ("1", "true")
+    unknown = sorted(k for k in parsed if k not in known and k != "IgnoreUnknown")
+    if unknown and not ignore:
+        raise errors.invalid_env(f"unknown CNI_ARGS {unknown}", "set IgnoreUnknown=1 to ignore them")
+    return parsed
+
+
+def read_stdin(stream: IO[bytes]) -> bytes:
+    data = stream.read(MAX_STDIN_BYTES + 1)
+    if len(data) > MAX_STDIN_BYTES:
+        raise CNIError(errors.DECODE_FAILURE, f"network configuration is larger than {MAX_STDIN_BYTES} bytes")
+    return data
+
+
+def decode_config(data: bytes) -> dict[str, Any]:
+    try:
+        config = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise CNIError(errors.DECODE_FAILURE, "error parsing network configuration", str(exc)[:300]) from None
+    if not isinstance(config, dict):
+        raise CNIError(errors.DECODE_FAILURE, "network configuration must be a JSON object")
+    return config
+
+
+def config_version(config: Mapping[str, Any]) -> str:
+    return require_supported(config.get("cniVersion", MISSING_VERSION))
+
+
+def version_info() -> dict[str, Any]:
+    return {"cniVersion": CURRENT_VERSION, "supportedVersions": list(SUPPORTED_VERSIONS)}
+
+
+def _check_env(command: str, environ: Mapping[str, str]) -> None:
+    missing = [var for var, verbs in _REQUIRED_ENV.items() if command in verbs and not environ.get(var)]
+    if missing:
+        raise errors.invalid_env(f"required env variables [{','.join(missing)}] missing")
+
+
+def parse_args(funcs: PluginFuncs, environ: Mapping[str, str], stdin: bytes) -> CmdArgs:
+    """Validate env and config for a verb other than VERSION."""
+    command = environ.get("CNI_COMMAND", "")
+    if command not in COMMANDS:
+        raise errors.invalid_env(f"unknown CNI_COMMAND {command[:40]!r}")
+    _check_env(command, environ)
+    container_id = environ.get("CNI_CONTAINERID", "")
+    ifname = environ.get("CNI_IFNAME", "")
+    netns = environ.get("CNI_NETNS", "")
+    if container_id or command in ("ADD", "DEL", "CHECK"):
+        validate_container_id(container_id)
+    if ifname or command in ("ADD", "DEL", "CHECK"):
+        validate_ifname(ifname)
+    if netns:
+        validate_netns(netns)
+    raw_args = environ.get("CNI_ARGS", "")
+    parsed_args = parse_cni_args(raw_args, funcs.known_args)
+    config = decode_config(stdin)
+    version = config_version(config)
+    minimum = _MIN_VERSION.get(command)
+    if minimum and not version_at_least(version, minimum):
+        raise CNIError(
+            errors.INCOMPATIBLE_VERSION, f"config version {version} does not allow {command}",
+            f"{command} needs cniVersion >= {minimum}",
+        )
+    validate_network_name(config.get("name"))
+    if not isinstance(config.get("type", ""), str):
+        raise errors.invalid_config("type must be a string")
+    path = [p for p in environ.get("CNI_PATH", "").split(os.pathsep) if p]
+    return CmdArgs(
+        command=command, container_id=container_id, netns=netns, ifname=ifname,
+        args=parsed_args, raw_args=raw_args, path=path, stdin=stdin, config=config,
+        version=version, environ=environ,
+    )
+
+
+def execute(funcs: PluginFuncs, environ: Mapping[str, str], stdin: bytes) -> Result | None:
+    """Run one verb and return its result in the config's version (None for DEL/GC/STATUS)."""
+    args = parse_args(funcs, environ, stdin)
+    handler = funcs.handler(args.command)
+    if handler is None:
+        raise CNIError(errors.NOT_IMPLEMENTED, f"{funcs.name} does not implement {args.command}")
+    result = handler(args)
+    if result is None or args.command != "ADD":
+        return None
+    return convert_result(result, args.version)
+
+
+def _error_version(stdin: bytes) -> str:
+    try:
+        version = json.loads(stdin).get("cniVersion")
+    except Exception:
+        return CURRENT_VERSION
+    return version if version in SUPPORTED_VERSIONS else CURRENT_VERSION
+
+
+def about(funcs: PluginFuncs) -> str:
+    from cni import __version__
+
+    return (
+        f"CNI {funcs.name} plugin (berth {__version__})\n"
+        f"CNI protocol versions supported: {', '.join(SUPPORTED_VERSIONS)}\n"
+    )
+
+
+def run(
+    funcs: PluginFuncs,
+    environ: Mapping[str, str],
+    stdin: IO[bytes],
+    stdout: IO[str],
+    stderr: IO[str],
+) -> int:
+    """The plugin's main: returns the exit status. Never lets a traceback escape."""
+    command = environ.get("CNI_COMMAND")
+    if not command:
+        stderr.write(about(funcs))
+        return 0
+    data = b""
+    started = time.monotonic()
+    outcome = "ok"
+    try:
+        if command == "VERSION":
+            stdout.write(json.dumps(version_info()) + "\n")
+            return 0
+        data = read_stdin(stdin)
+        result = execute(funcs, environ, data)
+        if result is not None:
+            stdout.write(json.dumps(result) + "\n")
+        return 0
+    except CNIError as err:
+        outcome = f"error {err.code}"
+        _print_error(err, data, stdout, stderr, funcs.name)
+        return 1
+    except Exception as exc:  # anything unexpected still answers in CNI's format
+        outcome = "error 999"
+        if environ.get("BERTH_DEBUG"):
+            import traceback
+
+            traceback.print_exc(file=stderr)
+        internal = CNIError(errors.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"[:1000])
+        _print_error(internal, data, stdout, stderr, funcs.name)
+        return 1
+    finally:
+        _log_call(funcs.name, environ, data, started, outcome)
+
+
+def _print_error(err: CNIError, data: bytes, stdout: IO[str], stderr: IO[str], name: str) -> None:
+    stdout.write(json.dumps(err.to_json(_error_version(data))) + "\n")
+    detail = f" ({err.details})" if err.details else ""
+    stderr.write(f"{name}: error {err.code}: {err.msg}{detail}\n")
+
+
+def _log_call(name: str, environ: Mapping[str, str], data: bytes, started: float, outcome: str) -> None:
+    """One structured line per call when BERTH_LOG_FILE names a file (off by default)."""
+    path = environ.get("BERTH_LOG_FILE")
+    if not path:
+        return
+    network = ""
+    try:
+        network = str(json.loads(data).get("name", ""))[:MAX_NAME_LENGTH] if data else ""
+    except Exception:
+        pass
+    line = {
+        "ts": round(time.time(), 3),
+        "plugin": name,
+        "verb": environ.get("CNI_COMMAND", "")[:16],
+        "container": environ.get("CNI_CONTAINERID", "")[:MAX_ID_LENGTH],
+        "ifname": environ.get("CNI_IFNAME", "")[:MAX_IFNAME_LENGTH],
+        "network": network,
+        "ms": round((time.monotonic() - started) * 1000, 1),
+        "outcome": outcome,
+    }
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            os.write(fd, (json.dumps(line) + "\n").encode())
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
+def main(funcs: PluginFuncs) -> int:
+    return run(funcs, os.environ, sys.stdin.buffer, sys.stdout, sys.stderr)

@@ -1,0 +1,162 @@
+"""Per-attachment journal: what an ADD created, so DEL/CHECK/GC can work without
+the runtime's help (empty netns, no prevResult, second DEL, after a reboot).
+
+Layout: <root>/<network>/<containerID>-<ifname>.json, one JSON object with one
+section per plugin ("bridge", "portmap", ...). Writes are atomic (tmp + fsync +
+rename + directory fsync) under an flock on <root>/<network>/journal.lock, so a
+crash leaves either the old or the new file, never a torn one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from cni import errors
+from cni.errors import CNIError
+
+DEFAULT_ROOT = "/var/lib/cni/berth"
+LOCK_TIMEOUT_SECONDS = 30.0
+
+
+def state_root(environ: Any = None) -> str:
+    """BERTH_STATE_DIR overrides the default root (tests, non-standard nodes)."""
+    env = os.environ if environ is None else environ
+    return str(env.get("BERTH_STATE_DIR") or DEFAULT_ROOT)
+
+
+def fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str, data: bytes, mode: int = 0o600) -> None:
+    directory = os.path.dirname(path)
+    tmp = f"{path}.tmp.{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    fsync_dir(directory)
+
+
+@contextlib.contextmanager
+def flocked(path: str, timeout: float = LOCK_TIMEOUT_SECONDS) -> Iterator[None]:
+    """Hold an exclusive flock on `path`; give up with CNI code 11 after `timeout`."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        deadline = time.monotonic() + timeout
+        delay = 0.001
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise CNIError(errors.TRY_AGAIN_LATER, f"timed out waiting for lock {path}") from None
+                time.sleep(delay)
+                delay = min(delay * 2, 0.05)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock; a dead holder never wedges us
+
+
+@dataclass(frozen=True)
+class Journal:
+    root: str
+    network: str
+    container_id: str
+    ifname: str
+
+    @property
+    def directory(self) -> str:
+        return os.path.join(self.root, self.network)
+
+    @property
+    def path(self) -> str:
+        return os.path.join(self.directory, f"{self.container_id}-{self.ifname}.json")
+
+    def _ensure_dir(self) -> None:
+        os.makedirs(self.directory, mode=0o700, exist_ok=True)
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        self._ensure_dir()
+        with flocked(os.path.join(self.directory, "journal.lock")):
+            yield
+
+    def load(self) -> dict[str, Any]:
+        try:
+            with open(self.path, "rb") as fh:
+                data = json.load(fh)
+        except FileNotFoundError:
+            return {}
+        except (ValueError, OSError) as exc:
+            raise CNIError(errors.IO_FAILURE, f"corrupt journal {self.path}", str(exc)) from None
+        return data if isinstance(data, dict) else {}
+
+    def section(self, name: str) -> dict[str, Any] | None:
+        value = self.load().get(name)
+        return value if isinstance(value, dict) else None
+
+    def put(self, name: str, value: dict[str, Any]) -> None:
+        """Set one plugin's section (read-modify-write under the lock)."""
+        with self.locked():
+            data = self.load()
+            data.setdefault("containerID", self.container_id)
+            data.setdefault("ifname", self.ifname)
+            data.setdefault("network", self.network)
+            data.setdefault("created", round(time.time(), 3))
+            data[name] = value
+            atomic_write(self.path, json.dumps(data, indent=1, sort_keys=True).encode())
+
+    def drop(self, name: str) -> None:
+        """Remove one plugin's section; the file goes when no section is left."""
+        with self.locked():
+            data = self.load()
+            if not data:
+                return
+            data.pop(name, None)
+            if any(isinstance(v, dict) for v in data.values()):
+                atomic_write(self.path, json.dumps(data, indent=1, sort_keys=True).encode())
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.path)
+                fsync_dir(self.directory)
+
+
+def journals(root: str, network: str | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Every journal file under root (optionally one network): (path, content)."""
+    try:
+        networks = [network] if network else sorted(os.listdir(root))
+    except FileNotFoundError:
+        return
+    for net in networks:
+        directory = os.path.join(root, net)
+        try:
+            names = sorted(os.listdir(directory))
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        for name in names:
+            if not name.endswith(".json"):
+                continue
+            path = os.path.join(directory, name)
+            try:
+                with open(path, "rb") as fh:
+                    data = json.load(fh)
+            except (OSError, ValueError):
+                continue
+            if isinstance(data, dict):
+                yield path, data
