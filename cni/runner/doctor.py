@@ -13,7 +13,6 @@ import json
 import sys
 from typing import Any
 
-
 # libnftables and the shared libraries it pulls in (the bundle must carry them all)
 NFT_LIBRARIES = ("libnftables.so", "libnftnl.so", "libmnl.so", "libjansson.so", "libgmp.so", "libxtables.so")
 
