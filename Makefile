@@ -55,18 +55,38 @@ test-netns: venv
 test-long: venv
 	BERTH_LONG=1 $(PY) -m pytest -q $(PYTEST_ARGS)
 
+# One onedir bundle, one multi-call executable; the plugins are links to it (see berth.spec).
+BUNDLE_LINKS := berth-bridge berth-host-local berth-portmap
 bundle: venv
-	$(PY) -m PyInstaller --noconfirm --clean --log-level WARN --distpath dist --workpath build berth.spec
-	cd dist/berth && for n in berth-bridge berth-host-local berth-portmap; do ln -sf berth $$n; done
-	@echo "bundle: dist/berth"
+	$(PY) -m PyInstaller --noconfirm --clean --log-level WARN --distpath dist --workpath build/onedir berth.spec
+	cd dist/berth && for n in $(BUNDLE_LINKS); do ln -sfn berth $$n; done
+	@cd / && out=$$(env -i $(CURDIR)/dist/berth/berth-bridge </dev/null 2>&1) && echo "bundle: dist/berth ($$(du -sh $(CURDIR)/dist/berth | cut -f1)): $${out%%$$'\n'*}"
 
+# For measurement only (start-up unpacks to /tmp on every exec): dist/berth-onefile.
+.PHONY: bundle-onefile test-bundle
+bundle-onefile: venv
+	BERTH_ONEFILE=1 $(PY) -m PyInstaller --noconfirm --clean --log-level WARN --distpath dist --workpath build/onefile berth.spec
+
+# Build the bundle and run the tests that exec it (plugins via links, the runner) against it.
+test-bundle: bundle
+	BERTH_BIN_DIR=dist/berth $(PY) -m pytest -q $(PYTEST_ARGS) tests/netns/test_bundle.py tests/netns/test_runner.py \
+	  tests/netns/test_harness.py
+
+# Installs the bundle as $(PREFIX)/.berth-<stamp>/ behind an atomically switched .berth link,
+# so a plugin exec'd during an upgrade sees either the old or the new bundle; the previous
+# bundle is kept (a running plugin may still load files from it), older ones are removed.
+INSTALL_STAMP := $(shell date +%Y%m%d%H%M%S%N)
 install:
 	@test -x dist/berth/berth || { echo "run 'make bundle' first"; exit 1; }
-	install -d $(DESTDIR)$(PREFIX) $(DESTDIR)$(PREFIX)/.berth
-	cp -a dist/berth/. $(DESTDIR)$(PREFIX)/.berth/
-	for n in berth berth-bridge berth-host-local berth-portmap; do ln -sfn .berth/berth $(DESTDIR)$(PREFIX)/$$n; done
-	if [ "$(ALIASES)" = "1" ]; then for n in bridge host-local portmap; do ln -sfn .berth/berth $(DESTDIR)$(PREFIX)/$$n; done; fi
-	@echo "installed into $(DESTDIR)$(PREFIX)"
+	@set -e; dir="$(DESTDIR)$(PREFIX)"; install -d "$$dir"; \
+	new=".berth-$(INSTALL_STAMP)"; rm -rf "$$dir/$$new"; cp -a dist/berth "$$dir/$$new"; \
+	prev=$$(readlink "$$dir/.berth" 2>/dev/null || true); \
+	ln -sfn "$$new" "$$dir/.berth.tmp"; mv -Tf "$$dir/.berth.tmp" "$$dir/.berth"; \
+	names="berth $(BUNDLE_LINKS)"; if [ "$(ALIASES)" = "1" ]; then names="$$names bridge host-local portmap"; fi; \
+	for n in $$names; do ln -sfn .berth/berth "$$dir/$$n.tmp"; mv -Tf "$$dir/$$n.tmp" "$$dir/$$n"; done; \
+	for old in "$$dir"/.berth-*; do b=$$(basename "$$old"); \
+	  if [ "$$b" != "$$new" ] && [ "$$b" != "$$prev" ]; then rm -rf "$$old"; fi; done; \
+	echo "installed into $$dir ($$names)"
 
 demo: bundle client-deps
 	./demo/demo.sh

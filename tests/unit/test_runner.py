@@ -404,7 +404,8 @@ def test_runner_does_not_import_heavy_modules_for_help() -> None:
     import subprocess
     import sys
 
-    code = "import sys; from cni.runner import cli; cli.usage(); print('pyroute2' in sys.modules, 'nftables' in sys.modules)"
+    code = ("import sys; from cni.runner import cli; cli.usage(); "
+            "print('pyroute2' in sys.modules, 'nftables' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__)))).stdout
     assert out.split() == ["False", "False"]
