@@ -80,6 +80,7 @@ install:
 	@test -x dist/berth/berth || { echo "run 'make bundle' first"; exit 1; }
 	@set -e; dir="$(DESTDIR)$(PREFIX)"; install -d "$$dir"; \
 	new=".berth-$(INSTALL_STAMP)"; rm -rf "$$dir/$$new"; cp -a dist/berth "$$dir/$$new"; \
+	if [ -d "$$dir/.berth" ] && [ ! -L "$$dir/.berth" ]; then mv "$$dir/.berth" "$$dir/.berth-0-unversioned"; fi; \
 	prev=$$(readlink "$$dir/.berth" 2>/dev/null || true); \
 	ln -sfn "$$new" "$$dir/.berth.tmp"; mv -Tf "$$dir/.berth.tmp" "$$dir/.berth"; \
 	names="berth $(BUNDLE_LINKS)"; if [ "$(ALIASES)" = "1" ]; then names="$$names bridge host-local portmap"; fi; \
