@@ -59,8 +59,9 @@ class Runner:
         plugin_type = str(plugin.get("type", ""))
         executable = find_plugin(plugin_type, self.path)
         try:
+            # the plugin's stderr goes straight to ours, as libcni's RawExec does
             proc = subprocess.run(
-                [executable], input=stdin, env=self._env(command, rt), capture_output=True,
+                [executable], input=stdin, env=self._env(command, rt), stdout=subprocess.PIPE,
                 timeout=EXEC_TIMEOUT_SECONDS, check=False,
             )
         except subprocess.TimeoutExpired:
@@ -69,7 +70,7 @@ class Runner:
             raise CNIError(errors.IO_FAILURE, f"cannot exec plugin {executable}", str(exc)) from None
         out = proc.stdout.decode("utf-8", "replace").strip()
         if proc.returncode != 0:
-            raise plugin_error(plugin, command, out, proc.stderr.decode("utf-8", "replace"))
+            raise plugin_error(plugin, command, out, proc.returncode)
         if command != "ADD":
             return None
         try:
@@ -170,7 +171,7 @@ def describe(plugin: Mapping[str, Any]) -> str:
     return out
 
 
-def plugin_error(plugin: Mapping[str, Any], command: str, out: str, err: str) -> CNIError:
+def plugin_error(plugin: Mapping[str, Any], command: str, out: str, status: int) -> CNIError:
     """The plugin's own error (its code kept), prefixed like libcni's messages."""
     prefix = f"plugin {describe(plugin)} failed ({command.lower()})"
     try:
@@ -178,5 +179,5 @@ def plugin_error(plugin: Mapping[str, Any], command: str, out: str, err: str) ->
         code = int(parsed["code"])
         return CNIError(code, f"{prefix}: {parsed.get('msg', '')}", str(parsed.get("details", "") or ""))
     except Exception:
-        detail = (out or err).strip()[:500]
+        detail = out.strip()[:500] or f"exit status {status}, nothing on stdout"
         return CNIError(errors.INTERNAL, f"{prefix}: plugin exited without a CNI error", detail)

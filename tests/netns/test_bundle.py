@@ -28,8 +28,21 @@ def bundle_dir() -> Path | None:
     return DIST if (DIST / "berth").exists() else None
 
 
+def stale(bundle: Path) -> bool:
+    """dist/berth older than the code it was built from (a forgotten `make bundle`)."""
+    built = (bundle / "berth").stat().st_mtime
+    sources = [harness.ROOT / "berth.spec", harness.ROOT / "bundle_entry.py"]
+    for package in ("cni", "ipam", "portmap"):
+        sources += (harness.ROOT / package).rglob("*.py")
+    return any(p.stat().st_mtime > built for p in sources if p.exists())
+
+
 BUNDLE = bundle_dir()
-pytestmark = pytest.mark.skipif(BUNDLE is None, reason="no bundle: run 'make bundle' or set BERTH_BIN_DIR")
+pytestmark = [
+    pytest.mark.skipif(BUNDLE is None, reason="no bundle: run 'make bundle' or set BERTH_BIN_DIR"),
+    pytest.mark.skipif(not os.environ.get("BERTH_BIN_DIR") and BUNDLE is not None and stale(BUNDLE),
+                       reason="dist/berth is older than the sources: run 'make bundle' (or make test-bundle)"),
+]
 
 
 def is_frozen() -> bool:

@@ -409,3 +409,15 @@ def test_runner_does_not_import_heavy_modules_for_help() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__)))).stdout
     assert out.split() == ["False", "False"]
+
+
+def test_plugin_without_error_json_is_999_with_status(world: dict[str, Any], tmp_path: Path) -> None:
+    plugins = tmp_path / "plugins2"
+    plugins.mkdir()
+    crash = plugins / "fake-ipam"
+    crash.write_text("#!/bin/sh\necho oops >&2\nexit 3\n")
+    crash.chmod(0o755)
+    write_list(world["netd"])
+    rc, out, _ = run(world, "add", "testnet", "/run/netns/x", CNI_PATH=str(plugins))
+    answer = json.loads(out)
+    assert rc == 1 and answer["code"] == 999 and "exit status 3" in answer["details"]
