@@ -148,3 +148,33 @@ def test_berth_plugins_add_check_gc_status_del(topo: harness.Topology, tmp_path:
     assert "eth0" not in ctr.links()
     assert not cache_file(tmp_path, "berthnet", cid).exists()
     assert node.berth("del", "berthnet", ctr.path, env=env).returncode == 0
+
+
+HAVE_BERTH_PLUGINS = all((harness.ROOT / p).exists() for p in ("cni/bridge.py", "ipam/hostlocal.py"))
+
+
+@pytest.mark.skipif(not HAVE_BERTH_PLUGINS, reason="berth's bridge / host-local not written yet")
+def test_upstream_conflist_unchanged_through_alias_links(topo: harness.Topology, tmp_path: Path) -> None:
+    """ALIASES=1: an upstream conflist (type bridge, ipam host-local) runs berth, and the
+    bridge plugin recognises the host-local link on CNI_PATH as itself (no second exec)."""
+    node = topo.node
+    ctr = topo.container("a")
+    aliases = tmp_path / "aliases"
+    aliases.mkdir()
+    target = os.path.realpath(node.bin_dir / "berth")
+    for name in ("bridge", "host-local", "portmap"):
+        (aliases / name).symlink_to(target)
+    conf = reference_list(node.data_dir, version="1.0.0")
+    conf["plugins"] = conf["plugins"][:1]
+    write_conflist(tmp_path / "net.d", conf)
+    log = tmp_path / "calls.jsonl"
+    env = runner_env(tmp_path, str(aliases), BERTH_LOG_FILE=str(log))
+    added = node.berth("add", "refnet", ctr.path, env=env)
+    assert added.returncode == 0, added.stdout + added.stderr
+    address = json.loads(added.stdout)["ips"][0]["address"].split("/")[0]
+    assert (node.data_dir / "refnet" / address).exists()
+    plugins = [json.loads(line)["plugin"] for line in log.read_text().splitlines()]
+    assert plugins == ["berth-bridge"], f"host-local was exec'd instead of run in-process: {plugins}"
+    deleted = node.berth("del", "refnet", ctr.path, env=env)
+    assert deleted.returncode == 0, deleted.stdout + deleted.stderr
+    assert not (node.data_dir / "refnet" / address).exists()
