@@ -144,6 +144,8 @@ def attachments(root: str, network: str | None = None) -> list[Attachment]:
         return []
     out = []
     for name in names:
+        if ".tmp." in name:  # another writer's atomic_write in progress
+            continue
         try:
             with open(os.path.join(directory, name), "rb") as f:
                 att = decode(f.read())

@@ -225,7 +225,8 @@ def test_cache_omits_empty_fields_and_reads_legacy(tmp_path: Path) -> None:
     (tmp_path / "results" / "n-old-eth0").write_text(json.dumps({"cniVersion": "0.4.0", "ips": []}))
     legacy = cache.read(str(tmp_path), "n", "old", "eth0")
     assert legacy is not None and legacy.result == {"cniVersion": "0.4.0", "ips": []}
-    assert [a.container_id for a in cache.attachments(str(tmp_path))] == ["c"]  # legacy entries are not listed
+    (tmp_path / "results" / "n-c-eth1.tmp.123").write_bytes(cache.encode(cache.Attachment("c", "n", "eth1")))
+    assert [a.container_id for a in cache.attachments(str(tmp_path))] == ["c"]  # no legacy, no half-written
     cache.remove(str(tmp_path), "n", "c", "eth1")
     cache.remove(str(tmp_path), "n", "c", "eth1")  # idempotent
     assert cache.read(str(tmp_path), "n", "c", "eth1") is None
