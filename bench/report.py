@@ -1,0 +1,88 @@
+"""The Markdown table (one column per mode, plus each berth mode / reference ratio)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bench.stats import ratio
+
+REF = "ref"
+
+
+def _get(d: Any, *path: str) -> Any:
+    for key in path:
+        if not isinstance(d, dict) or key not in d:
+            return None
+        d = d[key]
+    return d
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "n/a"
+    if isinstance(v, float):
+        return f"{v:.1f}" if abs(v) >= 10 else f"{v:.2f}"
+    return str(v)
+
+
+def rows(fig: dict[str, Any], modes: list[str]) -> list[tuple[str, dict[str, Any], bool]]:
+    """(label, value per mode, whether a ratio to the reference means something)."""
+    out: list[tuple[str, dict[str, Any], bool]] = []
+
+    def row(label: str, fn: Any, with_ratio: bool = True) -> None:
+        out.append((label, {m: fn(m) for m in modes}, with_ratio))
+
+    levels = sorted(fig.get("levels", {}), key=int)
+    for level in levels:
+        lv = fig["levels"][level]
+        for verb in ("add", "del"):
+            for p in ("p50_ms", "p99_ms"):
+                row(f"chain {verb.upper()} {p[:3]} ms @ {level} existing",
+                    lambda m, lv=lv, verb=verb, p=p: _get(lv, m, verb, p))
+        for key, label in (("bridge_add", "bridge ADD (incl. IPAM)"), ("portmap_add", "portmap ADD"),
+                           ("ipam_add", "IPAM ADD, exec'd alone"), ("bridge_del", "bridge DEL"),
+                           ("portmap_del", "portmap DEL"), ("ipam_del", "IPAM DEL, exec'd alone")):
+            row(f"{label} p50 ms @ {level}", lambda m, lv=lv, key=key: _get(lv, m, key, "p50_ms"))
+    if len(levels) > 1:
+        hi = levels[-1]
+        row(f"ADD p50 @ {hi} / ADD p50 @ 0",
+            lambda m: ratio(_get(fig, "levels", hi, m, "add", "p50_ms"), _get(fig, "levels", "0", m, "add", "p50_ms")),
+            False)
+    su = fig.get("startup", {})
+    row("VERSION exec p50 ms", lambda m: _get(su, m, "p50_ms"))
+    out.append(("`/usr/bin/python3 -c pass` p50 ms", {modes[0]: _get(su, "python3 -c pass", "p50_ms")}, False))
+    share = fig.get("startup_share", {})
+    row("start-up share of chain ADD @ 0 (execs x VERSION / ADD)", lambda m: _get(share, m, "share"), False)
+    b = fig.get("burst", {})
+    row("32 concurrent ADDs: wall s", lambda m: _get(b, m, "wall_s"))
+    row("32 concurrent ADDs: errors", lambda m: _get(b, m, "errors"), False)
+    row("32 concurrent ADDs: duplicate addresses", lambda m: _get(b, m, "duplicate_addresses"), False)
+    row("32 concurrent DELs: wall s", lambda m: _get(b, m, "del_wall_s"))
+    row("32 concurrent DELs: errors", lambda m: _get(b, m, "del_errors"), False)
+    c = fig.get("conn_rate", {})
+    many = next((v.get("mappings_many") for v in c.values() if isinstance(v, dict)), None)
+    row("new TCP conn/s to a hostPort, 1 mapping", lambda m: _get(c, m, "per_second_1"))
+    row(f"new TCP conn/s, {many} mappings (worse of first/last added)", lambda m: _get(c, m, "per_second_many"))
+    row(f"conn/s {many} mappings / conn/s 1 mapping",
+        lambda m: ratio(_get(c, m, "per_second_many"), _get(c, m, "per_second_1")), False)
+    rules = fig.get("rules_per_attachment", {}).get("0", {})
+    row("per attachment: nft rules (whole node ruleset)", lambda m: _get(rules, m, "nft_rules"), False)
+    row("per attachment: nft chains", lambda m: _get(rules, m, "nft_chains"), False)
+    row("per attachment: nft set/map elements", lambda m: _get(rules, m, "nft_elements"), False)
+    row("per attachment: iptables-save rules (-A lines)", lambda m: _get(rules, m, "iptables_rules"), False)
+    row("errors (all phases)", lambda m: _get(fig, "errors_total", m), False)
+    return out
+
+
+def markdown(fig: dict[str, Any], modes: list[str], labels: dict[str, str]) -> str:
+    berths = [m for m in modes if m != REF]
+    header = ["figure", *(labels.get(m, m) for m in modes)]
+    if REF in modes:
+        header += [f"{labels.get(m, m)} / reference" for m in berths]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for label, values, with_ratio in rows(fig, modes):
+        cells = [label, *(_fmt(values.get(m)) for m in modes)]
+        if REF in modes:
+            cells += [_fmt(ratio(values.get(m), values.get(REF))) if with_ratio else "" for m in berths]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

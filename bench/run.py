@@ -1,0 +1,374 @@
+"""The bench itself: one node namespace per mode, phases interleaved across modes.
+
+Phases: start-up (VERSION execs), then for each level of existing attachments
+chain ADD/DEL samples (with the per-plugin split and IPAM on its own), rules
+per attachment, connection rate with 1 and ~1,000 mappings, 32 concurrent ADDs.
+Samples alternate between modes (and flip the order each round) so drift in
+the machine's load hits both sides alike.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, as_completed, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench import stats
+from bench.chain import Chain, ChainOutcome, Exec, Mode, addresses, mappings_for, python_pass
+from bench.topo import NODE_V4, Registry, call, link_node
+from tests.harness import Netns
+
+TRAFFIC = str(Path(__file__).resolve().parent / "traffic.py")
+SYSTEM_PYTHON = "/usr/bin/python3"
+MAX_LISTED_ERRORS = 40
+
+
+@dataclass
+class Plan:
+    samples: int = 20
+    version_samples: int = 30
+    levels: tuple[int, ...] = (0, 100)
+    concurrency: int = 4  # for populating existing attachments
+    burst: int = 32  # concurrent ADDs
+    conn_max: int = 2000
+    conn_seconds: float = 5.0
+    filler_containers: int = 10
+    filler_mappings: int = 100  # per filler container: 10 x 100 = 1,000 mappings
+    phases: tuple[str, ...] = ("startup", "levels", "rules", "conn", "burst")
+
+
+@dataclass
+class Attachment:
+    cid: str
+    tag: str
+    netns: Netns
+    mappings: list[dict[str, Any]]
+    result: dict[str, Any] | None
+
+
+@dataclass
+class Side:
+    """One mode's node, outside host, pool, chain and live attachments."""
+
+    mode: Mode
+    node: Netns
+    outside: Netns
+    pool: ThreadPoolExecutor
+    chain: Chain
+    live: list[Attachment] = field(default_factory=list)
+    next_port: int = 20000
+    next_cid: int = 0
+    next_ns: int = 0
+
+    def ports(self, count: int) -> int:
+        first = self.next_port
+        self.next_port += count
+        return first
+
+    def cid(self, tag: str) -> str:
+        self.next_cid += 1
+        return f"bench-{self.mode.name}-{tag}-{self.next_cid:05d}"
+
+
+class Bench:
+    def __init__(self, reg: Registry, plan: Plan, modes: list[Mode], log: Any = print) -> None:
+        self.reg, self.plan, self.modes, self.log = reg, plan, modes, log
+        self.sides: dict[str, Side] = {}
+        self.errors: list[dict[str, str]] = []
+        self.error_count: dict[str, int] = {m.name: 0 for m in modes}
+        self.figures: dict[str, Any] = {}
+
+    # --- set-up -------------------------------------------------------------
+    def build(self) -> None:
+        workers = max(self.plan.burst, self.plan.concurrency, 4)
+        for mode in self.modes:
+            node, outside = self.reg.make_namespaces([self.reg.name(mode.name), self.reg.name(mode.name + "-o")])
+            link_node(self.reg, node, outside)
+            pool = self.reg.pool(node, workers)
+            chain = Chain(mode, self.reg.tmp / mode.name)
+            self.sides[mode.name] = Side(mode, node, outside, pool, chain)
+
+    def containers(self, side: Side, count: int) -> list[Netns]:
+        names = []
+        for _ in range(count):
+            side.next_ns += 1
+            names.append(self.reg.name(f"{side.mode.name}-c{side.next_ns}"))
+        return self.reg.make_namespaces(names)
+
+    def error(self, side: Side, phase: str, msg: str) -> None:
+        self.error_count[side.mode.name] += 1
+        if len(self.errors) < MAX_LISTED_ERRORS:
+            self.errors.append({"mode": side.mode.name, "phase": phase, "error": msg})
+
+    def order(self, round_no: int) -> list[Side]:
+        sides = list(self.sides.values())
+        return sides if round_no % 2 == 0 else sides[::-1]
+
+    # --- chain operations -------------------------------------------------
+    def add(self, side: Side, tag: str, netns: Netns, mappings: list[dict[str, Any]], phase: str,
+            pool_call: bool = True) -> tuple[Attachment, ChainOutcome]:
+        cid = side.cid(tag)
+        out: ChainOutcome = (call(side.pool, side.chain.add, cid, netns.path, mappings) if pool_call
+                             else side.chain.add(cid, netns.path, mappings))
+        att = Attachment(cid, tag, netns, mappings, out.result)
+        if out.ok:
+            side.live.append(att)
+        else:
+            self.error(side, phase, out.error)
+            # a runtime cleans up a failed ADD with a DEL; so do we (untimed)
+            call(side.pool, side.chain.delete, cid, netns.path, mappings, None)
+        return att, out
+
+    def delete(self, side: Side, att: Attachment, phase: str) -> ChainOutcome:
+        out: ChainOutcome = call(side.pool, side.chain.delete, att.cid, att.netns.path, att.mappings, att.result)
+        if not out.ok:
+            self.error(side, phase, out.error)
+        if att in side.live:
+            side.live.remove(att)
+        return out
+
+    def populate(self, side: Side, target: int) -> float:
+        """Bring the node to `target` existing attachments (2 mappings each), concurrently."""
+        need = target - len(side.live)
+        if need <= 0:
+            return 0.0
+        start = time.perf_counter()
+        nets = self.containers(side, need)
+        pending: dict[Future[ChainOutcome], Attachment] = {}
+        todo = list(nets)
+        while todo or pending:
+            # at most plan.concurrency in flight (the pool itself is burst-sized)
+            while todo and len(pending) < self.plan.concurrency:
+                ns = todo.pop(0)
+                att = Attachment(side.cid("fill"), "fill", ns, mappings_for(side.ports(2)), None)
+                pending[side.pool.submit(side.chain.add, att.cid, ns.path, att.mappings)] = att
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in done:
+                att = pending.pop(fut)
+                out = fut.result()
+                if out.ok:
+                    att.result = out.result
+                    side.live.append(att)
+                else:
+                    self.error(side, f"populate-{target}", out.error)
+        return time.perf_counter() - start
+
+    # --- phases -------------------------------------------------------------
+    def phase_startup(self) -> None:
+        self.log("start-up: VERSION execs")
+        times: dict[str, list[float]] = {m.name: [] for m in self.modes}
+        times["python3 -c pass"] = []
+        for i in range(self.plan.version_samples):
+            for side in self.order(i):
+                ex: Exec = call(side.pool, side.chain.version, side.mode.bridge)
+                if ex.ok:
+                    times[side.mode.name].append(ex.seconds)
+                else:
+                    self.error(side, "version", ex.error_text())
+            first = next(iter(self.sides.values()))
+            times["python3 -c pass"].append(call(first.pool, python_pass).seconds)
+        self.figures["startup"] = {k: stats.summary(v) for k, v in times.items()}
+
+    def phase_level(self, level: int) -> None:
+        for side in self.sides.values():
+            took = self.populate(side, level)
+            if took:
+                self.log(f"level {level}: {side.mode.name} populated in {took:.1f}s")
+        self.log(f"level {level}: {self.plan.samples} chain ADD/DEL samples per mode")
+        keys = ("add", "del", "bridge_add", "portmap_add", "portmap_del", "bridge_del", "ipam_add", "ipam_del")
+        samples: dict[str, dict[str, list[float]]] = {m.name: {k: [] for k in keys} for m in self.modes}
+        errors_before = dict(self.error_count)
+        rules: dict[str, Any] = {}
+        for i in range(self.plan.samples):
+            nets = {side.mode.name: self.containers(side, 1)[0] for side in self.sides.values()}
+            added: dict[str, Attachment] = {}
+            for side in self.order(i):
+                # the second sample: the first one also pays for one-time set-up (base chains, table)
+                want_rules = i == min(1, self.plan.samples - 1) and "rules" in self.plan.phases
+                before = call(side.pool, stats.snapshot_rules) if want_rules else None
+                att, out = self.add(side, "s", nets[side.mode.name], mappings_for(side.ports(2)), f"add-{level}")
+                if before is not None and out.ok:
+                    rules[side.mode.name] = stats.delta(before, call(side.pool, stats.snapshot_rules))
+                if out.ok:
+                    s = samples[side.mode.name]
+                    s["add"].append(out.seconds)
+                    for plugin, key in ((side.mode.bridge, "bridge_add"), (side.mode.portmap, "portmap_add")):
+                        t = out.plugin_seconds(plugin)
+                        if t is not None:
+                            s[key].append(t)
+                    added[side.mode.name] = att
+            for side in self.order(i + 1):
+                victim = added.get(side.mode.name)
+                if victim is None:
+                    continue
+                out = self.delete(side, victim, f"del-{level}")
+                if out.ok:
+                    s = samples[side.mode.name]
+                    s["del"].append(out.seconds)
+                    for plugin, key in ((side.mode.bridge, "bridge_del"), (side.mode.portmap, "portmap_del")):
+                        t = out.plugin_seconds(plugin)
+                        if t is not None:
+                            s[key].append(t)
+            # IPAM on its own, as a runtime would exec it
+            for side in self.order(i):
+                cid = side.cid("ipam")
+                ns = nets[side.mode.name].path
+                ex = call(side.pool, side.chain.ipam, "ADD", cid, ns)
+                if ex.ok:
+                    samples[side.mode.name]["ipam_add"].append(ex.seconds)
+                else:
+                    self.error(side, f"ipam-add-{level}", ex.error_text())
+                ex = call(side.pool, side.chain.ipam, "DEL", cid, ns)
+                if ex.ok:
+                    samples[side.mode.name]["ipam_del"].append(ex.seconds)
+                else:
+                    self.error(side, f"ipam-del-{level}", ex.error_text())
+            self.reg.remove_namespaces([n.name for n in nets.values()])
+        fig: dict[str, dict[str, Any]] = {name: {k: stats.summary(v) for k, v in s.items()}
+                                          for name, s in samples.items()}
+        for name in fig:
+            fig[name]["errors"] = self.error_count[name] - errors_before[name]
+            fig[name]["existing"] = len(self.sides[name].live)
+        self.figures.setdefault("levels", {})[str(level)] = fig
+        if rules:
+            self.figures.setdefault("rules_per_attachment", {})[str(level)] = rules
+
+    def _serve(self, side: Side, ns: Netns, port: int) -> bool:
+        proc = self.reg.popen(ns, [SYSTEM_PYTHON, TRAFFIC, "serve", str(port)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if line.strip() != "ready":
+            self.error(side, "conn", f"server did not start: {line!r}")
+            return False
+        return True
+
+    def _rate(self, side: Side, host_port: int) -> dict[str, Any]:
+        argv = [SYSTEM_PYTHON, TRAFFIC, "rate", NODE_V4, str(host_port), str(self.plan.conn_max),
+                str(self.plan.conn_seconds)]
+        proc = side.outside.exec(argv, check=False, timeout=self.plan.conn_seconds + 60)
+        try:
+            out: dict[str, Any] = json.loads(proc.stdout)
+        except ValueError:
+            self.error(side, "conn", f"client failed: {proc.stderr[:300]}")
+            return {"ok": 0, "errors": 0, "seconds": 0.0, "per_second": None}
+        out["per_second"] = round(out["ok"] / out["seconds"], 1) if out["seconds"] else None
+        if out["errors"]:
+            self.error(side, "conn", f"{out['errors']} failed connections to hostPort {host_port}")
+        return out
+
+    def phase_conn(self) -> None:
+        """New TCP connections/s from the outside host to a hostPort, with 1 and ~1,000 mappings."""
+        total = self.plan.filler_containers * self.plan.filler_mappings
+        self.log(f"connection rate: 1 mapping, then {total + 2} mappings")
+        fig: dict[str, Any] = {}
+        first: dict[str, tuple[Attachment, int]] = {}
+        for side in self.sides.values():
+            ns = self.containers(side, 1)[0]
+            port = side.ports(1)
+            att, out = self.add(side, "conn", ns, [{"hostPort": port, "containerPort": 8080, "protocol": "tcp"}],
+                                "conn")
+            if out.ok and self._serve(side, ns, 8080):
+                first[side.mode.name] = (att, port)
+        for side in self.sides.values():
+            if side.mode.name in first:
+                fig[side.mode.name] = {"mappings_1": self._rate(side, first[side.mode.name][1])}
+        # fillers: many mappings per container, so ~1,000 mappings cost only a few ADDs
+        last: dict[str, tuple[Attachment, int]] = {}
+        for side in self.sides.values():
+            if side.mode.name not in first:
+                continue
+            start = time.perf_counter()
+            nets = self.containers(side, self.plan.filler_containers + 1)
+            for ns in nets[:-1]:
+                port = side.ports(self.plan.filler_mappings)
+                maps = [{"hostPort": port + k, "containerPort": 9000 + k, "protocol": "tcp"}
+                        for k in range(self.plan.filler_mappings)]
+                self.add(side, "connfill", ns, maps, "conn-fill")
+            # a second target added last: rule lists are searched in order, so measure the far end too
+            port = side.ports(1)
+            att, out = self.add(side, "conn", nets[-1], [{"hostPort": port, "containerPort": 8080,
+                                                          "protocol": "tcp"}], "conn")
+            if out.ok and self._serve(side, nets[-1], 8080):
+                last[side.mode.name] = (att, port)
+            self.log(f"connection rate: {side.mode.name} fillers added in {time.perf_counter() - start:.1f}s")
+        for side in self.sides.values():
+            name = side.mode.name
+            if name not in fig:
+                continue
+            fig[name]["mappings_many"] = total + 2
+            fig[name]["many_first_added"] = self._rate(side, first[name][1])
+            if name in last:
+                fig[name]["many_last_added"] = self._rate(side, last[name][1])
+            rates = [fig[name][k]["per_second"] for k in ("many_first_added", "many_last_added")
+                     if k in fig[name] and fig[name][k]["per_second"] is not None]
+            fig[name]["per_second_1"] = fig[name]["mappings_1"]["per_second"]
+            fig[name]["per_second_many"] = min(rates) if rates else None
+        self.figures["conn_rate"] = fig
+        self.teardown_all("conn-del")
+
+    def phase_burst(self) -> None:
+        n = self.plan.burst
+        self.log(f"{n} concurrent ADDs (then {n} concurrent DELs)")
+        fig: dict[str, Any] = {}
+        for side in self.sides.values():
+            nets = self.containers(side, n)
+            jobs = {}
+            start = time.perf_counter()
+            for ns in nets:
+                cid, maps = side.cid("burst"), mappings_for(side.ports(2))
+                jobs[side.pool.submit(side.chain.add, cid, ns.path, maps)] = (cid, ns, maps)
+            atts, errs = [], []
+            for fut in as_completed(jobs):
+                out = fut.result()
+                cid, ns, maps = jobs[fut]
+                atts.append(Attachment(cid, "burst", ns, maps, out.result))
+                if not out.ok:
+                    errs.append(out.error)
+            wall = time.perf_counter() - start
+            for e in errs:
+                self.error(side, "burst-add", e)
+            ips = [ip for a in atts for ip in addresses(a.result)]
+            dups = len(ips) - len(set(ips))
+            start = time.perf_counter()
+            dels = [side.pool.submit(side.chain.delete, a.cid, a.netns.path, a.mappings, a.result) for a in atts]
+            del_errs = [f.result().error for f in dels if not f.result().ok]
+            del_wall = time.perf_counter() - start
+            for e in del_errs:
+                self.error(side, "burst-del", e)
+            fig[side.mode.name] = {"adds": n, "wall_s": round(wall, 3), "errors": len(errs),
+                                   "duplicate_addresses": dups, "del_wall_s": round(del_wall, 3),
+                                   "del_errors": len(del_errs)}
+            self.reg.remove_namespaces([ns.name for ns in nets])
+        self.figures["burst"] = fig
+
+    def teardown_all(self, phase: str) -> None:
+        for side in self.sides.values():
+            for att in list(side.live):
+                if att.tag in ("conn", "connfill"):
+                    self.delete(side, att, phase)
+                    self.reg.remove_namespaces([att.netns.name])
+
+    def run(self) -> dict[str, Any]:
+        self.build()
+        p = self.plan.phases
+        if "startup" in p:
+            self.phase_startup()
+        levels = list(self.plan.levels)
+        if "levels" in p and levels and levels[0] == 0:
+            self.phase_level(0)
+            levels = levels[1:]
+        if "conn" in p:
+            self.phase_conn()
+        if "burst" in p:
+            self.phase_burst()
+        if "levels" in p:
+            for level in levels:
+                self.phase_level(level)
+        self.figures["errors_total"] = dict(self.error_count)
+        self.figures["errors"] = self.errors
+        return self.figures
