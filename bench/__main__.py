@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.chain import Mode, ensure_links
-from bench.report import markdown
+from bench.report import REF, goals, markdown
 from bench.run import Bench, Plan
 from bench.stats import ratio
 from bench.topo import Registry, stale_namespaces
@@ -181,8 +181,10 @@ def main(argv: list[str] | None = None) -> int:
             f"commit {info['berth_commit']}; {info['seconds']} s\n\n"
             + "".join(f"- {k}: {v}\n" for k, v in info["modes"].items())
             + f"- conflist: {info['conflist']}\n- plan: {json.dumps(info['plan'])}\n\n")
-    errors = "".join(f"- {e['mode']} {e['phase']}: {e['error']}\n" for e in fig.get("errors", []))
-    text = head + table + (f"\nErrors (first {len(fig['errors'])}):\n\n{errors}" if errors else "")
+    errors = "".join(f"- {e['mode']} {e['phase']} (x{e['count']}): {e['error']}\n" for e in fig.get("errors", []))
+    if REF in info["modes"]:
+        table += "".join("\n" + goals(fig, m.name) for m in modes if m.name != REF)
+    text = head + table + (f"\nErrors (distinct, first {len(fig['errors'])}):\n\n{errors}" if errors else "")
     (args.out / f"{stamp}.md").write_text(text)
     print(text)
     print(f"bench: wrote {args.out / stamp}.json and .md", file=sys.stderr)

@@ -86,3 +86,34 @@ def markdown(fig: dict[str, Any], modes: list[str], labels: dict[str, str]) -> s
             cells += [_fmt(ratio(values.get(m), values.get(REF))) if with_ratio else "" for m in berths]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def goals(fig: dict[str, Any], mode: str) -> str:
+    """Issue #7's goal figures for one berth mode: reported, never enforced."""
+    lv = fig.get("levels", {})
+    levels = sorted(lv, key=int)
+    hi = levels[-1] if levels else "0"
+
+    def p50(level: str, m: str, verb: str) -> Any:
+        return _get(lv, level, m, verb, "p50_ms")
+
+    c = fig.get("conn_rate", {})
+    checks = [
+        ("chain ADD p50 <= 0.5x reference (@ 0)", ratio(p50("0", mode, "add"), p50("0", REF, "add")), 0.5, "le"),
+        ("chain DEL p50 <= 0.5x reference (@ 0)", ratio(p50("0", mode, "del"), p50("0", REF, "del")), 0.5, "le"),
+        (f"ADD p50 @ {hi} <= 1.1x ADD p50 @ 0", ratio(p50(hi, mode, "add"), p50("0", mode, "add")), 1.1, "le"),
+        ("conn/s with ~1,000 mappings >= 0.95x with 1",
+         ratio(_get(c, mode, "per_second_many"), _get(c, mode, "per_second_1")), 0.95, "ge"),
+        ("32 concurrent ADDs: 0 errors", _get(fig, "burst", mode, "errors"), 0, "le"),
+    ]
+    lines = [f"Goals (issue #7) for {mode}:", ""]
+    for label, value, bound, how in checks:
+        if value is None:
+            verdict = "not measured"
+        else:
+            met = value <= bound if how == "le" else value >= bound
+            verdict = ("met" if met else "missed") + f" ({_fmt(value)})"
+        lines.append(f"- {label}: {verdict}")
+    if hi == "0" or int(hi) < 1000:
+        lines.append(f"- (growth measured up to {hi} existing attachments; `--full` goes to 1,000)")
+    return "\n".join(lines) + "\n"

@@ -78,7 +78,7 @@ class Bench:
     def __init__(self, reg: Registry, plan: Plan, modes: list[Mode], log: Any = print) -> None:
         self.reg, self.plan, self.modes, self.log = reg, plan, modes, log
         self.sides: dict[str, Side] = {}
-        self.errors: list[dict[str, str]] = []
+        self.errors: list[dict[str, Any]] = []
         self.error_count: dict[str, int] = {m.name: 0 for m in modes}
         self.figures: dict[str, Any] = {}
 
@@ -101,8 +101,12 @@ class Bench:
 
     def error(self, side: Side, phase: str, msg: str) -> None:
         self.error_count[side.mode.name] += 1
+        for entry in self.errors:  # the same failure repeated is one line with a count
+            if (entry["mode"], entry["phase"], entry["error"]) == (side.mode.name, phase, msg):
+                entry["count"] += 1
+                return
         if len(self.errors) < MAX_LISTED_ERRORS:
-            self.errors.append({"mode": side.mode.name, "phase": phase, "error": msg})
+            self.errors.append({"mode": side.mode.name, "phase": phase, "error": msg, "count": 1})
 
     def order(self, round_no: int) -> list[Side]:
         sides = list(self.sides.values())
