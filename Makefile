@@ -89,7 +89,9 @@ install:
 	  if [ "$$b" != "$$new" ] && [ "$$b" != "$$prev" ]; then rm -rf "$$old"; fi; done; \
 	echo "installed into $$dir ($$names)"
 
-demo: bundle client-deps
+# demo/demo.sh runs `make bundle` itself when dist/berth is missing or older than the sources
+# (falls back to the venv entry point if that fails), then `make install` into a temp dir.
+demo: venv client-deps
 	./demo/demo.sh
 
 bench: venv

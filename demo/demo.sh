@@ -3,6 +3,7 @@
 # published port, inside throwaway namespaces -> traffic -> nft table -> teardown.
 #
 # usage (root): make demo            or   demo/demo.sh [--keep-work]
+# BERTH_DEMO_REBUILD=1 forces `make bundle` even when dist/berth is newer than the sources.
 #
 # Nothing touches the host's network namespace: the "node" (where podman runs and the
 # plugins put the bridge, veths and `table inet berth`) and an "outside" host are two
@@ -118,6 +119,7 @@ stale_source() {
   find cni ipam portmap berth.spec -newer dist/berth/berth \( -name '*.py' -o -name '*.spec' \) | head -1
 }
 stale=$(stale_source)
+[ "${BERTH_DEMO_REBUILD:-0}" = 1 ] && [ -z "$stale" ] && stale="BERTH_DEMO_REBUILD=1"
 if [ -n "$stale" ]; then
   step "make bundle   (dist/berth is out of date: $stale)"
   make -s bundle > "$WORK/bundle.log" 2>&1 || { tail -5 "$WORK/bundle.log" | sed 's/^/    /'; step "make bundle failed"; }
