@@ -13,6 +13,7 @@ into the test's tmp dir) and per-attachment chains / map elements in
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -31,6 +32,7 @@ CONF_DIR = harness.ROOT / "conf"
 REFERENCE_DIR = harness.REFERENCE_DIR
 # CI checks the project out beside ../shared; BERTH_REALCLIENT_DIR overrides.
 REALCLIENT_DIR = Path(os.environ.get("BERTH_REALCLIENT_DIR") or harness.ROOT.parent / "shared" / "realclient")
+SCRIPT_LOCK = "/tmp/berth-realclient.lock"
 # Per-attachment chains: upstream's names, "CNI-" + 24 hex / "CNI-DN-" + 21 hex.
 _ATTACHMENT_CHAIN = re.compile(r"\bCNI-(?:DN-)?[0-9a-f]{20,24}\b")
 
@@ -151,11 +153,18 @@ def run_smoke(script: Path, plugin_dirs: str, work: Path, state_dir: Path, args:
     """Run a realclient script with unique namespace names; BERTH_STATE_DIR reaches the plugins
     because podman/containerd exec them with their own environment plus CNI_*."""
     tag = secrets.token_hex(3)
+    # One script at a time, even under xdist: the containerd runs share /run/containerd (shim
+    # sockets) and the /opt/cni/bin mount point, which each run creates and removes.
+    lock_fd = os.open(SCRIPT_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
     env = dict(os.environ, BERTH_STATE_DIR=str(state_dir),
                RC_NODE_NS=f"rc-bt{tag}-n", RC_CLIENT_NS=f"rc-bt{tag}-c",
                PATH="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
-    proc = subprocess.run(["bash", str(script), "--work", str(work), *args, plugin_dirs],
-                          capture_output=True, text=True, env=env, timeout=timeout, check=False)
+    try:
+        fcntl.flock(lock_fd, fcntl.LOCK_EX)
+        proc = subprocess.run(["bash", str(script), "--work", str(work), *args, plugin_dirs],
+                              capture_output=True, text=True, env=env, timeout=timeout, check=False)
+    finally:
+        os.close(lock_fd)
     output = proc.stdout + proc.stderr
     checks: dict[str, bool] = {}
     for line in proc.stdout.splitlines():
