@@ -73,7 +73,7 @@ inner() {
   step "nothing left of the container"
   note "veths on the node:     $(ip -o link show type veth 2>/dev/null | grep -cv o-node || true)"
   note "attachment chains:     $(nft list table inet berth 2>/dev/null | grep -Ec 'chain CNI-(DN-)?[0-9a-f]{20}' || true)"
-  note "map elements:          $(nft list table inet berth 2>/dev/null | grep -c 'elements =' || true)"
+  note "jumps to them:         $(nft list table inet berth 2>/dev/null | grep -Ec '(jump|goto) CNI-(DN-)?[0-9a-f]{20}' || true)"
   note "journal files:         $(find "$BERTH_STATE_DIR" -name '*.json' | wc -l)"
   note "leases:                $(find "$WORK/ipam" -type f ! -name lock ! -name 'last_reserved_ip*' | wc -l)"
   if curl -sS -m 1 "http://127.0.0.1:$HOST_PORT/" >/dev/null 2>&1; then echo "port still open!"; exit 1; fi

@@ -79,13 +79,9 @@ def berth_table_block(ruleset: str) -> str:
 
 
 def nft_leftovers(table_text: str) -> list[str]:
-    """Per-attachment state still in berth's table: attachment chains, jumps to them, map/set elements."""
-    bad = []
-    for line in table_text.splitlines():
-        text = line.strip()
-        if _ATTACHMENT_CHAIN.search(text) or text.startswith("elements ="):
-            bad.append(text)
-    return bad
+    """Per-attachment state still in berth's table: attachment chains and every rule or verdict-map
+    element that jumps to one (static sets, e.g. of bridges, may legitimately stay)."""
+    return [line.strip() for line in table_text.splitlines() if _ATTACHMENT_CHAIN.search(line)]
 
 
 def journal_files(state_dir: Path) -> list[str]:
