@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from tests.clients import common
 
 HOST_PORT = 18081
@@ -26,8 +28,6 @@ def test_cri_pod_with_host_ports(tmp_path: Path) -> None:
     run = common.run_smoke(script, common.berth_plugin_dirs(tmp_path), tmp_path / "work", state_dir,
                            ["--mode", "cri", "--conflist", str(conflist), "--host-port", str(HOST_PORT)])
     if "could not install container-runtime-interface-api" in run.output:
-        import pytest
-
         pytest.skip("CRI client stubs (PyPI container-runtime-interface-api) unavailable offline")
     common.assert_clean_run(run)
     for check in ("cri-pod-ip-assigned", "cri-hostport-via-127.0.0.1", "cri-hostport-from-client-ns",
