@@ -182,7 +182,11 @@ def assert_clean_run(run: SmokeRun) -> None:
     assert run.rc == 0, run.output[-4000:]
 
 
-def assert_nothing_left(run: SmokeRun, after_del: list[str], state_dir: Path, data_dir: Path) -> None:
+def assert_nothing_left(run: SmokeRun, after_del: list[str], state_dir: Path, data_dir: Path,
+                        network: str) -> None:
+    # the journal dir (and its lock) stays: proof that BERTH_STATE_DIR reached the plugins
+    assert (state_dir / network).is_dir(), f"no journal dir under {state_dir}: BERTH_STATE_DIR not passed through?"
+    assert (data_dir / network).is_dir(), f"no lease dir under {data_dir}: ipam.dataDir ignored?"
     for stem in after_del:
         left = nft_leftovers(berth_table_block(run.ruleset(stem)))
         assert not left, f"per-attachment nft state left in table inet berth after {stem}: {left}"

@@ -47,7 +47,7 @@ def test_cri_pod_with_host_ports(tmp_path: Path) -> None:
     assert len(dels) >= 2 and all(c["rc"] == 0 for c in dels), dels
     assert any(not c["env"].get("CNI_NETNS") for c in dels)
     assert "CNI-DN-" in common.berth_table_block(run.ruleset("cri-after-add"))
-    common.assert_nothing_left(run, ["cri-after-del"], state_dir, data_dir)
+    common.assert_nothing_left(run, ["cri-after-del"], state_dir, data_dir, "berth-containerd")
 
 
 def test_ctr_run_cni(tmp_path: Path) -> None:
@@ -62,4 +62,4 @@ def test_ctr_run_cni(tmp_path: Path) -> None:
         assert run.checks.get(check) is True, f"{check} not run:\n{run.output[-4000:]}"
     dels = [c for c in run.calls() if c["plugin"] == "berth-bridge" and c["command"] == "DEL"]
     assert dels and all(c["rc"] == 0 and not c["env"].get("CNI_NETNS") for c in dels), dels
-    common.assert_nothing_left(run, ["ctr-after-del"], state_dir, data_dir)
+    common.assert_nothing_left(run, ["ctr-after-del"], state_dir, data_dir, "berth-ctr")

@@ -42,4 +42,5 @@ def test_podman_publish_port_through_berth(tmp_path: Path) -> None:
     assert mappings and mappings[0]["hostPort"] == 18080  # podman sends lower-case keys
     assert portmap_add["stdin"]["cniVersion"] == "0.4.0"
     assert "CNI-DN-" in common.berth_table_block(run.ruleset("1-after-add")), "no DNAT chain while the pod ran"
-    common.assert_nothing_left(run, [f"{c}-after-del" for c in range(1, CYCLES + 1)], state_dir, data_dir)
+    common.assert_nothing_left(run, [f"{c}-after-del" for c in range(1, CYCLES + 1)], state_dir, data_dir,
+                               conf["name"])
