@@ -1,0 +1,164 @@
+"""berth-bridge configuration: parsing and validation, no kernel access.
+
+Accepts every field of upstream's bridge NetConf (plugins/main/bridge). Fields
+whose behaviour berth does not implement are accepted when off and refused
+with code 2 (unsupported field) when turned on, so nothing silently half-works:
+vlanTrunk, macspoofchk, and isGateway together with vlan (upstream then puts
+the gateway on a `<bridge>.<vlan>` sub-interface).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from cni import errors
+from cni.errors import CNIError
+from cni.skel import MAX_IFNAME_LENGTH
+
+DEFAULT_BRIDGE = "cni0"
+MIN_MTU = 68
+MAX_MTU = 65535
+_MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
+
+_BOOL_FIELDS = {
+    "isGateway": "is_gateway",
+    "isDefaultGateway": "is_default_gateway",
+    "forceAddress": "force_address",
+    "ipMasq": "ip_masq",
+    "hairpinMode": "hairpin",
+    "promiscMode": "promisc",
+    "preserveDefaultVlan": "preserve_default_vlan",
+    "enabledad": "enable_dad",
+    "macspoofchk": "mac_spoof_check",
+    "disableContainerInterface": "disable_container_interface",
+    "portIsolation": "port_isolation",
+}
+
+
+@dataclass
+class BridgeConf:
+    network: str
+    bridge: str = DEFAULT_BRIDGE
+    is_gateway: bool = False
+    is_default_gateway: bool = False
+    force_address: bool = False
+    ip_masq: bool = False
+    ip_masq_backend: str = ""
+    mtu: int = 0
+    hairpin: bool = False
+    promisc: bool = False
+    vlan: int = 0
+    preserve_default_vlan: bool = True  # upstream's default
+    enable_dad: bool = False
+    mac_spoof_check: bool = False
+    disable_container_interface: bool = False
+    port_isolation: bool = False
+    ipam: dict[str, Any] = field(default_factory=dict)
+    mac: str | None = None
+
+    @property
+    def ipam_type(self) -> str:
+        return str(self.ipam.get("type") or "")
+
+    @property
+    def layer3(self) -> bool:
+        """An empty IPAM type means an L2-only attachment (no addresses), as upstream."""
+        return bool(self.ipam_type)
+
+
+def _valid_ifname(name: str) -> bool:
+    return (
+        0 < len(name) <= MAX_IFNAME_LENGTH and name not in (".", "..")
+        and not any(c in "/:\0" or c.isspace() for c in name)
+    )
+
+
+def normalize_mac(value: object, where: str) -> str:
+    if not isinstance(value, str) or not _MAC_RE.match(value):
+        raise errors.invalid_config(f"invalid MAC address in {where}", str(value)[:64])
+    mac = value.lower()
+    if int(mac[:2], 16) & 1:
+        raise errors.invalid_config(f"MAC address in {where} is a multicast address", mac)
+    return mac
+
+
+def _mac_from(config: dict[str, Any], cni_args: dict[str, str]) -> str | None:
+    """Runtime MAC: runtimeConfig.mac wins over args.cni.mac over CNI_ARGS MAC= (as upstream)."""
+    runtime = config.get("runtimeConfig")
+    if isinstance(runtime, dict) and runtime.get("mac"):
+        return normalize_mac(runtime["mac"], "runtimeConfig.mac")
+    args = config.get("args")
+    if isinstance(args, dict) and isinstance(args.get("cni"), dict) and args["cni"].get("mac"):
+        return normalize_mac(args["cni"]["mac"], "args.cni.mac")
+    if cni_args.get("MAC"):
+        return normalize_mac(cni_args["MAC"], "CNI_ARGS MAC")
+    return None
+
+
+def parse(config: dict[str, Any], cni_args: dict[str, str] | None = None) -> BridgeConf:
+    """Validate a bridge config; type errors are code 7, unimplemented options code 2."""
+    conf = BridgeConf(network=str(config.get("name", "")))
+    bridge = config.get("bridge", DEFAULT_BRIDGE)
+    if bridge in (None, ""):
+        bridge = DEFAULT_BRIDGE
+    if not isinstance(bridge, str) or not _valid_ifname(bridge):
+        raise errors.invalid_config("invalid bridge name", str(bridge)[:64])
+    conf.bridge = bridge
+    for key, attr in _BOOL_FIELDS.items():
+        value = config.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, bool):
+            raise errors.invalid_config(f"{key} must be a boolean", repr(value)[:64])
+        setattr(conf, attr, value)
+    backend = config.get("ipMasqBackend")
+    if backend is not None:
+        if backend not in ("", "iptables", "nftables"):
+            raise errors.invalid_config("ipMasqBackend must be \"iptables\" or \"nftables\"", str(backend)[:64])
+        conf.ip_masq_backend = backend  # berth masquerades with nftables either way
+    for key in ("mtu", "vlan"):
+        value = config.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise errors.invalid_config(f"{key} must be an integer", repr(value)[:64])
+    mtu = config.get("mtu") or 0
+    if mtu and not MIN_MTU <= mtu <= MAX_MTU:
+        raise errors.invalid_config(f"invalid MTU {mtu}", f"must be 0 (kernel default) or {MIN_MTU}..{MAX_MTU}")
+    conf.mtu = mtu
+    vlan = config.get("vlan") or 0
+    if not 0 <= vlan <= 4094:
+        raise errors.invalid_config(f"invalid VLAN ID {vlan} (must be between 0 and 4094)")
+    conf.vlan = vlan
+    trunk = config.get("vlanTrunk")
+    if trunk not in (None, []):
+        if not isinstance(trunk, list):
+            raise errors.invalid_config("vlanTrunk must be a list")
+        raise CNIError(errors.UNSUPPORTED_FIELD, "vlanTrunk is not supported by berth-bridge")
+    if conf.vlan and trunk:
+        raise errors.invalid_config("cannot set vlan and vlanTrunk at the same time")
+    if conf.mac_spoof_check:
+        raise CNIError(errors.UNSUPPORTED_FIELD, "macspoofchk is not supported by berth-bridge")
+    if conf.is_default_gateway:
+        conf.is_gateway = True
+    if conf.hairpin and conf.promisc:
+        raise errors.invalid_config("cannot set hairpin mode and promiscuous mode at the same time")
+    if conf.vlan and conf.is_gateway:
+        raise CNIError(errors.UNSUPPORTED_FIELD, "isGateway together with vlan is not supported by berth-bridge")
+    ipam = config.get("ipam")
+    if ipam is None:
+        ipam = {}
+    if not isinstance(ipam, dict):
+        raise errors.invalid_config("ipam must be an object")
+    if not isinstance(ipam.get("type", ""), str):
+        raise errors.invalid_config("ipam.type must be a string")
+    conf.ipam = ipam
+    if not conf.layer3 and conf.ip_masq:
+        raise errors.invalid_config("ipMasq needs an IPAM plugin (no addresses to masquerade)")
+    if conf.disable_container_interface and conf.layer3:
+        # the interface stays down: addresses and routes on it could not work
+        raise errors.invalid_config("disableContainerInterface is for L2-only networks (empty ipam)")
+    conf.mac = _mac_from(config, cni_args or {})
+    return conf
