@@ -144,6 +144,7 @@ class Bench:
         nets = self.containers(side, need)
         pending: dict[Future[ChainOutcome], Attachment] = {}
         todo = list(nets)
+        finished = 0
         while todo or pending:
             # at most plan.concurrency in flight (the pool itself is burst-sized)
             while todo and len(pending) < self.plan.concurrency:
@@ -159,6 +160,10 @@ class Bench:
                     side.live.append(att)
                 else:
                     self.error(side, f"populate-{target}", out.error)
+                finished += 1
+                if finished % 200 == 0:
+                    self.log(f"level {target}: {side.mode.name} {finished}/{need} existing attachments added "
+                             f"({time.perf_counter() - start:.0f}s)")
         return time.perf_counter() - start
 
     # --- phases -------------------------------------------------------------
