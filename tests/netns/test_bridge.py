@@ -104,7 +104,7 @@ def test_result_shape_per_version(topo: harness.Topology, version: str) -> None:
     result = add(node, c, ns)
     assert result["cniVersion"] == version
     ifaces = result["interfaces"]
-    assert [i["name"] for i in ifaces][0] == "bt0" and ifaces[1]["name"].startswith("veth")
+    assert ifaces[0]["name"] == "bt0" and ifaces[1]["name"].startswith("veth")
     assert len(ifaces[1]["name"]) == 12 and ifaces[2] == {**ifaces[2], "name": "eth0", "sandbox": ns.path}
     assert all(len(i["mac"]) == 17 for i in ifaces)
     ip = result["ips"][0]
