@@ -3,18 +3,17 @@
 Everything the dispatcher reads or writes is passed in (environ, stdin, stdout,
 stderr), as libcni's skel does, so unit tests drive it without a kernel. This is
 the one place where exceptions become the CNI error JSON.
+
+Import cost matters here: every runtime probes plugins with VERSION, so this
+module imports only os/sys/time at load time; json (which pulls re and enum),
+typing and dataclasses (which pulls inspect) stay out of the VERSION path.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import re
 import sys
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import IO, Any
 
 from cni import errors
 from cni.errors import CNIError
@@ -28,14 +27,21 @@ from cni.spec import (
     version_at_least,
 )
 
+TYPE_CHECKING = False  # mypy treats this name as True; avoids importing typing at run time
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+    from typing import IO, Any
+
 MAX_STDIN_BYTES = 4 * 1024 * 1024
 MAX_ID_LENGTH = 200  # the journal file name <id>-<ifname>.json must fit NAME_MAX
 MAX_NAME_LENGTH = 128
-MAX_IFNAME_LENGTH = 15  # IFNAMSIZ - 1
+MAX_IFNAME_LENGTH = 15  # IFNAMSIZ - 1, counted in bytes as the kernel does
 
 COMMANDS = ("ADD", "DEL", "CHECK", "VERSION", "GC", "STATUS")
-_ID_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$")
-_ARG_KEY_RE = re.compile(r"^[A-Za-z0-9_.\-]+$")
+# libcni's `^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$`, as character sets: no regex to
+# import, and no `$`-matches-before-a-trailing-newline trap.
+_ALNUM = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
+_ID_CHARS = _ALNUM | frozenset("_.-")
 
 # Which CNI_* variables each verb needs (libcni skel's reqForCmd table).
 _REQUIRED_ENV: dict[str, frozenset[str]] = {
@@ -47,39 +53,78 @@ _REQUIRED_ENV: dict[str, frozenset[str]] = {
 # The spec version a verb first appeared in.
 _MIN_VERSION = {"CHECK": "0.4.0", "GC": "1.1.0", "STATUS": "1.1.0"}
 
+_EMPTY_ENV: dict[str, str] = {}
 
-@dataclass
+
 class CmdArgs:
-    command: str
-    container_id: str
-    netns: str
-    ifname: str
-    args: dict[str, str]
-    raw_args: str
-    path: list[str]
-    stdin: bytes
-    config: dict[str, Any]
-    version: str
-    environ: Mapping[str, str] = field(default_factory=dict)
+    """One invocation, validated. A plain class (not a dataclass) to keep import cheap."""
+
+    __slots__ = ("args", "command", "config", "container_id", "environ", "ifname", "netns", "path", "raw_args",
+                 "stdin", "version")
+
+    def __init__(
+        self, command: str, container_id: str, netns: str, ifname: str, args: dict[str, str], raw_args: str,
+        path: list[str], stdin: bytes, config: dict[str, Any], version: str,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        self.command = command
+        self.container_id = container_id
+        self.netns = netns
+        self.ifname = ifname
+        self.args = args
+        self.raw_args = raw_args
+        self.path = path
+        self.stdin = stdin
+        self.config = config
+        self.version = version
+        self.environ: Mapping[str, str] = {} if environ is None else environ
 
     @property
     def network(self) -> str:
         return str(self.config.get("name", ""))
 
+    def replace(self, **changes: Any) -> CmdArgs:
+        """A copy with some fields changed (what dataclasses.replace gave)."""
+        fields = {name: getattr(self, name) for name in self.__slots__}
+        fields.update(changes)
+        return CmdArgs(**fields)
 
-Handler = Callable[[CmdArgs], Result | None]
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, CmdArgs):
+            return NotImplemented
+        return all(getattr(self, n) == getattr(other, n) for n in self.__slots__)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, like the dataclass it replaces
+
+    def __repr__(self) -> str:
+        return (f"CmdArgs(command={self.command!r}, container_id={self.container_id!r}, netns={self.netns!r}, "
+                f"ifname={self.ifname!r}, network={self.network!r}, version={self.version!r})")
 
 
-@dataclass
+if TYPE_CHECKING:
+    Handler = Callable[[CmdArgs], Result | None]
+else:
+    Handler = object
+
+
 class PluginFuncs:
-    name: str
-    add: Handler | None = None
-    delete: Handler | None = None
-    check: Handler | None = None
-    gc: Handler | None = None
-    status: Handler | None = None
-    # CNI_ARGS keys the plugin understands; others fail unless IgnoreUnknown.
-    known_args: frozenset[str] = frozenset()
+    """A plugin's verbs. Handlers return a current-shape result (ADD) or None."""
+
+    __slots__ = ("add", "check", "delete", "gc", "known_args", "name", "status")
+
+    def __init__(
+        self, name: str, add: Handler | None = None, delete: Handler | None = None, check: Handler | None = None,
+        gc: Handler | None = None, status: Handler | None = None,
+        # CNI_ARGS keys the plugin understands; others fail unless IgnoreUnknown.
+        known_args: frozenset[str] = frozenset(),
+    ) -> None:
+        self.name = name
+        self.add = add
+        self.delete = delete
+        self.check = check
+        self.gc = gc
+        self.status = status
+        self.known_args = known_args
 
     def handler(self, command: str) -> Handler | None:
         return {
@@ -90,18 +135,25 @@ class PluginFuncs:
             "STATUS": self.status,
         }.get(command)
 
+    def __repr__(self) -> str:
+        return f"PluginFuncs(name={self.name!r})"
+
+
+def _is_id(value: str) -> bool:
+    return bool(value) and value[0] in _ALNUM and all(c in _ID_CHARS for c in value)
+
 
 def validate_container_id(value: str) -> None:
     if not value:
         raise errors.invalid_env("missing containerID")
-    if len(value) > MAX_ID_LENGTH or not _ID_RE.match(value):
+    if len(value) > MAX_ID_LENGTH or not _is_id(value):
         raise errors.invalid_env("invalid characters in containerID", value[:MAX_ID_LENGTH])
 
 
 def validate_network_name(value: object) -> str:
     if not isinstance(value, str) or not value:
         raise errors.invalid_config("missing network name")
-    if len(value) > MAX_NAME_LENGTH or not _ID_RE.match(value):
+    if len(value) > MAX_NAME_LENGTH or not _is_id(value):
         raise errors.invalid_config("invalid characters found in network name", value[:MAX_NAME_LENGTH])
     return value
 
@@ -109,8 +161,8 @@ def validate_network_name(value: object) -> str:
 def validate_ifname(value: str) -> None:
     if not value:
         raise errors.invalid_env("interface name is empty")
-    if len(value) > MAX_IFNAME_LENGTH:
-        raise errors.invalid_env("interface name is too long", f"max {MAX_IFNAME_LENGTH} characters")
+    if len(value.encode("utf-8", "surrogatepass")) > MAX_IFNAME_LENGTH:
+        raise errors.invalid_env("interface name is too long", f"max {MAX_IFNAME_LENGTH} bytes")
     if value in (".", ".."):
         raise errors.invalid_env("interface name is . or ..")
     if any(c in "/:\0" or c.isspace() for c in value):
@@ -131,12 +183,15 @@ def parse_cni_args(raw: str, known: frozenset[str]) -> dict[str, str]:
         if not pair:
             continue
         key, sep, value = pair.partition("=")
-        if not sep or not key or not _ARG_KEY_RE.match(key):
+        if not sep or not key or not all(c in _ID_CHARS for c in key):
             raise errors.invalid_env("invalid CNI_ARGS pair", pair[:200])
         parsed[key] = value
-    ignore = parsed.get("IgnoreUnknown", "").lower() in ("1", "true")
+    # libcni's UnmarshallableBool: 1/true/0/false (any case), anything else is an error
+    flag = parsed.get("IgnoreUnknown", "").lower()
+    if flag not in ("", "0", "1", "true", "false"):
+        raise errors.invalid_env("invalid IgnoreUnknown value in CNI_ARGS", flag[:40])
     unknown = sorted(k for k in parsed if k not in known and k != "IgnoreUnknown")
-    if unknown and not ignore:
+    if unknown and flag not in ("1", "true"):
         raise errors.invalid_env(f"unknown CNI_ARGS {unknown}", "set IgnoreUnknown=1 to ignore them")
     return parsed
 
@@ -149,10 +204,14 @@ def read_stdin(stream: IO[bytes]) -> bytes:
 
 
 def decode_config(data: bytes) -> dict[str, Any]:
+    import json
+
     try:
         config = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
         raise CNIError(errors.DECODE_FAILURE, "error parsing network configuration", str(exc)[:300]) from None
+    except RecursionError:  # "[[[[..." nested deeper than the interpreter's stack
+        raise CNIError(errors.DECODE_FAILURE, "error parsing network configuration", "nested too deeply") from None
     if not isinstance(config, dict):
         raise CNIError(errors.DECODE_FAILURE, "network configuration must be a JSON object")
     return config
@@ -164,6 +223,12 @@ def config_version(config: Mapping[str, Any]) -> str:
 
 def version_info() -> dict[str, Any]:
     return {"cniVersion": CURRENT_VERSION, "supportedVersions": list(SUPPORTED_VERSIONS)}
+
+
+def _version_json() -> str:
+    # what json.dumps(version_info()) prints, without importing json for the hottest call
+    versions = ", ".join(f'"{v}"' for v in SUPPORTED_VERSIONS)
+    return f'{{"cniVersion": "{CURRENT_VERSION}", "supportedVersions": [{versions}]}}'
 
 
 def _check_env(command: str, environ: Mapping[str, str]) -> None:
@@ -221,6 +286,8 @@ def execute(funcs: PluginFuncs, environ: Mapping[str, str], stdin: bytes) -> Res
 
 
 def _error_version(stdin: bytes) -> str:
+    import json
+
     try:
         version = json.loads(stdin).get("cniVersion")
     except Exception:
@@ -254,11 +321,13 @@ def run(
     outcome = "ok"
     try:
         if command == "VERSION":
-            stdout.write(json.dumps(version_info()) + "\n")
+            stdout.write(_version_json() + "\n")
             return 0
         data = read_stdin(stdin)
         result = execute(funcs, environ, data)
         if result is not None:
+            import json
+
             stdout.write(json.dumps(result) + "\n")
         return 0
     except CNIError as err:
@@ -279,9 +348,14 @@ def run(
 
 
 def _print_error(err: CNIError, data: bytes, stdout: IO[str], stderr: IO[str], name: str) -> None:
-    stdout.write(json.dumps(err.to_json(_error_version(data))) + "\n")
+    import json
+
     detail = f" ({err.details})" if err.details else ""
-    stderr.write(f"{name}: error {err.code}: {err.msg}{detail}\n")
+    try:
+        stdout.write(json.dumps(err.to_json(_error_version(data))) + "\n")
+        stderr.write(f"{name}: error {err.code}: {err.msg}{detail}\n".replace("\n", " ")[:-1] + "\n")
+    except (OSError, ValueError):  # the runtime closed our pipes: nobody is left to tell
+        pass
 
 
 def _log_call(name: str, environ: Mapping[str, str], data: bytes, started: float, outcome: str) -> None:
@@ -289,6 +363,8 @@ def _log_call(name: str, environ: Mapping[str, str], data: bytes, started: float
     path = environ.get("BERTH_LOG_FILE")
     if not path:
         return
+    import json
+
     network = ""
     try:
         network = str(json.loads(data).get("name", ""))[:MAX_NAME_LENGTH] if data else ""

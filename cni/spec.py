@@ -8,20 +8,25 @@ is converted to the current shape before a plugin reads it.
 
 from __future__ import annotations
 
-import copy
-import ipaddress
-from collections.abc import Callable
-from typing import Any
-
 from cni.errors import DECODE_FAILURE, INCOMPATIBLE_VERSION, CNIError
+
+# copy, ipaddress and typing are imported where used: a VERSION call needs none of them.
+TYPE_CHECKING = False  # mypy treats this name as True
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
 
 CURRENT_VERSION = "1.1.0"
 SUPPORTED_VERSIONS: tuple[str, ...] = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
 # A config without cniVersion is 0.1.0 by the spec; we do not speak it.
 MISSING_VERSION = "0.1.0"
 
-Result = dict[str, Any]
-Converter = Callable[[Result, str], Result]
+if TYPE_CHECKING:
+    Result = dict[str, Any]
+    Converter = Callable[[Result, str], Result]
+else:  # importable names for annotations elsewhere, without importing typing
+    Result = dict
+    Converter = object
 
 
 def parse_version(version: str) -> tuple[int, int, int]:
@@ -45,7 +50,11 @@ def require_supported(version: object) -> str:
     return version
 
 
-def _family_of(address: str) -> str:
+def _family_of(address: object) -> str:
+    import ipaddress
+
+    if not isinstance(address, str):
+        raise CNIError(DECODE_FAILURE, f"invalid address {address!r} in result")
     try:
         return "4" if ipaddress.ip_interface(address).version == 4 else "6"
     except ValueError:
@@ -54,6 +63,8 @@ def _family_of(address: str) -> str:
 
 def _to_0x(result: Result, version: str) -> Result:
     """1.x shape -> 0.3.x/0.4.0 shape: every ip carries "version"."""
+    import copy
+
     out = copy.deepcopy(result)
     for ip in out.get("ips", []) or []:
         ip["version"] = _family_of(ip.get("address", ""))
@@ -68,6 +79,8 @@ def _to_0x(result: Result, version: str) -> Result:
 
 
 def _to_1x(result: Result, version: str) -> Result:
+    import copy
+
     out = copy.deepcopy(result)
     for ip in out.get("ips", []) or []:
         ip.pop("version", None)
@@ -105,6 +118,8 @@ def convert_result(result: Result, to_version: str) -> Result:
         raise CNIError(DECODE_FAILURE, "result is not a JSON object")
     src = result.get("cniVersion", CURRENT_VERSION)
     if src == to_version:
+        import copy
+
         return copy.deepcopy(result)
     fn = _CONVERTERS.get((src, to_version))
     if fn is None:
