@@ -1,0 +1,414 @@
+"""berth's nftables layout as plain data: names, the static base layout and the
+per-attachment objects, in libnftables JSON (schema 1). Nothing here talks to
+the kernel; portmap/nft.py applies what these builders return.
+
+One `inet` table holds both families, so a single transaction covers v4 and v6
+and one per-attachment chain holds both families' rules.
+
+    prerouting (nat, -100)  : fib daddr type local -> CNI-HOSTPORT-DNAT
+    output     (nat, -100)  : fib daddr type local -> CNI-HOSTPORT-DNAT
+    CNI-HOSTPORT-DNAT       : daddr . l4proto . dport vmap @hostports-v4/-v6 (a hostIP)
+                              l4proto . dport vmap @hostports (any local address)
+    CNI-DN-<hash>           : the attachment's DNAT rules + hairpin/localhost marks
+    CNI-HOSTPORT-SETMARK    : meta mark |= markMasqBit
+    postrouting (nat, 100)  : -> CNI-HOSTPORT-MASQ; saddr vmap @masq-v4/-v6 (bridge ipMasq)
+    CNI-HOSTPORT-MASQ       : marked -> masquerade
+    CNI-<hash>              : the attachment's ipMasq rules
+    forward (filter, 0)     : -> CNI-ADMIN (operator's, never written); bridges + ct dnat accept
+    guard (filter, -300)    : drop 127.0.0.0/8 not arriving on lo (CVE-2020-8558)
+
+The static part is re-asserted by every ADD (add is a no-op when present, static
+chains are add+flush+refill) so its cost never depends on how many attachments
+exist; CNI-ADMIN is only ever `add`ed, never flushed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from dataclasses import dataclass
+from typing import Any
+
+FAMILY = "inet"
+TABLE = "berth"
+
+DNAT_CHAIN = "CNI-HOSTPORT-DNAT"
+SETMARK_CHAIN = "CNI-HOSTPORT-SETMARK"
+MASQ_CHAIN = "CNI-HOSTPORT-MASQ"
+ADMIN_CHAIN = "CNI-ADMIN"
+GUARD_CHAIN = "guard"
+
+HOSTPORTS_MAP = "hostports"
+HOSTPORTS_V4_MAP = "hostports-v4"
+HOSTPORTS_V6_MAP = "hostports-v6"
+MASQ_V4_MAP = "masq-v4"
+MASQ_V6_MAP = "masq-v6"
+BRIDGES_SET = "bridges"
+
+DEFAULT_MASQ_BIT = 13
+CHAIN_NAME_LENGTH = 28  # upstream utils.maxChainLength (iptables' limit minus NUL)
+DEFAULT_IFNAME = "eth0"
+
+Cmd = dict[str, Any]
+Expr = dict[str, Any]
+
+# name, type, hook, priority (the knftables nftablesBaseChains idea)
+BASE_CHAINS: tuple[tuple[str, str, str, int], ...] = (
+    (GUARD_CHAIN, "filter", "prerouting", -300),
+    ("prerouting", "nat", "prerouting", -100),
+    # 1.0.6 refuses the keyword "dstnat" on output: write the number
+    ("output", "nat", "output", -100),
+    ("postrouting", "nat", "postrouting", 100),
+    ("forward", "filter", "forward", 0),
+)
+
+# name -> key type; every map is a verdict map
+MAPS: tuple[tuple[str, list[str] | str, bool], ...] = (
+    (HOSTPORTS_MAP, ["inet_proto", "inet_service"], True),
+    (HOSTPORTS_V4_MAP, ["ipv4_addr", "inet_proto", "inet_service"], True),
+    (HOSTPORTS_V6_MAP, ["ipv6_addr", "inet_proto", "inet_service"], True),
+    (MASQ_V4_MAP, "ipv4_addr", False),
+    (MASQ_V6_MAP, "ipv6_addr", False),
+)
+
+V4_MULTICAST = "224.0.0.0/4"
+V6_MULTICAST = "ff00::/8"
+V4_LOOPBACK = "127.0.0.0/8"
+
+
+# --- names -------------------------------------------------------------------
+
+def hash_input(network: str, container_id: str, ifname: str) -> str:
+    """What the chain hash covers: upstream's name+containerID; a second interface
+    of the same container on the same network (Multus) appends its ifname so
+    the two attachments get distinct chains. eth0 keeps upstream's names."""
+    if ifname and ifname != DEFAULT_IFNAME:
+        return f"{network}{container_id}/{ifname}"
+    return f"{network}{container_id}"
+
+
+def format_chain_name(prefix: str, to_hash: str) -> str:
+    """upstream utils.MustFormatHashWithPrefix(28, prefix, toHash)."""
+    digest = hashlib.sha512(to_hash.encode()).hexdigest()
+    return (prefix + digest)[:CHAIN_NAME_LENGTH]
+
+
+def dnat_chain_name(network: str, container_id: str, ifname: str = DEFAULT_IFNAME) -> str:
+    """upstream portmap: utils.MustFormatChainNameWithPrefix(name, id, "DN-")."""
+    return format_chain_name("CNI-DN-", hash_input(network, container_id, ifname))
+
+
+def masq_chain_name(network: str, container_id: str, ifname: str = DEFAULT_IFNAME) -> str:
+    """upstream bridge ipMasq: utils.FormatChainName(name, id)."""
+    return format_chain_name("CNI-", hash_input(network, container_id, ifname))
+
+
+def comment(network: str, container_id: str, ifname: str) -> str:
+    return f"net: {network}, if: {ifname}, id: {container_id}"[:128]
+
+
+# --- expression helpers ----------------------------------------------------
+
+def _obj(kind: str, **fields: Any) -> dict[str, Any]:
+    return {kind: {"family": FAMILY, "table": TABLE, **fields}}
+
+
+def meta(key: str) -> Expr:
+    return {"meta": {"key": key}}
+
+
+def payload(protocol: str, field: str) -> Expr:
+    return {"payload": {"protocol": protocol, "field": field}}
+
+
+def match(left: Any, right: Any, op: str = "==") -> Expr:
+    return {"match": {"op": op, "left": left, "right": right}}
+
+
+def prefix(cidr: str) -> Any:
+    net = ipaddress.ip_network(cidr, strict=False)
+    if net.prefixlen == net.max_prefixlen:
+        return str(net.network_address)
+    return {"prefix": {"addr": str(net.network_address), "len": net.prefixlen}}
+
+
+def ip_proto(version: int) -> str:
+    return "ip" if version == 4 else "ip6"
+
+
+def jump(target: str) -> Expr:
+    return {"jump": {"target": target}}
+
+
+COUNTER: Expr = {"counter": None}
+
+
+def port_value(lo: int, hi: int) -> Any:
+    return lo if lo == hi else {"range": [lo, hi]}
+
+
+# --- commands ----------------------------------------------------------------
+
+def add_table() -> Cmd:
+    return {"add": {"table": {"family": FAMILY, "name": TABLE}}}
+
+
+def add_chain(name: str, base: tuple[str, int, str] | None = None) -> Cmd:
+    fields: dict[str, Any] = {"name": name}
+    if base is not None:
+        kind, prio, hook = base
+        fields.update(type=kind, hook=hook, prio=prio, policy="accept")
+    return {"add": _obj("chain", **fields)}
+
+
+def flush_chain(name: str) -> Cmd:
+    return {"flush": _obj("chain", name=name)}
+
+
+def delete_chain(name: str) -> Cmd:
+    return {"delete": _obj("chain", name=name)}
+
+
+def add_rule(chain: str, *expr: Expr, note: str | None = None) -> Cmd:
+    fields: dict[str, Any] = {"chain": chain, "expr": list(expr)}
+    if note:
+        fields["comment"] = note
+    return {"add": _obj("rule", **fields)}
+
+
+def _element(verb: str, name: str, elems: list[Any]) -> Cmd:
+    return {verb: _obj("element", name=name, elem=elems)}
+
+
+def add_elements(name: str, elems: list[Any]) -> Cmd:
+    return _element("add", name, elems)
+
+
+def delete_elements(name: str, elems: list[Any]) -> Cmd:
+    return _element("delete", name, elems)
+
+
+def verdict_elem(key: Any, chain: str) -> list[Any]:
+    return [key, jump(chain)]
+
+
+def base_layout(external_setmark: str | None = None) -> list[Cmd]:
+    """The static skeleton. Idempotent; re-asserted inside every ADD transaction.
+    The mark chains are only created here: their rules depend on portmap's
+    markMasqBit, so only portmap fills them (mark_layout)."""
+    cmds: list[Cmd] = [add_table()]
+    for name, key, interval in MAPS:
+        fields: dict[str, Any] = {"name": name, "type": key, "map": "verdict"}
+        if interval:
+            fields["flags"] = ["interval"]
+        cmds.append({"add": _obj("map", **fields)})
+    cmds.append({"add": _obj("set", name=BRIDGES_SET, type="ifname")})
+    # user chains before the base chains that jump to them
+    cmds.append(add_chain(ADMIN_CHAIN))  # operator-owned: add only, never flush
+    if external_setmark:
+        cmds.append(add_chain(external_setmark))  # operator-owned as well
+    cmds += [add_chain(SETMARK_CHAIN), add_chain(MASQ_CHAIN), add_chain(DNAT_CHAIN), flush_chain(DNAT_CHAIN)]
+    for name, kind, hook, prio in BASE_CHAINS:
+        cmds += [add_chain(name, (kind, prio, hook)), flush_chain(name)]
+
+    local = match({"fib": {"result": "type", "flags": ["daddr"]}}, "local")
+    dport = payload("th", "dport")
+    cmds += [
+        add_rule(GUARD_CHAIN, match(meta("iifname"), "lo", "!="),
+                 match(payload("ip", "daddr"), prefix(V4_LOOPBACK)), COUNTER, {"drop": None}),
+        add_rule("prerouting", local, jump(DNAT_CHAIN)),
+        add_rule("output", local, jump(DNAT_CHAIN)),
+        # a specific hostIP wins over "any local address"
+        add_rule(DNAT_CHAIN, {"vmap": {"key": {"concat": [payload("ip", "daddr"), meta("l4proto"), dport]},
+                                       "data": "@" + HOSTPORTS_V4_MAP}}),
+        add_rule(DNAT_CHAIN, {"vmap": {"key": {"concat": [payload("ip6", "daddr"), meta("l4proto"), dport]},
+                                       "data": "@" + HOSTPORTS_V6_MAP}}),
+        add_rule(DNAT_CHAIN, {"vmap": {"key": {"concat": [meta("l4proto"), dport]},
+                                       "data": "@" + HOSTPORTS_MAP}}),
+        add_rule("postrouting", jump(MASQ_CHAIN)),
+        add_rule("postrouting", {"vmap": {"key": payload("ip", "saddr"), "data": "@" + MASQ_V4_MAP}}),
+        add_rule("postrouting", {"vmap": {"key": payload("ip6", "saddr"), "data": "@" + MASQ_V6_MAP}}),
+        add_rule("forward", jump(ADMIN_CHAIN)),
+        add_rule("forward", match(meta("iifname"), "@" + BRIDGES_SET), {"accept": None}),
+        add_rule("forward", match(meta("oifname"), "@" + BRIDGES_SET), {"accept": None}),
+        add_rule("forward", match({"ct": {"key": "status"}}, "dnat", "in"), {"accept": None}),
+    ]
+    return cmds
+
+
+def mark_layout(mark_bit: int = DEFAULT_MASQ_BIT) -> list[Cmd]:
+    """CNI-HOSTPORT-SETMARK / -MASQ with portmap's markMasqBit (add+flush+refill)."""
+    mark = 1 << mark_bit
+    return [
+        flush_chain(SETMARK_CHAIN),
+        add_rule(SETMARK_CHAIN, COUNTER, {"mangle": {"key": meta("mark"), "value": {"|": [meta("mark"), mark]}}}),
+        flush_chain(MASQ_CHAIN),
+        add_rule(MASQ_CHAIN, match({"&": [meta("mark"), mark]}, mark), COUNTER, {"masquerade": None}),
+    ]
+
+
+# --- port mappings -------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Mapping:
+    """One validated portMapping; ports are inclusive ranges (lo == hi for one port)."""
+
+    host_lo: int
+    host_hi: int
+    container_lo: int
+    protocol: str  # tcp | udp | sctp
+    host_ip: str = ""  # "" = any local address
+
+    @property
+    def container_hi(self) -> int:
+        return self.container_lo + (self.host_hi - self.host_lo)
+
+    @property
+    def host_version(self) -> int | None:
+        return ipaddress.ip_address(self.host_ip).version if self.host_ip else None
+
+    def applies_to(self, version: int) -> bool:
+        """A v4 hostIP only maps to v4 container addresses and vice versa."""
+        return self.host_version in (None, version)
+
+    def map_name(self) -> str:
+        return {None: HOSTPORTS_MAP, 4: HOSTPORTS_V4_MAP, 6: HOSTPORTS_V6_MAP}[self.host_version]
+
+    def map_key(self) -> Any:
+        ports = port_value(self.host_lo, self.host_hi)
+        if self.host_ip:
+            return {"concat": [self.host_ip, self.protocol, ports]}
+        return {"concat": [self.protocol, ports]}
+
+    def to_json(self) -> dict[str, Any]:
+        return {"hostPort": self.host_lo, "hostPortEnd": self.host_hi, "containerPort": self.container_lo,
+                "protocol": self.protocol, "hostIP": self.host_ip}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Mapping:
+        return cls(int(data["hostPort"]), int(data["hostPortEnd"]), int(data["containerPort"]),
+                   str(data["protocol"]), str(data.get("hostIP", "")))
+
+
+def _dnat_target(m: Mapping, addr: str, version: int) -> Expr:
+    fam = ip_proto(version)
+    if m.host_lo == m.host_hi:
+        return {"dnat": {"family": fam, "addr": addr, "port": m.container_lo}}
+    if m.container_lo == m.host_lo:
+        # in-range ports are kept by NAT: same range on both sides needs no port
+        return {"dnat": {"family": fam, "addr": addr}}
+    # shifted range: one rule with an anonymous map hostPort -> addr . containerPort
+    pairs = [[m.host_lo + i, {"concat": [addr, m.container_lo + i]}] for i in range(m.host_hi - m.host_lo + 1)]
+    return {"dnat": {"family": fam, "addr": {"map": {"key": payload("th", "dport"), "data": {"set": pairs}}}}}
+
+
+def dnat_rules(chain: str, mappings: list[Mapping], addresses: list[str], *, snat: bool = True,
+               masq_all: bool = False, setmark_chain: str = SETMARK_CHAIN, note: str | None = None) -> list[Cmd]:
+    """The rules of CNI-DN-<hash>: per mapping and container address, the marks
+    for hairpin (the container reaching its own hostPort) and localhost (v4 only:
+    ::1 cannot be NATed) traffic, then the DNAT."""
+    cmds: list[Cmd] = []
+    for m in mappings:
+        for addr in addresses:
+            version = ipaddress.ip_address(addr).version
+            if not m.applies_to(version):
+                continue
+            fam = ip_proto(version)
+            base: list[Expr] = [match(meta("nfproto"), "ipv4" if version == 4 else "ipv6")]
+            if m.host_ip:
+                base.append(match(payload(fam, "daddr"), m.host_ip))
+            ports = port_value(m.host_lo, m.host_hi)
+            base += [match(meta("l4proto"), m.protocol), match(payload("th", "dport"), ports)]
+            if snat:
+                if masq_all:
+                    cmds.append(add_rule(chain, *base, jump(setmark_chain), note=note))
+                else:
+                    cmds.append(add_rule(chain, *base, match(payload(fam, "saddr"), addr), jump(setmark_chain),
+                                         note=note))
+                    if version == 4:
+                        cmds.append(add_rule(chain, *base, match(payload(fam, "saddr"), prefix(V4_LOOPBACK)),
+                                             jump(setmark_chain), note=note))
+            cmds.append(add_rule(chain, *base, COUNTER, _dnat_target(m, addr, version), note=note))
+    return cmds
+
+
+def portmap_add(chain: str, mappings: list[Mapping], addresses: list[str], *, snat: bool = True,
+                masq_all: bool = False, mark_bit: int = DEFAULT_MASQ_BIT, external_setmark: str | None = None,
+                replace: list[tuple[str, Any]] | None = None, note: str | None = None) -> list[Cmd]:
+    """The whole ADD transaction: base ensure, chain add+flush+rules, map elements.
+    `replace` lists (map, key) elements owned by someone else that last-wins takes."""
+    setmark = external_setmark or SETMARK_CHAIN
+    cmds = base_layout(external_setmark) + mark_layout(mark_bit)
+    cmds += [add_chain(chain), flush_chain(chain)]
+    cmds += dnat_rules(chain, mappings, addresses, snat=snat, masq_all=masq_all, setmark_chain=setmark, note=note)
+    for map_name, key in replace or []:
+        cmds.append(delete_elements(map_name, [key]))
+    for map_name, elems in elements_by_map(chain, mappings).items():
+        cmds.append(add_elements(map_name, elems))
+    return cmds
+
+
+def elements_by_map(chain: str, mappings: list[Mapping]) -> dict[str, list[Any]]:
+    out: dict[str, list[Any]] = {}
+    for m in mappings:
+        out.setdefault(m.map_name(), []).append(verdict_elem(m.map_key(), chain))
+    return out
+
+
+def portmap_del(chain: str, elements: dict[str, list[Any]]) -> list[Cmd]:
+    """The DEL transaction: add-then-delete our elements (absence-tolerant; the
+    caller passes only elements it still owns), then add+flush+delete the chain.
+    The table is asserted first so a DEL on a node without it still succeeds."""
+    cmds: list[Cmd] = [add_table()]
+    for name, key, interval in MAPS:
+        if name in elements:
+            fields: dict[str, Any] = {"name": name, "type": key, "map": "verdict"}
+            if interval:
+                fields["flags"] = ["interval"]
+            cmds.append({"add": _obj("map", **fields)})
+    cmds += [add_chain(chain)]
+    for name, elems in elements.items():
+        if elems:
+            cmds += [add_elements(name, elems), delete_elements(name, elems)]
+    cmds += [flush_chain(chain), delete_chain(chain)]
+    return cmds
+
+
+# --- bridge ipMasq -------------------------------------------------------------
+
+def masq_rules(chain: str, subnets: list[str], note: str | None = None) -> list[Cmd]:
+    """upstream ipMasq: traffic to the pod subnet and multicast leaves untouched,
+    everything else is masqueraded."""
+    cmds: list[Cmd] = []
+    for cidr in subnets:
+        net = ipaddress.ip_network(cidr, strict=False)
+        fam = ip_proto(net.version)
+        cmds.append(add_rule(chain, match(payload(fam, "daddr"), prefix(cidr)), {"accept": None}, note=note))
+    versions = sorted({ipaddress.ip_network(c, strict=False).version for c in subnets})
+    for version in versions:
+        fam = ip_proto(version)
+        mcast = V4_MULTICAST if version == 4 else V6_MULTICAST
+        cmds.append(add_rule(chain, match(payload(fam, "daddr"), prefix(mcast), "!="), COUNTER,
+                             {"masquerade": None}, note=note))
+    return cmds
+
+
+def masq_elements(chain: str, addresses: list[str]) -> dict[str, list[Any]]:
+    out: dict[str, list[Any]] = {}
+    for addr in addresses:
+        version = ipaddress.ip_address(addr).version
+        out.setdefault(MASQ_V4_MAP if version == 4 else MASQ_V6_MAP, []).append(verdict_elem(addr, chain))
+    return out
+
+
+def masq_add(chain: str, cidrs: list[str], bridge: str | None, note: str | None = None) -> list[Cmd]:
+    addresses = [str(ipaddress.ip_interface(c).ip) for c in cidrs]
+    subnets = [str(ipaddress.ip_interface(c).network) for c in cidrs]
+    cmds = base_layout()
+    cmds += [add_chain(chain), flush_chain(chain)]
+    cmds += masq_rules(chain, subnets, note=note)
+    for name, elems in masq_elements(chain, addresses).items():
+        cmds.append(add_elements(name, elems))
+    if bridge:
+        cmds.append(add_elements(BRIDGES_SET, [bridge]))
+    return cmds

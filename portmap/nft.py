@@ -1,0 +1,174 @@
+"""The one place that talks to libnftables (JSON API, one transaction per call).
+
+The binding is imported lazily: a plugin is exec'd per pod and VERSION/DEL with
+nothing to do must not pay for it. Only berth's own table is ever listed.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from typing import Any, Protocol
+
+from cni import errors
+from cni.errors import CNIError
+from portmap import layout
+
+_lock = threading.Lock()
+_handle: Any = None
+MAX_DETAIL_CHARS = 4000
+
+
+class Backend(Protocol):
+    """What the plugins need from nftables; NFT (real) and Fake (tests) provide it."""
+
+    def apply(self, commands: list[dict[str, Any]]) -> None: ...
+
+    def list_table(self) -> list[dict[str, Any]] | None: ...
+
+
+def _nft() -> Any:
+    global _handle
+    with _lock:
+        if _handle is None:
+            try:
+                import nftables  # lazy: ~20 ms, only when there is nft work
+            except ImportError as exc:
+                raise CNIError(errors.PLUGIN_NOT_AVAILABLE, "libnftables binding not available", str(exc)) from None
+            try:
+                handle = nftables.Nftables()
+            except Exception as exc:  # the binding raises OSError-ish things when the .so is missing
+                raise CNIError(errors.PLUGIN_NOT_AVAILABLE, "libnftables not loadable", str(exc)) from None
+            handle.set_json_output(True)
+            handle.set_handle_output(False)
+            _handle = handle
+        return _handle
+
+
+def wrap(commands: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"nftables": [{"metainfo": {"json_schema_version": 1}}, *commands]}
+
+
+def render(commands: list[dict[str, Any]]) -> str:
+    """A compact rendering of a transaction for error details."""
+    lines = []
+    for cmd in commands:
+        verb, body = next(iter(cmd.items()))
+        kind, obj = next(iter(body.items()))
+        name = obj.get("name") or obj.get("chain") or ""
+        lines.append(f"{verb} {kind} {name}".rstrip())
+    return "; ".join(lines)
+
+
+def _details(error: str, commands: list[dict[str, Any]]) -> str:
+    return f"{error.strip()} | transaction: {render(commands)}"[:MAX_DETAIL_CHARS]
+
+
+class NFT:
+    """libnftables through its JSON API."""
+
+    def apply(self, commands: list[dict[str, Any]]) -> None:
+        """One json_cmd = one netlink batch: all of it or nothing."""
+        if not commands:
+            return
+        rc, _out, err = _nft().json_cmd(wrap(commands))
+        if rc != 0:
+            raise CNIError(errors.NFTABLES_FAILURE, "nftables transaction failed", _details(str(err), commands))
+
+    def list_table(self) -> list[dict[str, Any]] | None:
+        """Objects of `table inet berth` (None when it does not exist)."""
+        cmd = {"list": {"table": {"family": layout.FAMILY, "name": layout.TABLE}}}
+        rc, out, _err = _nft().json_cmd(wrap([cmd]))
+        if rc != 0:
+            return None
+        return [o for o in (out or {}).get("nftables", []) if "metainfo" not in o]
+
+    def check(self, commands: list[dict[str, Any]]) -> str | None:
+        """Dry run (libnftables check mode); the error text or None."""
+        handle = _nft()
+        handle.set_dry_run(True)
+        try:
+            rc, _out, err = handle.json_cmd(wrap(commands))
+        finally:
+            handle.set_dry_run(False)
+        return None if rc == 0 else str(err).strip()
+
+
+class Fake:
+    """In-memory stand-in recording transactions; enough state for unit tests of
+    the plugin logic (which chains and elements exist)."""
+
+    def __init__(self) -> None:
+        self.transactions: list[list[dict[str, Any]]] = []
+        self.chains: set[str] = set()
+        self.elements: dict[str, list[Any]] = {}
+        self.fail_next: str | None = None
+
+    def apply(self, commands: list[dict[str, Any]]) -> None:
+        if self.fail_next:
+            msg, self.fail_next = self.fail_next, None
+            raise CNIError(errors.NFTABLES_FAILURE, "nftables transaction failed", _details(msg, commands))
+        self.transactions.append(commands)
+        for cmd in commands:
+            verb, body = next(iter(cmd.items()))
+            kind, obj = next(iter(body.items()))
+            if kind == "chain" and verb == "add":
+                self.chains.add(obj["name"])
+            elif kind == "chain" and verb == "delete":
+                self.chains.discard(obj["name"])
+            elif kind == "element":
+                elems = self.elements.setdefault(obj["name"], [])
+                for elem in obj["elem"]:
+                    if verb == "add" and elem not in elems:
+                        elems.append(elem)
+                    elif verb == "delete" and elem in elems:
+                        elems.remove(elem)
+
+    def list_table(self) -> list[dict[str, Any]] | None:
+        if not self.transactions:
+            return None
+        out: list[dict[str, Any]] = [{"chain": {"name": c}} for c in sorted(self.chains)]
+        for name, elems in self.elements.items():
+            out.append({"map": {"name": name, "elem": list(elems)}})
+        return out
+
+
+_backend: Backend | None = None
+
+
+def backend() -> Backend:
+    """The process-wide backend; tests may install a Fake with set_backend()."""
+    global _backend
+    if _backend is None:
+        _backend = NFT()
+    return _backend
+
+
+def set_backend(value: Backend | None) -> None:
+    global _backend
+    _backend = value
+
+
+def apply(commands: list[dict[str, Any]]) -> None:
+    backend().apply(commands)
+
+
+def list_table() -> list[dict[str, Any]] | None:
+    return backend().list_table()
+
+
+def table_names(objects: list[dict[str, Any]] | None) -> tuple[set[str], dict[str, list[Any]]]:
+    """(chain names, map/set name -> elements) from list_table()'s objects."""
+    chains: set[str] = set()
+    elements: dict[str, list[Any]] = {}
+    for obj in objects or []:
+        if "chain" in obj:
+            chains.add(obj["chain"]["name"])
+        for kind in ("map", "set"):
+            if kind in obj:
+                elements[obj[kind]["name"]] = list(obj[kind].get("elem") or [])
+    return chains, elements
+
+
+def dump(commands: list[dict[str, Any]]) -> str:
+    return json.dumps(wrap(commands), indent=1)
