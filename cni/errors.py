@@ -7,7 +7,9 @@ that turns exceptions into the wire format.
 
 from __future__ import annotations
 
-from typing import Any
+TYPE_CHECKING = False  # mypy treats this name as True; typing stays out of the VERSION path
+if TYPE_CHECKING:
+    from typing import Any
 
 INCOMPATIBLE_VERSION = 1
 UNSUPPORTED_FIELD = 2

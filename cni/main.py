@@ -50,11 +50,20 @@ def _run_plugin(name: str) -> int:
     try:
         funcs = plugin_funcs(name)
     except ImportError as exc:  # a broken bundle still answers in CNI's format
-        funcs = None
-        sys.stderr.write(f"berth: cannot load plugin {name}: {exc}\n")
+        funcs = _unloadable(canonical_name(name) or name, f"{type(exc).__name__}: {exc}")
     if funcs is None:
         funcs = PluginFuncs(name=name)
     return skel.main(funcs)
+
+
+def _unloadable(name: str, reason: str) -> PluginFuncs:
+    """Every verb fails with the real reason, rather than 'does not implement'."""
+    from cni import errors
+
+    def fail(_args: object) -> None:
+        raise errors.CNIError(errors.INTERNAL, f"cannot load plugin {name}", reason[:500])
+
+    return PluginFuncs(name=name, add=fail, delete=fail, check=fail, gc=fail, status=fail)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -117,6 +117,8 @@ def convert_result(result: Result, to_version: str) -> Result:
     if not isinstance(result, dict):
         raise CNIError(DECODE_FAILURE, "result is not a JSON object")
     src = result.get("cniVersion", CURRENT_VERSION)
+    if not isinstance(src, str):
+        raise CNIError(DECODE_FAILURE, "result cniVersion must be a string")
     if src == to_version:
         import copy
 
@@ -140,12 +142,39 @@ def validate_result(result: object) -> Result:
         if not isinstance(ip, dict) or not isinstance(ip.get("address"), str):
             raise CNIError(DECODE_FAILURE, "prevResult.ips entries need an address")
         _family_of(ip["address"])
-        if "interface" in ip and not isinstance(ip["interface"], int):
+        index = ip.get("interface")
+        if index is not None and (type(index) is not int or index < 0):  # bool is an int: refuse it too
             raise CNIError(DECODE_FAILURE, "prevResult.ips[].interface must be an index")
+        if ip.get("gateway") is not None:
+            _ip_of(ip["gateway"], "prevResult.ips[].gateway")
     for iface in result.get("interfaces") or []:
         if not isinstance(iface, dict) or not isinstance(iface.get("name"), str):
             raise CNIError(DECODE_FAILURE, "prevResult.interfaces entries need a name")
+    for route in result.get("routes") or []:
+        if not isinstance(route, dict) or not isinstance(route.get("dst"), str):
+            raise CNIError(DECODE_FAILURE, "prevResult.routes entries need a dst")
+        _network_of(route["dst"], "prevResult.routes[].dst")
+        if route.get("gw") is not None:
+            _ip_of(route["gw"], "prevResult.routes[].gw")
     return result
+
+
+def _ip_of(value: object, where: str) -> None:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(value if isinstance(value, str) else "")
+    except ValueError:
+        raise CNIError(DECODE_FAILURE, f"{where} is not an IP address: {str(value)[:60]!r}") from None
+
+
+def _network_of(value: str, where: str) -> None:
+    import ipaddress
+
+    try:
+        ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise CNIError(DECODE_FAILURE, f"{where} is not a CIDR: {value[:60]!r}") from None
 
 
 def prev_result(config: dict[str, Any]) -> Result | None:
