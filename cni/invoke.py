@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-from typing import Any
 
 from cni import errors
 from cni.errors import CNIError
@@ -32,7 +30,8 @@ def own_funcs(plugin_type: str) -> PluginFuncs | None:
 
 
 def find_plugin(plugin_type: str, path: list[str]) -> str:
-    if not plugin_type or "/" in plugin_type or plugin_type in (".", ".."):
+    bad = not isinstance(plugin_type, str) or plugin_type in ("", ".", "..")
+    if bad or "/" in plugin_type or "\0" in plugin_type:
         raise errors.invalid_config(f"invalid plugin type {plugin_type!r}")
     for directory in path:
         candidate = os.path.join(directory, plugin_type)
@@ -66,30 +65,50 @@ def delegate(plugin_type: str, command: str, args: CmdArgs, stdin: bytes | None 
 
 
 def _exec(executable: str, env: dict[str, str], data: bytes, command: str) -> Result | None:
+    import signal
+    import subprocess
+
     try:
-        proc = subprocess.run(
-            [executable], input=data, env=env, capture_output=True, timeout=EXEC_TIMEOUT_SECONDS,
-            check=False, cwd="/",
+        # own session: on timeout the whole group goes, including helpers the
+        # plugin forked that would otherwise keep our pipes open forever
+        proc = subprocess.Popen(
+            [executable], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+            cwd="/", start_new_session=True,
         )
-    except subprocess.TimeoutExpired:
-        raise CNIError(errors.TRY_AGAIN_LATER, f"plugin {executable} timed out") from None
     except OSError as exc:
         raise CNIError(errors.IO_FAILURE, f"cannot exec plugin {executable}", str(exc)) from None
-    out = proc.stdout.decode("utf-8", "replace").strip()
+    try:
+        stdout, stderr = proc.communicate(data, timeout=EXEC_TIMEOUT_SECONDS)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except OSError:
+            pass
+        proc.communicate()
+        raise CNIError(errors.TRY_AGAIN_LATER, f"plugin {executable} timed out",
+                       f"no answer to {command} within {EXEC_TIMEOUT_SECONDS} s") from None
+    out = stdout.decode("utf-8", "replace").strip()
     if proc.returncode != 0:
-        raise _error_from(executable, out, proc.stderr.decode("utf-8", "replace"))
+        raise _error_from(executable, out, stderr.decode("utf-8", "replace"))
     if command != "ADD" or not out:
         return None
     try:
-        result: dict[str, Any] = json.loads(out)
-    except ValueError:
-        raise CNIError(errors.DECODE_FAILURE, f"plugin {executable} printed invalid JSON", out[:300]) from None
+        result = json.loads(out)
+    except (ValueError, RecursionError):
+        result = None
+    if not isinstance(result, dict):
+        # what libcni does too: a result that does not decode is an internal error of the chain
+        raise CNIError(errors.INTERNAL, f"plugin {executable} printed an invalid result", out[:300])
     return convert_result(result, CURRENT_VERSION)
 
 
 def _error_from(executable: str, out: str, err: str) -> CNIError:
+    """The delegate's own error JSON, re-raised with its code; anything else is 999."""
     try:
         parsed = json.loads(out)
-        return CNIError(int(parsed["code"]), str(parsed.get("msg", "")), str(parsed.get("details", "")))
+        code = parsed["code"]
+        if type(code) is not int or code <= 0:
+            raise ValueError(code)
+        return CNIError(code, str(parsed.get("msg", "")), str(parsed.get("details", "")))
     except Exception:
-        return CNIError(errors.INTERNAL, f"plugin {executable} failed", (out or err)[:500])
+        return CNIError(errors.INTERNAL, f"plugin {executable} failed", (out or err.strip())[:500])

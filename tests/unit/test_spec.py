@@ -104,7 +104,7 @@ def test_convert_to_unknown_version() -> None:
     assert info.value.code == errors.INCOMPATIBLE_VERSION
 
 
-@pytest.mark.parametrize("older", OLD + ("1.0.0",))
+@pytest.mark.parametrize("older", (*OLD, "1.0.0"))
 def test_prev_result_from_older_version(older: str) -> None:
     given = convert_result(CURRENT, older)
     got = prev_result({"cniVersion": older, "name": "n", "prevResult": given})
