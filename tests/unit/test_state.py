@@ -1,0 +1,132 @@
+"""The per-attachment journal: round trips, atomicity, modes, and the lock."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import time
+from pathlib import Path
+
+import pytest
+
+from cni import errors, state
+from cni.errors import CNIError
+from cni.state import Journal, atomic_write, flocked, journals, state_root
+
+
+def journal(root: Path, cid: str = "c1", ifname: str = "eth0") -> Journal:
+    return Journal(str(root), "net1", cid, ifname)
+
+
+def test_state_root() -> None:
+    assert state_root({"BERTH_STATE_DIR": "/x"}) == "/x"
+    assert state_root({}) == state.DEFAULT_ROOT
+    assert state_root({"BERTH_STATE_DIR": ""}) == state.DEFAULT_ROOT
+
+
+def test_round_trip_and_removal(tmp_path: Path) -> None:
+    j = journal(tmp_path / "root")
+    assert j.section("bridge") is None and j.load() == {}
+    j.put("bridge", {"veth": "veth1", "ips": ["10.1.0.5/24"]})
+    j.put("portmap", {"chain": "CNI-DN-x"})
+    j.put("bridge", {"veth": "veth2"})
+    assert j.section("bridge") == {"veth": "veth2"}
+    assert j.section("portmap") == {"chain": "CNI-DN-x"}
+    data = json.loads(Path(j.path).read_text())
+    assert (data["containerID"], data["ifname"], data["network"]) == ("c1", "eth0", "net1")
+    assert j.path == str(tmp_path / "root" / "net1" / "c1-eth0.json")
+    j.drop("bridge")
+    assert j.section("bridge") is None and j.section("portmap") == {"chain": "CNI-DN-x"}
+    j.drop("portmap")
+    assert not os.path.exists(j.path)
+    j.drop("portmap")  # idempotent, and on a missing file
+    journal(tmp_path / "never").drop("bridge")
+    assert not (tmp_path / "never" / "net1" / "c1-eth0.json").exists()
+
+
+def test_attachments_are_separate(tmp_path: Path) -> None:
+    a, b = journal(tmp_path, "c1"), journal(tmp_path, "c1", "eth1")
+    a.put("bridge", {"n": 1})
+    b.put("bridge", {"n": 2})
+    a.drop("bridge")
+    assert b.section("bridge") == {"n": 2}
+    assert [p for p, _ in journals(str(tmp_path))] == [b.path]
+    assert [d["bridge"] for _, d in journals(str(tmp_path), "net1")] == [{"n": 2}]
+    assert list(journals(str(tmp_path / "missing"))) == []
+
+
+def test_modes_and_no_tmp_left(tmp_path: Path) -> None:
+    j = journal(tmp_path)
+    for i in range(5):
+        j.put("bridge", {"i": i})
+    assert stat.S_IMODE(os.stat(j.path).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(j.directory).st_mode) == 0o700
+    assert sorted(os.listdir(j.directory)) == ["c1-eth0.json", "journal.lock"]
+
+
+def test_atomic_write_failure_leaves_nothing(tmp_path: Path) -> None:
+    target = tmp_path / "is-a-dir"
+    target.mkdir()
+    with pytest.raises(OSError):
+        atomic_write(str(target), b"x")
+    assert os.listdir(tmp_path) == ["is-a-dir"]
+
+
+def test_atomic_write_replaces_whole(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    atomic_write(str(path), b"a" * 100_000)
+    atomic_write(str(path), b"short")
+    assert path.read_bytes() == b"short" and os.listdir(tmp_path) == ["f"]
+
+
+def test_corrupt_journal_is_io_error(tmp_path: Path) -> None:
+    j = journal(tmp_path)
+    os.makedirs(j.directory)
+    Path(j.path).write_text("{torn")
+    with pytest.raises(CNIError) as info:
+        j.section("bridge")
+    assert info.value.code == errors.IO_FAILURE
+    Path(j.path).write_text("[1, 2]")  # valid JSON, wrong shape: treated as empty
+    assert j.load() == {}
+
+
+def test_lock_timeout_is_try_again(tmp_path: Path) -> None:
+    lock = str(tmp_path / "lock")
+    with flocked(lock):
+        started = time.monotonic()
+        with pytest.raises(CNIError) as info, flocked(lock, timeout=0.2):
+            pass
+        assert info.value.code == errors.TRY_AGAIN_LATER
+        assert 0.15 < time.monotonic() - started < 2
+    with flocked(lock, timeout=0.2):  # released on exit
+        pass
+    assert stat.S_IMODE(os.stat(lock).st_mode) == 0o600
+
+
+def test_lock_of_a_killed_holder_does_not_wedge(tmp_path: Path) -> None:
+    lock = str(tmp_path / "lock")
+    ready_r, ready_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: take the lock, say so, wait to be killed
+        try:
+            os.close(ready_r)
+            with flocked(lock, timeout=5):
+                os.write(ready_w, b"1")
+                time.sleep(60)
+        finally:
+            os._exit(0)
+    os.close(ready_w)
+    try:
+        assert os.read(ready_r, 1) == b"1"
+        with pytest.raises(CNIError), flocked(lock, timeout=0.1):
+            pass  # really held
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        os.close(ready_r)
+    started = time.monotonic()
+    with flocked(lock, timeout=2):
+        pass
+    assert time.monotonic() - started < 1
