@@ -169,6 +169,12 @@ def _add(
     }
     with _kernel_errors("ADD"):
         netlink.check_netns(args.netns)
+    previous = journal.section(SECTION) or {}
+    if previous.get("state") == "added":
+        # a second ADD must not get to IPAM: its rollback would release the first one's address
+        raise CNIError(errors.LINK_CONFLICT, f"{args.container_id}/{args.ifname} is already attached to "
+                       f"network {args.network}", "DEL it first")
+    stale_veth = str(previous.get("hostVeth") or "")  # left by an ADD that was killed midway
     journal.put(SECTION, record)
     undo.callback(_quietly(lambda: journal.drop(SECTION)))
     _step_done("journal", env)
@@ -188,6 +194,10 @@ def _add(
     with _kernel_errors("ADD"):
         node = handles.enter_context(netlink.open_node())
         cont = handles.enter_context(netlink.open_netns(args.netns))
+        if stale_veth:
+            link = netlink.link_by_name(node, stale_veth)
+            if link is not None and link.kind == "veth":
+                netlink.delete_link(node, stale_veth)
         bridge = netlink.ensure_bridge(node, conf.bridge, conf.mtu, bool(conf.vlan), conf.promisc)
         _step_done("bridge", env)
 

@@ -89,6 +89,31 @@ def test_kill_mid_add_then_del_from_journal(topo: harness.Topology) -> None:
     assert_clean(node)
 
 
+def test_second_add_is_refused_and_harmless(topo: harness.Topology) -> None:
+    node, ns = topo.node, topo.container()
+    c = conf(node)
+    first = add(node, c, ns)
+    again = node.plugin("berth-bridge", "ADD", c, container_id="c1", netns=ns.path)
+    assert again.rc == 1 and again.json["code"] == 103, again.stdout
+    assert len(leases(node)) == 1 and len(veths(node)) == 1 and journal(node)["bridge"]["state"] == "added"
+    assert ns.addresses("eth0")[0] == first["ips"][0]["address"]
+    delete(node, c, netns=ns.path)
+    assert_clean(node)
+
+
+def test_add_after_killed_add_cleans_the_stale_veth(topo: harness.Topology) -> None:
+    node, ns = topo.node, topo.container()
+    c = conf(node)
+    killed = node.plugin("berth-bridge", "ADD", c, container_id="c1", netns=ns.path,
+                         env={"BERTH_TEST_KILL_AFTER": "veth"})
+    assert killed.rc == -9
+    assert "eth0" in ns.links()
+    add(node, c, ns)  # the retry in the same sandbox replaces the half-made pair
+    assert len(veths(node)) == 1
+    delete(node, c, netns=ns.path)
+    assert_clean(node)
+
+
 def _l2(name: str = "l2net") -> dict[str, Any]:
     return {"cniVersion": "1.1.0", "name": name, "type": "berth-bridge", "bridge": "bt2", "ipam": {}}
 
