@@ -332,20 +332,25 @@ def dnat_rules(chain: str, mappings: list[Mapping], addresses: list[str], *, sna
     return cmds
 
 
-def portmap_add(chain: str, mappings: list[Mapping], addresses: list[str], *, snat: bool = True,
-                masq_all: bool = False, mark_bit: int = DEFAULT_MASQ_BIT, external_setmark: str | None = None,
-                replace: list[tuple[str, Any]] | None = None, note: str | None = None) -> list[Cmd]:
-    """The whole ADD transaction: base ensure, chain add+flush+rules, map elements.
-    `replace` lists (map, key) elements owned by someone else that last-wins takes."""
+def attachment_add(chain: str, mappings: list[Mapping], addresses: list[str], *, snat: bool = True,
+                   masq_all: bool = False, external_setmark: str | None = None,
+                   note: str | None = None) -> list[Cmd]:
+    """The attachment's part of an ADD: chain add+flush+rules, then its map elements."""
     setmark = external_setmark or SETMARK_CHAIN
-    cmds = base_layout(external_setmark) + mark_layout(mark_bit)
-    cmds += [add_chain(chain), flush_chain(chain)]
+    cmds = [add_chain(chain), flush_chain(chain)]
     cmds += dnat_rules(chain, mappings, addresses, snat=snat, masq_all=masq_all, setmark_chain=setmark, note=note)
-    for map_name, key in replace or []:
-        cmds.append(delete_elements(map_name, [key]))
     for map_name, elems in elements_by_map(chain, mappings).items():
         cmds.append(add_elements(map_name, elems))
     return cmds
+
+
+def portmap_add(chain: str, mappings: list[Mapping], addresses: list[str], *, snat: bool = True,
+                masq_all: bool = False, mark_bit: int = DEFAULT_MASQ_BIT, external_setmark: str | None = None,
+                note: str | None = None) -> list[Cmd]:
+    """A whole ADD transaction with nothing to replace: base ensure + the attachment."""
+    return (base_layout(external_setmark) + mark_layout(mark_bit)
+            + attachment_add(chain, mappings, addresses, snat=snat, masq_all=masq_all,
+                             external_setmark=external_setmark, note=note))
 
 
 def elements_by_map(chain: str, mappings: list[Mapping]) -> dict[str, list[Any]]:

@@ -1,0 +1,72 @@
+"""Flush stale UDP/SCTP conntrack entries for mapped host ports.
+
+A UDP "flow" to hostPort created before a DNAT rule existed (or while it pointed
+at a container that is gone) keeps its old translation until it times out, so
+traffic black-holes; deleting the entries makes the next packet hit the current
+rules. TCP is left alone (a new connection gets a new entry). pyroute2 costs
+~150 ms to import, so it is imported only when there is such a mapping.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+from typing import Any
+
+from portmap.layout import Mapping
+
+PROTOCOLS = {"udp": socket.IPPROTO_UDP, "sctp": socket.IPPROTO_SCTP}
+
+
+def needs_flush(mappings: list[Mapping]) -> bool:
+    return any(m.protocol in PROTOCOLS for m in mappings)
+
+
+def flush(mappings: list[Mapping]) -> list[str]:
+    """Delete entries whose original destination is (hostIP or any local address,
+    hostPort) for each UDP/SCTP mapping. Best effort: returns problems, never raises."""
+    targets = [m for m in mappings if m.protocol in PROTOCOLS]
+    if not targets:
+        return []
+    try:
+        from pyroute2 import Conntrack
+        from pyroute2.netlink.nfnetlink.nfctsocket import NFCTAttrTuple
+    except ImportError as exc:
+        return [f"conntrack unavailable: {exc}"]
+    # (family, proto) -> {(daddr or None, port)}: one dump per pair, filtered here
+    wanted: dict[tuple[int, int], set[tuple[str | None, int]]] = {}
+    for m in targets:
+        for version in [m.host_version] if m.host_version else [4, 6]:
+            family = int(socket.AF_INET if version == 4 else socket.AF_INET6)
+            ports = wanted.setdefault((family, PROTOCOLS[m.protocol]), set())
+            ports.update((m.host_ip or None, p) for p in range(m.host_lo, m.host_hi + 1))
+    problems: list[str] = []
+    try:
+        ct = Conntrack()
+    except OSError as exc:
+        return [f"conntrack socket: {exc}"]
+    try:
+        for (family, proto), ports in wanted.items():
+            problems += _delete_matching(ct, NFCTAttrTuple(family=family, proto=proto), ports)
+    finally:
+        ct.close()
+    return problems
+
+
+def _matches(orig: Any, ports: set[tuple[str | None, int]]) -> bool:
+    return (None, orig.dport) in ports or (orig.daddr, orig.dport) in ports
+
+
+def _delete_matching(ct: Any, selector: Any, ports: set[tuple[str | None, int]]) -> list[str]:
+    problems: list[str] = []
+    try:
+        entries = [e for e in ct.dump_entries(tuple_orig=selector) if _matches(e.tuple_orig, ports)]
+    except Exception as exc:  # netlink errors: report, keep going
+        return [f"conntrack dump: {exc}"]
+    for entry in entries:
+        try:
+            ct.delete(entry)
+        except Exception as exc:
+            if getattr(exc, "code", None) != errno.ENOENT:  # expired meanwhile
+                problems.append(f"conntrack delete: {exc}")
+    return problems

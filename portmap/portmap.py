@@ -1,0 +1,395 @@
+"""berth-portmap: hostPort -> container DNAT on nftables (chained after a bridge).
+
+ADD is one libnftables transaction (base layout + the attachment's CNI-DN chain
++ its verdict-map elements) under the node-wide ports lock, recorded in the
+journal section "portmap" before it commits; DEL, CHECK and GC work from that
+journal alone, never from the runtime's (possibly absent) portMappings.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import sys
+from typing import Any
+
+from cni import errors, state
+from cni.errors import CNIError
+from cni.skel import CmdArgs, PluginFuncs
+from cni.spec import Result, prev_result
+from portmap import conntrack, layout, nft, ports
+from portmap.layout import Mapping
+
+SECTION = "portmap"
+PROTOCOLS = ("tcp", "udp", "sctp")
+MAX_RANGE = 1024
+LAST_WINS = "last-wins"
+_PORT_RE = re.compile(r"^(\d{1,5})(?:-(\d{1,5}))?$")
+_CHAIN_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-]{0,63}$")
+
+
+# --- configuration -------------------------------------------------------------
+
+def _get(entry: dict[str, Any], key: str) -> Any:
+    """lower-case keys (podman, cnitool) or CRI's capitalised ones."""
+    if key in entry:
+        return entry[key]
+    return entry.get(key[0].upper() + key[1:])
+
+
+def _port_span(value: Any, what: str) -> tuple[int, int]:
+    if isinstance(value, bool):
+        raise errors.invalid_config(f"invalid {what} {value!r}")
+    if isinstance(value, int):
+        lo = hi = value
+    elif isinstance(value, str) and (found := _PORT_RE.match(value.strip())):
+        lo = int(found.group(1))
+        hi = int(found.group(2) or lo)
+    else:
+        raise errors.invalid_config(f"invalid {what} {value!r}", "a port is an integer 1-65535")
+    if not (1 <= lo <= hi <= 65535):
+        raise errors.invalid_config(f"invalid {what} {value!r}", "ports must be 1-65535 (ranges low-high)")
+    return lo, hi
+
+
+def parse_mapping(entry: Any) -> Mapping:
+    if not isinstance(entry, dict):
+        raise errors.invalid_config("portMappings entries must be objects")
+    host_lo, host_hi = _port_span(_get(entry, "hostPort"), "hostPort")
+    cont_lo, cont_hi = _port_span(_get(entry, "containerPort"), "containerPort")
+    width = entry.get("range", 1)
+    if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+        raise errors.invalid_config(f"invalid range {width!r}")
+    if width > 1:
+        if host_lo != host_hi or cont_lo != cont_hi:
+            raise errors.invalid_config("give either a port range or \"range\", not both")
+        host_hi = host_lo + width - 1
+        if host_hi > 65535 or cont_lo + width - 1 > 65535:
+            raise errors.invalid_config("port range exceeds 65535")
+    elif cont_hi != cont_lo and cont_hi - cont_lo != host_hi - host_lo:
+        raise errors.invalid_config("hostPort and containerPort ranges differ in size")
+    if host_hi - host_lo + 1 > MAX_RANGE:
+        raise errors.invalid_config(f"port range wider than {MAX_RANGE}")
+    protocol = _get(entry, "protocol")
+    protocol = "tcp" if protocol in (None, "") else protocol
+    if not isinstance(protocol, str) or protocol.lower() not in PROTOCOLS:
+        raise errors.invalid_config(f"invalid protocol {protocol!r}", f"one of {', '.join(PROTOCOLS)}")
+    host_ip = _get(entry, "hostIP") or ""
+    if not isinstance(host_ip, str):
+        raise errors.invalid_config(f"invalid hostIP {host_ip!r}")
+    if host_ip:
+        try:
+            parsed = ipaddress.ip_address(host_ip.strip())
+        except ValueError:
+            raise errors.invalid_config(f"invalid hostIP {host_ip!r}") from None
+        # 0.0.0.0 / :: mean "any local address", as upstream treats them
+        host_ip = "" if parsed.is_unspecified else parsed.compressed
+    return Mapping(host_lo, host_hi, cont_lo, protocol.lower(), host_ip)
+
+
+def parse_mappings(config: dict[str, Any]) -> list[Mapping]:
+    runtime = config.get("runtimeConfig") or {}
+    if not isinstance(runtime, dict):
+        raise errors.invalid_config("runtimeConfig must be an object")
+    raw = runtime.get("portMappings") or []
+    if not isinstance(raw, list):
+        raise errors.invalid_config("runtimeConfig.portMappings must be a list")
+    out: list[Mapping] = []
+    for entry in raw:
+        m = parse_mapping(entry)
+        if m in out:
+            continue  # the same mapping twice (CRI repeats them per family)
+        for other in out:
+            if (other.host_ip, other.protocol) == (m.host_ip, m.protocol) and \
+                    other.host_lo <= m.host_hi and m.host_lo <= other.host_hi:
+                raise errors.invalid_config(f"portMappings overlap on host port {m.host_lo}/{m.protocol}")
+        out.append(m)
+    return out
+
+
+class Conf:
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.snat = _bool(config, "snat", True)
+        self.masq_all = _bool(config, "masqAll", False)
+        bit = config.get("markMasqBit", layout.DEFAULT_MASQ_BIT)
+        if isinstance(bit, bool) or not isinstance(bit, int) or not 0 <= bit <= 31:
+            raise errors.invalid_config(f"invalid markMasqBit {bit!r}", "must be an integer 0-31")
+        self.mark_bit = bit
+        ext = config.get("externalSetMarkChain")
+        if ext is not None and (not isinstance(ext, str) or not _CHAIN_RE.match(ext)):
+            raise errors.invalid_config(f"invalid externalSetMarkChain {ext!r}")
+        if ext and "markMasqBit" in config:
+            raise errors.invalid_config("externalSetMarkChain and markMasqBit are mutually exclusive")
+        self.external_setmark: str | None = ext or None
+        for key in ("conditionsV4", "conditionsV6"):
+            value = config.get(key)
+            if value is not None and not isinstance(value, list):
+                raise errors.invalid_config(f"{key} must be a list")
+            if value:
+                raise CNIError(errors.UNSUPPORTED_FIELD, f"{key} is not supported by berth-portmap",
+                               "iptables/nft match text cannot be merged into berth's JSON rules; "
+                               "put filtering in chain CNI-ADMIN of table inet berth instead")
+        policy = config.get("conflictPolicy", "error")
+        if policy not in ("error", LAST_WINS):
+            raise errors.invalid_config(f"invalid conflictPolicy {policy!r}", 'one of "error", "last-wins"')
+        self.last_wins = policy == LAST_WINS
+        self.mappings = parse_mappings(config)
+
+
+def _bool(config: dict[str, Any], key: str, default: bool) -> bool:
+    value = config.get(key, default)
+    if not isinstance(value, bool):
+        raise errors.invalid_config(f"{key} must be a boolean")
+    return value
+
+
+# --- prevResult ------------------------------------------------------------------
+
+def container_addresses(result: Result, ifname: str) -> list[str]:
+    """Addresses of the sandbox interface (upstream: ips whose interface has a sandbox)."""
+    interfaces = result.get("interfaces") or []
+    ips = result.get("ips") or []
+    out: list[str] = []
+    for ip in ips:
+        index = ip.get("interface")
+        if index is None:
+            continue
+        if 0 <= index < len(interfaces) and interfaces[index].get("sandbox") and \
+                interfaces[index].get("name") in (ifname, None, ""):
+            out.append(str(ipaddress.ip_interface(ip["address"]).ip))
+    if not out and not any(ip.get("interface") is not None for ip in ips):
+        out = [str(ipaddress.ip_interface(ip["address"]).ip) for ip in ips]
+    return list(dict.fromkeys(out))
+
+
+def host_bridge(result: Result) -> str | None:
+    """The node-side interface traffic to the container leaves by: the bridge
+    plugin lists the bridge first among the interfaces without a sandbox."""
+    for iface in result.get("interfaces") or []:
+        name = iface.get("name")
+        if not iface.get("sandbox") and isinstance(name, str) and name and "/" not in name and name not in (".", ".."):
+            return name
+    return None
+
+
+def enable_route_localnet(bridge: str) -> bool:
+    """127.0.0.1:hostPort from the node needs 127/8 to cross into the bridge; the
+    guard chain (layout.GUARD_CHAIN) keeps CVE-2020-8558 closed."""
+    path = f"/proc/sys/net/ipv4/conf/{bridge}/route_localnet"
+    try:
+        with open(path) as fh:
+            if fh.read().strip() == "1":
+                return True
+        with open(path, "w") as fh:
+            fh.write("1")
+        return True
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise CNIError(errors.IO_FAILURE, f"cannot set route_localnet on {bridge}", str(exc)) from None
+
+
+# --- verbs -------------------------------------------------------------------------
+
+def _journal(args: CmdArgs, container_id: str | None = None, ifname: str | None = None) -> state.Journal:
+    return state.Journal(state.state_root(args.environ), args.network, container_id or args.container_id,
+                         ifname or args.ifname)
+
+
+def _warn(problems: list[str]) -> None:
+    for problem in problems:
+        sys.stderr.write(f"berth-portmap: {problem}\n")
+
+
+def cmd_add(args: CmdArgs) -> Result:
+    conf = Conf(args.config)
+    prev = prev_result(args.config)
+    if prev is None:
+        raise errors.invalid_config("berth-portmap must be called as a chained plugin (no prevResult)")
+    if not conf.mappings:
+        return prev
+    addresses = container_addresses(prev, args.ifname)
+    if not addresses:
+        raise errors.invalid_config("prevResult has no addresses for the container interface")
+    root = state.state_root(args.environ)
+    me = ports.Owner(args.network, args.container_id, args.ifname)
+    journal = _journal(args)
+    chain = layout.dnat_chain_name(args.network, args.container_id, args.ifname)
+    note = layout.comment(args.network, args.container_id, args.ifname)
+    bridge = host_bridge(prev)
+    if conf.snat and bridge and any(ipaddress.ip_address(a).version == 4 for a in addresses):
+        enable_route_localnet(bridge)
+
+    with ports.locked(root):
+        prior = journal.section(SECTION)
+        takeovers = ports.check(root, me, conf.mappings, conf.last_wins)
+        record = {"chain": chain, "addresses": addresses, "bridge": bridge, "state": "adding",
+                  "mappings": [m.to_json() for m in conf.mappings], "snat": conf.snat}
+        journal.put(SECTION, record)
+        cmds = layout.base_layout(conf.external_setmark) + layout.mark_layout(conf.mark_bit)
+        # a re-ADD of this attachment: drop its old elements first
+        if prior:
+            old = [Mapping.from_json(m) for m in prior.get("mappings") or []]
+            cmds += _delete_owned(root, me, str(prior.get("chain") or chain), old, keep=conf.mappings)
+        for t in takeovers:  # last-wins or stale owners: remove their element
+            cmds += [layout.add_chain(t.claim.chain),
+                     layout.add_elements(t.claim.map_name, [layout.verdict_elem(t.claim.key, t.claim.chain)]),
+                     layout.delete_elements(t.claim.map_name, [t.claim.key])]
+        cmds += layout.attachment_add(chain, conf.mappings, addresses, snat=conf.snat, masq_all=conf.masq_all,
+                                      external_setmark=conf.external_setmark, note=note)
+        try:
+            nft.apply(cmds)
+        except CNIError:
+            _restore_journal(journal, prior)
+            raise
+        try:
+            if prior:
+                ports.release(root, me, [Mapping.from_json(m) for m in prior.get("mappings") or []])
+            ports.write(root, me, chain, conf.mappings)
+            record["state"] = "done"
+            journal.put(SECTION, record)
+        except Exception:
+            _undo_add(root, me, chain, conf.mappings, journal)
+            raise
+    for t in takeovers:
+        if t.live:
+            _warn([f"took host ports from {t.claim.owner.describe()} (conflictPolicy last-wins)"])
+    if conntrack.needs_flush(conf.mappings):
+        _warn(conntrack.flush(conf.mappings))
+    return prev
+
+
+def _restore_journal(journal: state.Journal, prior: dict[str, Any] | None) -> None:
+    if prior:
+        journal.put(SECTION, prior)
+    else:
+        journal.drop(SECTION)
+
+
+def _undo_add(root: str, me: ports.Owner, chain: str, mappings: list[Mapping], journal: state.Journal) -> None:
+    try:
+        nft.apply(layout.portmap_del(chain, layout.elements_by_map(chain, mappings)))
+    finally:
+        ports.release(root, me, mappings)
+        journal.drop(SECTION)
+
+
+def _delete_owned(root: str, me: ports.Owner, chain: str, mappings: list[Mapping],
+                  keep: list[Mapping] | None = None) -> list[layout.Cmd]:
+    """add-then-delete of the elements of `mappings` that are still ours."""
+    cmds: list[layout.Cmd] = []
+    for m in mappings:
+        if keep and m in keep:
+            continue
+        if ports.owns_all(root, me, m):
+            elem = layout.verdict_elem(m.map_key(), chain)
+            cmds += [layout.add_elements(m.map_name(), [elem]), layout.delete_elements(m.map_name(), [m.map_key()])]
+    return cmds
+
+
+def remove_attachment(root: str, journal: state.Journal) -> None:
+    """DEL/GC of one attachment from its journal; idempotent."""
+    me = ports.Owner(journal.network, journal.container_id, journal.ifname)
+    with ports.locked(root):
+        record = journal.section(SECTION)
+        if record is None:
+            return
+        chain = str(record.get("chain") or layout.dnat_chain_name(me.network, me.container_id, me.ifname))
+        mappings = [Mapping.from_json(m) for m in record.get("mappings") or []]
+        owned = [m for m in mappings if ports.owns_all(root, me, m)]
+        nft.apply(layout.portmap_del(chain, layout.elements_by_map(chain, owned)))
+        ports.release(root, me, mappings)
+        journal.drop(SECTION)
+    if conntrack.needs_flush(mappings):
+        _warn(conntrack.flush(mappings))
+
+
+def cmd_del(args: CmdArgs) -> None:
+    journal = _journal(args)
+    if not os.path.exists(journal.path):
+        return None  # nothing was set up (no mappings, or already deleted)
+    remove_attachment(state.state_root(args.environ), journal)
+    return None
+
+
+def cmd_check(args: CmdArgs) -> None:
+    conf = Conf(args.config)
+    if prev_result(args.config) is None:
+        raise errors.invalid_config("berth-portmap must be called as a chained plugin (no prevResult)")
+    record = _journal(args).section(SECTION)
+    if record is None:
+        if conf.mappings:
+            raise CNIError(errors.CHECK_FAILED, "no portmap journal for this attachment")
+        return None
+    problems = check_record(record)
+    if problems:
+        raise CNIError(errors.CHECK_FAILED, "port mappings are incomplete", "; ".join(problems))
+    return None
+
+
+def check_record(record: dict[str, Any]) -> list[str]:
+    chain = str(record.get("chain", ""))
+    chains, elements = nft.table_names(nft.list_table())
+    problems = []
+    if record.get("state") != "done":
+        problems.append("the ADD did not complete")
+    if chain not in chains:
+        problems.append(f"nftables chain {chain} is missing")
+    mappings = [Mapping.from_json(m) for m in record.get("mappings") or []]
+    for name, elems in layout.elements_by_map(chain, mappings).items():
+        for elem in elems:
+            if elem not in elements.get(name, []):
+                problems.append(f"{name} element {elem[0]} -> {chain} is missing")
+    return problems
+
+
+def valid_attachments(config: dict[str, Any]) -> set[tuple[str, str]] | None:
+    raw = config.get("cni.dev/valid-attachments", config.get("cni.dev/attachments"))
+    if raw is None:
+        return None
+    if not isinstance(raw, list):
+        raise errors.invalid_config("cni.dev/valid-attachments must be a list")
+    out = set()
+    for item in raw:
+        if not isinstance(item, dict):
+            raise errors.invalid_config("cni.dev/valid-attachments entries must be objects")
+        out.add((str(item.get("containerID", "")), str(item.get("ifname", ""))))
+    return out
+
+
+def cmd_gc(args: CmdArgs) -> None:
+    valid = valid_attachments(args.config)
+    if valid is None:
+        return None  # without a list nothing can be called stale
+    root = state.state_root(args.environ)
+    problems = []
+    for _path, data in list(state.journals(root, args.network)):
+        if not isinstance(data.get(SECTION), dict):
+            continue
+        cid, ifname = str(data.get("containerID", "")), str(data.get("ifname", ""))
+        if (cid, ifname) in valid or not cid or not ifname:
+            continue
+        try:
+            remove_attachment(root, state.Journal(root, args.network, cid, ifname))
+        except CNIError as exc:
+            problems.append(f"{cid}/{ifname}: {exc.msg} {exc.details}")
+    if problems:
+        raise CNIError(errors.NFTABLES_FAILURE, "GC left some attachments behind", "; ".join(problems)[:2000])
+    return None
+
+
+def cmd_status(args: CmdArgs) -> None:
+    Conf(args.config)
+    checker = nft.backend()
+    if isinstance(checker, nft.NFT):
+        error = checker.check([layout.add_table()])
+        if error is not None:
+            raise CNIError(errors.PLUGIN_NOT_AVAILABLE, "nftables is not usable", error)
+    return None
+
+
+FUNCS = PluginFuncs(
+    name="berth-portmap", add=cmd_add, delete=cmd_del, check=cmd_check, gc=cmd_gc, status=cmd_status,
+    known_args=frozenset(),
+)

@@ -1,0 +1,142 @@
+"""Who owns a (hostIP, protocol, hostPort): one small file per port under
+<state_root>/ports/, so a conflict check costs O(1) per mapped port instead of a
+scan of every journal. All reads and writes happen under one node-wide flock
+(ports/lock) that the caller holds across the whole ADD/DEL, nft transaction
+included, so the files and the verdict maps never disagree.
+
+A file names its owner attachment and the map element it belongs to. An owner
+whose journal (or its portmap section) is gone is stale and may be taken over.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from cni import errors, state
+from cni.errors import CNIError
+from portmap.layout import Mapping
+
+PORTS_DIR = "ports"
+
+
+@dataclass(frozen=True)
+class Owner:
+    network: str
+    container_id: str
+    ifname: str
+
+    def describe(self) -> str:
+        return f"container {self.container_id} (network {self.network}, interface {self.ifname})"
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A port file's content: the owner and the map element its port lives in."""
+
+    owner: Owner
+    chain: str
+    map_name: str
+    key: Any
+
+    def to_json(self) -> dict[str, Any]:
+        return {"network": self.owner.network, "containerID": self.owner.container_id,
+                "ifname": self.owner.ifname, "chain": self.chain, "map": self.map_name, "key": self.key}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Claim:
+        owner = Owner(str(data["network"]), str(data["containerID"]), str(data["ifname"]))
+        return cls(owner, str(data["chain"]), str(data["map"]), data["key"])
+
+
+def ports_dir(root: str) -> str:
+    return os.path.join(root, PORTS_DIR)
+
+
+@contextlib.contextmanager
+def locked(root: str) -> Iterator[None]:
+    os.makedirs(ports_dir(root), mode=0o700, exist_ok=True)
+    with state.flocked(os.path.join(ports_dir(root), "lock")):
+        yield
+
+
+def port_files(root: str, m: Mapping) -> list[str]:
+    host = m.host_ip or "any"
+    return [os.path.join(ports_dir(root), f"{host}_{m.protocol}_{port}")
+            for port in range(m.host_lo, m.host_hi + 1)]
+
+
+def read(path: str) -> Claim | None:
+    try:
+        with open(path, "rb") as fh:
+            return Claim.from_json(json.load(fh))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # unreadable: treat as unowned, the new claim overwrites it
+
+
+def is_live(root: str, owner: Owner) -> bool:
+    journal = state.Journal(root, owner.network, owner.container_id, owner.ifname)
+    try:
+        return journal.section("portmap") is not None
+    except CNIError:
+        return True  # a corrupt journal is not proof of death: keep the owner
+
+
+@dataclass
+class Takeover:
+    claim: Claim
+    live: bool
+
+
+def check(root: str, me: Owner, mappings: list[Mapping], last_wins: bool) -> list[Takeover]:
+    """Foreign claims on our ports: raise PORT_CONFLICT for a live one (unless
+    last-wins); return what must be taken over (deduplicated by element)."""
+    found: dict[str, Takeover] = {}
+    for m in mappings:
+        for path in port_files(root, m):
+            claim = read(path)
+            if claim is None or claim.owner == me:
+                continue
+            live = is_live(root, claim.owner)
+            if live and not last_wins:
+                port = os.path.basename(path).rsplit("_", 1)[1]
+                where = f"{m.host_ip}:" if m.host_ip else ""
+                raise CNIError(
+                    errors.PORT_CONFLICT,
+                    f"host port {where}{port}/{m.protocol} is already used by {claim.owner.describe()}",
+                    'set "conflictPolicy": "last-wins" in the portmap config to take it over',
+                )
+            found.setdefault(json.dumps([claim.map_name, claim.key, claim.chain], sort_keys=True),
+                             Takeover(claim, live))
+    return list(found.values())
+
+
+def write(root: str, me: Owner, chain: str, mappings: list[Mapping]) -> None:
+    for m in mappings:
+        data = json.dumps(Claim(me, chain, m.map_name(), m.map_key()).to_json(), sort_keys=True).encode()
+        for path in port_files(root, m):
+            state.atomic_write(path, data)
+
+
+def owns_all(root: str, me: Owner, m: Mapping) -> bool:
+    return all((c := read(p)) is not None and c.owner == me for p in port_files(root, m))
+
+
+def release(root: str, me: Owner, mappings: list[Mapping]) -> None:
+    """Remove the port files that still name us (a last-wins successor keeps its own)."""
+    removed = False
+    for m in mappings:
+        for path in port_files(root, m):
+            claim = read(path)
+            if claim is not None and claim.owner == me:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+                removed = True
+    if removed:
+        state.fsync_dir(ports_dir(root))
