@@ -402,3 +402,53 @@ def test_cmdargs_and_pluginfuncs_api() -> None:
     args = CmdArgs(command="ADD", container_id="c", netns="", ifname="eth0", args={}, raw_args="", path=[],
                    stdin=b"", config={"name": "n"}, version="1.0.0")
     assert args.network == "n" and dict(args.environ) == {}
+
+
+# --- the multi-call entry point (a real process: what a runtime execs) -----------------------------
+
+_PROBE = """
+import sys
+import cni.main
+rc = cni.main.main(sys.argv[1:])
+heavy = sorted(m for m in ("json", "re", "typing", "dataclasses", "inspect", "subprocess", "ipaddress")
+               if m in sys.modules)
+sys.stderr.write("HEAVY=" + ",".join(heavy) + "\\n")
+sys.exit(rc)
+"""
+
+
+def _entry(argv0: str, env: dict[str, str], stdin: bytes = b"") -> tuple[int, str, str]:
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", _PROBE, argv0], input=stdin, env={**env, "PYTHONSAFEPATH": "1"},
+                          capture_output=True, timeout=30, check=False)
+    return proc.returncode, proc.stdout.decode(), proc.stderr.decode()
+
+
+def test_entry_version_is_light() -> None:
+    rc, out, err = _entry("/opt/cni/bin/bridge", {"CNI_COMMAND": "VERSION"})
+    assert rc == 0 and json.loads(out) == {"cniVersion": "1.1.0", "supportedVersions": list(SUPPORTED_VERSIONS)}
+    assert "HEAVY=\n" in err  # VERSION imports none of the costly modules
+
+
+def test_entry_about() -> None:
+    rc, out, err = _entry("berth-portmap", {})
+    assert rc == 0 and out == "" and "berth-portmap" in err
+
+
+def test_entry_unloadable_plugin(monkeypatch: pytest.MonkeyPatch) -> None:
+    import cni.main
+
+    monkeypatch.setitem(cni.main.PLUGINS, "berth-bridge", "no_such_module_xyz:FUNCS")
+    funcs = None
+    try:
+        funcs = cni.main.plugin_funcs("berth-bridge")
+    except ImportError as exc:
+        funcs = cni.main._unloadable("berth-bridge", str(exc))
+    assert funcs is not None
+    out, err = io.StringIO(), io.StringIO()
+    rc = skel.run(funcs, {**BASE_ENV}, io.BytesIO(config()), out, err)
+    body = json.loads(out.getvalue())
+    assert rc == 1 and body["code"] == errors.INTERNAL and "cannot load plugin berth-bridge" in body["msg"]
+    assert "no_such_module_xyz" in body["details"]
