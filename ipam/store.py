@@ -34,6 +34,7 @@ LOCK_NAME = "lock"
 TMP_PREFIX = ".berth-lease-"
 DEFAULT_DATA_DIR = "/var/lib/cni/networks"
 MAX_LEASE_BYTES = 4096
+LOCK_TIMEOUT_SECONDS = 30.0  # then CNI code 11, try again later
 
 Owner = tuple[str, str]  # (containerID, ifname); ifname "" for legacy leases holding only the ID
 
@@ -143,7 +144,7 @@ class DiskStore:
                 raise _io_error(f"cannot create IPAM data directory {self.directory}", exc) from None
         with contextlib.ExitStack() as stack:
             try:
-                stack.enter_context(flocked(self._path(LOCK_NAME)))
+                stack.enter_context(flocked(self._path(LOCK_NAME), LOCK_TIMEOUT_SECONDS))
             except OSError as exc:
                 raise _io_error(f"cannot lock {self._path(LOCK_NAME)}", exc) from None
             self._sweep_temporaries()
@@ -168,18 +169,18 @@ class DiskStore:
         final = self._path(str(addr))
         tmp = self._path(f"{TMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}")
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             try:
-                os.write(fd, lease_content(container_id, ifname))
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            try:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                try:
+                    os.write(fd, lease_content(container_id, ifname))
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
                 os.link(tmp, final)  # atomic, fails if the address is taken
             except FileExistsError:
                 return False
             finally:
-                with contextlib.suppress(FileNotFoundError):
+                with contextlib.suppress(OSError):
                     os.unlink(tmp)
             fsync_dir(self.directory)
             atomic_write(self._path(f"{LAST_IP_PREFIX}{range_id}"), str(addr).encode())

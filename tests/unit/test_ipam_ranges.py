@@ -119,7 +119,7 @@ def test_round_robin_order_wraps_and_skips_gateway() -> None:
     assert [str(a) for _, a in rs.candidates(A("10.0.0.4"))] == [
         "10.0.0.5", "10.0.0.6", "10.0.0.1", "10.0.0.2", "10.0.0.4"]
     # a last-reserved address outside the set restarts at the beginning
-    assert [str(a) for _, a in rs.candidates(A("192.0.2.1"))][0] == "10.0.0.1"
+    assert next(str(a) for _, a in rs.candidates(A("192.0.2.1"))) == "10.0.0.1"
 
 
 def test_round_robin_across_ranges() -> None:
