@@ -98,9 +98,13 @@ def test_localnet_guard_cve_2020_8558(topo: harness.Topology) -> None:
         # the container (the bridge has route_localnet=1): replace its local 127/8 route
         pod.netns.ip("route", "del", "local", "127.0.0.0/8", "dev", "lo", "table", "local")
         pod.netns.ip("route", "add", "127.1.2.3/32", "via", "10.88.0.1")
+        pod.netns.set_sysctl("net.ipv4.conf.eth0.route_localnet", "1")  # an attacker controls its own netns
         assert pod.netns.connect("127.1.2.3", 7777, timeout=1) is None
-    assert "counter packets 0 " not in [ln for ln in topo.node.nft_text().splitlines() if "127.0.0.0/8" in ln
-                                        and "drop" in ln][0]
+        guard = [ln for ln in topo.node.nft_text().splitlines() if "127.0.0.0/8" in ln and "drop" in ln]
+        assert "counter packets 0 " not in guard[0]
+        # proof that the guard, not something else, stopped it
+        topo.node.exec(["nft", "flush", "chain", "inet", "berth", "guard"])
+        assert (pod.netns.connect("127.1.2.3", 7777) or "").startswith("node-local")
     pod.delete()
 
 
