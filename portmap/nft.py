@@ -121,8 +121,9 @@ class Fake:
                 for elem in obj["elem"]:
                     if verb == "add" and elem not in elems:
                         elems.append(elem)
-                    elif verb == "delete" and elem in elems:
-                        elems.remove(elem)
+                    elif verb == "delete":  # nft deletes by key, whatever the value
+                        key = elem[0] if isinstance(elem, list) else elem
+                        elems[:] = [e for e in elems if (e[0] if isinstance(e, list) else e) != key]
 
     def list_table(self) -> list[dict[str, Any]] | None:
         if not self.transactions:

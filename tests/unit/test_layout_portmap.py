@@ -1,0 +1,118 @@
+"""Golden JSON of the nft builders and upstream-compatible chain names."""
+
+from __future__ import annotations
+
+import hashlib
+
+from portmap import layout
+from portmap.layout import Mapping
+
+T = {"family": "inet", "table": "berth"}
+CHAIN = "CNI-DN-0726f1684a40233c08ebd"
+
+
+def test_chain_names_match_upstream_algorithm() -> None:
+    # utils.MustFormatChainNameWithPrefix(name, id, "DN-") / utils.FormatChainName(name, id)
+    expected_dn = ("CNI-DN-" + hashlib.sha512(b"pmnetabc").hexdigest())[:28]
+    expected_masq = ("CNI-" + hashlib.sha512(b"pmnetabc").hexdigest())[:28]
+    assert layout.dnat_chain_name("pmnet", "abc") == expected_dn == CHAIN
+    assert layout.masq_chain_name("pmnet", "abc") == expected_masq
+    assert len(expected_dn) == len(expected_masq) == 28
+    # a second interface of the same container gets its own chain; eth0 keeps upstream's
+    assert layout.dnat_chain_name("pmnet", "abc", "net1") != CHAIN
+    assert layout.dnat_chain_name("pmnet", "abc", "eth0") == CHAIN
+
+
+def test_attachment_add_golden() -> None:
+    cmds = layout.attachment_add(CHAIN, [Mapping(8080, 8080, 80, "tcp")], ["10.88.0.5"])
+    base = [
+        {"match": {"op": "==", "left": {"meta": {"key": "nfproto"}}, "right": "ipv4"}},
+        {"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": "tcp"}},
+        {"match": {"op": "==", "left": {"payload": {"protocol": "th", "field": "dport"}}, "right": 8080}},
+    ]
+    setmark = {"jump": {"target": "CNI-HOSTPORT-SETMARK"}}
+    saddr = {"payload": {"protocol": "ip", "field": "saddr"}}
+    assert cmds == [
+        {"add": {"chain": {**T, "name": CHAIN}}},
+        {"flush": {"chain": {**T, "name": CHAIN}}},
+        {"add": {"rule": {**T, "chain": CHAIN, "expr": [
+            *base, {"match": {"op": "==", "left": saddr, "right": "10.88.0.5"}}, setmark]}}},
+        {"add": {"rule": {**T, "chain": CHAIN, "expr": [
+            *base, {"match": {"op": "==", "left": saddr, "right": {"prefix": {"addr": "127.0.0.0", "len": 8}}}},
+            setmark]}}},
+        {"add": {"rule": {**T, "chain": CHAIN, "expr": [
+            *base, {"counter": None}, {"dnat": {"family": "ip", "addr": "10.88.0.5", "port": 80}}]}}},
+        {"add": {"element": {**T, "name": "hostports", "elem": [
+            [{"concat": ["tcp", 8080]}, {"jump": {"target": CHAIN}}]]}}},
+    ]
+
+
+def test_del_golden_is_absence_tolerant() -> None:
+    elems = layout.elements_by_map(CHAIN, [Mapping(9000, 9001, 9000, "udp", "198.51.100.1")])
+    elem = [{"concat": ["198.51.100.1", "udp", {"range": [9000, 9001]}]}, {"jump": {"target": CHAIN}}]
+    assert elems == {"hostports-v4": [elem]}
+    cmds = layout.portmap_del(CHAIN, elems)
+    assert cmds == [
+        {"add": {"table": {"family": "inet", "name": "berth"}}},
+        {"add": {"map": {**T, "name": "hostports-v4", "type": ["ipv4_addr", "inet_proto", "inet_service"],
+                         "map": "verdict", "flags": ["interval"]}}},
+        {"add": {"chain": {**T, "name": CHAIN}}},
+        {"add": {"element": {**T, "name": "hostports-v4", "elem": [elem]}}},
+        {"delete": {"element": {**T, "name": "hostports-v4", "elem": [elem]}}},
+        {"flush": {"chain": {**T, "name": CHAIN}}},
+        {"delete": {"chain": {**T, "name": CHAIN}}},
+    ]
+
+
+def test_base_layout_never_flushes_admin_and_is_size_independent() -> None:
+    cmds = layout.base_layout()
+    flushed = [c["flush"]["chain"]["name"] for c in cmds if "flush" in c]
+    assert "CNI-ADMIN" not in flushed
+    assert {"add": {"chain": {**T, "name": "CNI-ADMIN"}}} in cmds
+    assert set(flushed) >= {"prerouting", "output", "postrouting", "forward", "guard", "CNI-HOSTPORT-DNAT"}
+    hooks = {c["add"]["chain"]["name"]: c["add"]["chain"]["prio"] for c in cmds
+             if "add" in c and "chain" in c["add"] and "hook" in c["add"]["chain"]}
+    assert hooks == {"guard": -300, "prerouting": -100, "output": -100, "postrouting": 100, "forward": 0}
+    # one ADD's transaction is a fixed size however many attachments exist
+    one = layout.portmap_add(CHAIN, [Mapping(8080, 8080, 80, "tcp")], ["10.88.0.5"])
+    assert len(one) == len(cmds) + len(layout.mark_layout()) + 6
+
+
+def test_mark_bit_and_external_chain() -> None:
+    mark = layout.mark_layout(5)
+    assert mark[1]["add"]["rule"]["expr"][1]["mangle"]["value"] == {"|": [{"meta": {"key": "mark"}}, 32]}
+    cmds = layout.attachment_add(CHAIN, [Mapping(80, 80, 80, "tcp")], ["10.0.0.2"], external_setmark="KUBE-MARK")
+    assert {"jump": {"target": "KUBE-MARK"}} in cmds[2]["add"]["rule"]["expr"]
+    assert {"add": {"chain": {**T, "name": "KUBE-MARK"}}} in layout.base_layout("KUBE-MARK")
+
+
+def test_dual_stack_and_ranges() -> None:
+    m = [Mapping(30000, 30002, 7000, "tcp"), Mapping(31000, 31001, 31000, "udp"),
+         Mapping(8443, 8443, 443, "tcp", "fd00:5::1")]
+    cmds = layout.dnat_rules(CHAIN, m, ["10.88.0.5", "fd00:88::5"], snat=False)
+    dnats = [c["add"]["rule"]["expr"][-1]["dnat"] for c in cmds]
+    assert dnats[0]["addr"]["map"]["data"]["set"][2] == [30002, {"concat": ["10.88.0.5", 7002]}]
+    assert dnats[1]["family"] == "ip6"
+    assert dnats[2] == {"family": "ip", "addr": "10.88.0.5"}  # same range both sides: ports kept
+    assert dnats[3] == {"family": "ip6", "addr": "fd00:88::5"}
+    # the v6 hostIP maps only to the v6 address
+    assert dnats[4] == {"family": "ip6", "addr": "fd00:88::5", "port": 443} and len(dnats) == 5
+    assert not any("SETMARK" in str(c) for c in cmds)  # snat off: no marks
+
+
+def test_masq_golden() -> None:
+    chain = layout.masq_chain_name("pmnet", "abc")
+    cmds = layout.masq_add(chain, ["10.88.0.5/24"], "bt0")[len(layout.base_layout()):]
+    assert cmds == [
+        {"add": {"chain": {**T, "name": chain}}},
+        {"flush": {"chain": {**T, "name": chain}}},
+        {"add": {"rule": {**T, "chain": chain, "expr": [
+            {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}},
+                       "right": {"prefix": {"addr": "10.88.0.0", "len": 24}}}}, {"accept": None}]}}},
+        {"add": {"rule": {**T, "chain": chain, "expr": [
+            {"match": {"op": "!=", "left": {"payload": {"protocol": "ip", "field": "daddr"}},
+                       "right": {"prefix": {"addr": "224.0.0.0", "len": 4}}}}, {"counter": None},
+            {"masquerade": None}]}}},
+        {"add": {"element": {**T, "name": "masq-v4", "elem": [["10.88.0.5", {"jump": {"target": chain}}]]}}},
+        {"add": {"element": {**T, "name": "bridges", "elem": ["bt0"]}}},
+    ]
