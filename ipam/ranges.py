@@ -48,6 +48,9 @@ def parse_subnet(value: object, what: str = "subnet") -> IPNetwork:
         raise errors.invalid_config(f"invalid {what} {text!r}") from None
     if "/" not in text:
         raise errors.invalid_config(f"invalid {what} {text!r}: missing prefix length")
+    if net.version == 6 and net.network_address.ipv4_mapped is not None:
+        # Go prints these as dotted IPv4, so lease names would differ from upstream's (which rejects them too)
+        raise errors.invalid_config(f"invalid {what} {text!r}: IPv4-mapped IPv6 subnets are not supported")
     if net.network_address != ipaddress.ip_interface(text).ip:
         raise errors.invalid_config(
             f"network {text} has host bits set; for a prefix of length {net.prefixlen} "

@@ -70,6 +70,7 @@ def _all(r: Any) -> list[Any]:
     ({"subnet": "banana"}, "invalid"),
     ({"subnet": "10.0.0.0"}, "missing prefix"),
     ({"subnet": "10.0.0.5/24"}, "host bits"),
+    ({"subnet": "::ffff:10.0.0.0/120"}, "IPv4-mapped"),
     ({"subnet": "10.0.0.0/24", "rangeStart": "10.0.1.1"}, "rangeStart 10.0.1.1 not in network"),
     ({"subnet": "10.0.0.0/24", "rangeEnd": "10.0.1.1"}, "rangeEnd 10.0.1.1 not in network"),
     ({"subnet": "10.0.0.0/24", "gateway": "10.0.1.1"}, "gateway 10.0.1.1 not in network"),

@@ -234,3 +234,14 @@ def test_disk_store_ignores_foreign_files(tmp_path: Path) -> None:
     (net / "sub").mkdir()
     store = DiskStore(str(tmp_path), NET)
     assert store.leases() == {}
+
+
+def test_plugin_import_is_light() -> None:
+    """A plugin is exec'd per pod: host-local must not pull in pyroute2 or libnftables."""
+    import subprocess
+    import sys
+
+    code = ("import sys, ipam.hostlocal; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('pyroute2', 'nftables', 'asyncio')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
