@@ -25,7 +25,7 @@ from typing import Protocol
 
 from cni import errors
 from cni.errors import CNIError
-from cni.state import atomic_write, flocked, fsync_dir
+from cni.state import flocked, fsync_dir
 from ipam.ranges import IPAddress
 
 LINE_BREAK = "\r\n"
@@ -182,11 +182,26 @@ class DiskStore:
             finally:
                 with contextlib.suppress(OSError):
                     os.unlink(tmp)
-            fsync_dir(self.directory)
-            atomic_write(self._path(f"{LAST_IP_PREFIX}{range_id}"), str(addr).encode())
+            self._write_last_reserved(range_id, addr)
+            fsync_dir(self.directory)  # one directory sync makes both the link and the rename durable
         except OSError as exc:
             raise _io_error(f"cannot reserve {addr}", exc) from None
         return True
+
+    def _write_last_reserved(self, range_id: int, addr: IPAddress) -> None:
+        """tmp + rename so readers never see a torn address; no fsync: losing it only costs round robin."""
+        final = self._path(f"{LAST_IP_PREFIX}{range_id}")
+        tmp = self._path(f"{TMP_PREFIX}last-{os.getpid()}")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.write(fd, str(addr).encode())
+            finally:
+                os.close(fd)
+            os.replace(tmp, final)
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
 
     def owner(self, addr: IPAddress) -> Owner | None:
         try:
