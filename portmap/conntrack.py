@@ -18,15 +18,29 @@ from portmap.layout import Mapping
 PROTOCOLS = {"udp": socket.IPPROTO_UDP, "sctp": socket.IPPROTO_SCTP}
 
 
+COUNT_FILE = "/proc/sys/net/netfilter/nf_conntrack_count"
+
+
 def needs_flush(mappings: list[Mapping]) -> bool:
     return any(m.protocol in PROTOCOLS for m in mappings)
 
 
-def flush(mappings: list[Mapping]) -> list[str]:
+def table_empty() -> bool:
+    """An empty (or absent) conntrack table of this netns: nothing to flush, and
+    no reason to pay pyroute2's import."""
+    try:
+        with open(COUNT_FILE) as fh:
+            return fh.read().strip() == "0"
+    except OSError:
+        return True  # nf_conntrack not loaded: no entries can exist
+
+
+def flush(mappings: list[Mapping], versions: tuple[int, ...] = (4, 6)) -> list[str]:
     """Delete entries whose original destination is (hostIP or any local address,
-    hostPort) for each UDP/SCTP mapping. Best effort: returns problems, never raises."""
+    hostPort) for each UDP/SCTP mapping, in the container's address families.
+    Best effort: returns problems, never raises."""
     targets = [m for m in mappings if m.protocol in PROTOCOLS]
-    if not targets:
+    if not targets or table_empty():
         return []
     try:
         from pyroute2 import Conntrack
@@ -36,7 +50,9 @@ def flush(mappings: list[Mapping]) -> list[str]:
     # (family, proto) -> {(daddr or None, port)}: one dump per pair, filtered here
     wanted: dict[tuple[int, int], set[tuple[str | None, int]]] = {}
     for m in targets:
-        for version in [m.host_version] if m.host_version else [4, 6]:
+        for version in [m.host_version] if m.host_version else versions:
+            if version not in versions:
+                continue
             family = int(socket.AF_INET if version == 4 else socket.AF_INET6)
             ports = wanted.setdefault((family, PROTOCOLS[m.protocol]), set())
             ports.update((m.host_ip or None, p) for p in range(m.host_lo, m.host_hi + 1))

@@ -256,8 +256,12 @@ def cmd_add(args: CmdArgs) -> Result:
         if t.live:
             _warn([f"took host ports from {t.claim.owner.describe()} (conflictPolicy last-wins)"])
     if conntrack.needs_flush(conf.mappings):
-        _warn(conntrack.flush(conf.mappings))
+        _warn(conntrack.flush(conf.mappings, _versions(addresses)))
     return prev
+
+
+def _versions(addresses: list[str]) -> tuple[int, ...]:
+    return tuple(sorted({ipaddress.ip_address(a).version for a in addresses})) or (4, 6)
 
 
 def _restore_journal(journal: state.Journal, prior: dict[str, Any] | None) -> None:
@@ -302,7 +306,7 @@ def remove_attachment(root: str, journal: state.Journal) -> None:
         ports.release(root, me, mappings)
         journal.drop(SECTION)
     if conntrack.needs_flush(mappings):
-        _warn(conntrack.flush(mappings))
+        _warn(conntrack.flush(mappings, _versions([str(a) for a in record.get("addresses") or []])))
 
 
 def cmd_del(args: CmdArgs) -> None:
