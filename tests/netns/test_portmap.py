@@ -136,3 +136,25 @@ def test_check_reports_missing_chain(topo: harness.Topology) -> None:
     assert res.rc != 0 and res.json["code"] == 106 and "hostports" in res.json["details"]
     pod.delete()
     assert "CNI-DN-" not in topo.node.nft_text()
+
+
+def test_bridge_ipmasq_through_masq_module(topo: harness.Topology) -> None:
+    """berth-bridge's ipMasq uses portmap.masq: egress is masqueraded to the node's
+    address, traffic inside the pod subnet is not, DEL leaves no trace."""
+    a = Pod(topo, "ma", [{"hostPort": 8080, "containerPort": 80}])
+    a.bridge_conf["ipMasq"] = True
+    b = Pod(topo, "mb", [])
+    a.add().ok()
+    b.result = b._bridge("ADD").ok()
+    with topo.outside.server(9999, "tcp", banner="out"), b.netns.server(81, "tcp", banner="peer"):
+        assert a.netns.connect(harness.Topology.OUTSIDE_V4, 9999) == f"out {NODE4}"
+        # b is not masqueraded: outside has no route back to the pod subnet
+        assert b.netns.connect(harness.Topology.OUTSIDE_V4, 9999, timeout=1) is None
+        assert a.netns.connect(b.address(), 81) == f"peer {a.address()}"
+    text = topo.node.nft_text()
+    assert a.address() in text and "bt0" in text
+    a.delete()
+    b._bridge("DEL").ok()
+    text = topo.node.nft_text()
+    assert a.address() not in text and "chain CNI-" not in text.replace("chain CNI-HOSTPORT", "").replace(
+        "chain CNI-ADMIN", "")
