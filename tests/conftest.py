@@ -39,9 +39,11 @@ _BEFORE: dict[str, list[str]] = {}
 def pytest_sessionstart(session: pytest.Session) -> None:
     global _BEFORE
     if harness.is_root() and not hasattr(session.config, "workerinput"):
-        # namespaces from an interrupted earlier run are ours by name: remove them first
+        harness.session_tag()
+        # namespaces of an interrupted earlier run (its pytest is gone) are ours by name
         for name in _host_snapshot().get("netns", []):
-            harness.Netns(name).remove()
+            if not harness.owner_alive(name):
+                harness.Netns(name).remove()
     _BEFORE = _host_snapshot()
 
 
@@ -50,7 +52,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         return
     after = _host_snapshot()
     problems = []
-    leaked_ns = [n for n in after.get("netns", []) if n not in _BEFORE.get("netns", [])]
+    mine = f"{harness.NS_PREFIX}{harness.session_tag()}-"
+    leaked_ns = [n for n in after.get("netns", []) if n.startswith(mine)]
     if leaked_ns:
         problems.append(f"namespaces left behind: {leaked_ns}")
     new_links = sorted(set(after.get("links", [])) - set(_BEFORE.get("links", [])))

@@ -27,6 +27,30 @@ NETTOOL = str(Path(__file__).resolve().parent / "nettool.py")
 SYSTEM_PYTHON = "/usr/bin/python3"
 REFERENCE_DIR = "/usr/lib/cni"
 NS_PREFIX = "bt-"
+
+
+def session_tag() -> str:
+    """Names carry the pid of the pytest session that made them (xdist workers
+    inherit it), so concurrent sessions never clean up each other's namespaces."""
+    tag = os.environ.get("BERTH_TEST_SESSION")
+    if not tag:
+        tag = str(os.getpid())
+        os.environ["BERTH_TEST_SESSION"] = tag
+    return tag
+
+
+def owner_alive(name: str) -> bool:
+    """Is the session that made namespace `name` (bt-<pid>-...) still running?"""
+    parts = name.split("-")
+    if len(parts) < 3 or not parts[1].isdigit():
+        return False
+    try:
+        os.kill(int(parts[1]), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -261,7 +285,7 @@ class Topology:
     OUTSIDE_V6 = "fd00:5::2"
 
     def __init__(self, tmp: Path, bin_dir: Path) -> None:
-        run_id = secrets.token_hex(3)
+        run_id = f"{session_tag()}-{secrets.token_hex(3)}"
         self.tmp = tmp
         self.node = Node(f"{NS_PREFIX}{run_id}-node", bin_dir=bin_dir,
                          state_dir=tmp / "state", data_dir=tmp / "ipam")
