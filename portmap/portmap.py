@@ -302,7 +302,17 @@ def remove_attachment(root: str, journal: state.Journal) -> None:
         chain = str(record.get("chain") or layout.dnat_chain_name(me.network, me.container_id, me.ifname))
         mappings = [Mapping.from_json(m) for m in record.get("mappings") or []]
         owned = [m for m in mappings if ports.owns_all(root, me, m)]
-        nft.apply(layout.portmap_del(chain, layout.elements_by_map(chain, owned)))
+        if record.get("state") != "done":
+            # a half-done ADD may have committed its elements without writing the
+            # port files: unclaimed ports are ours to remove too
+            owned += [m for m in mappings if m not in owned and ports.unclaimed(root, m)]
+        try:
+            nft.apply(layout.portmap_del(chain, layout.elements_by_map(chain, owned)))
+        except CNIError:
+            strict = [m for m in owned if ports.owns_all(root, me, m)]
+            if strict == owned:
+                raise
+            nft.apply(layout.portmap_del(chain, layout.elements_by_map(chain, strict)))
         ports.release(root, me, mappings)
         journal.drop(SECTION)
     if conntrack.needs_flush(mappings):

@@ -128,6 +128,10 @@ def owns_all(root: str, me: Owner, m: Mapping) -> bool:
     return all((c := read(p)) is not None and c.owner == me for p in port_files(root, m))
 
 
+def unclaimed(root: str, m: Mapping) -> bool:
+    return all(read(p) is None for p in port_files(root, m))
+
+
 def release(root: str, me: Owner, mappings: list[Mapping]) -> None:
     """Remove the port files that still name us (a last-wins successor keeps its own)."""
     removed = False

@@ -186,3 +186,17 @@ def test_container_addresses_only_sandbox() -> None:
     assert portmap.container_addresses(prev, "eth0") == ["10.0.0.2"]
     assert portmap.container_addresses({"ips": [{"address": "10.0.0.3/24"}]}, "eth0") == ["10.0.0.3"]
     assert portmap.host_bridge(prev) == "br"
+
+
+def test_del_after_half_done_add(tmp_path: Path, fake: nft.Fake) -> None:
+    """ADD committed nft but died before writing port files: DEL still cleans up."""
+    m = [{"hostPort": 8080, "containerPort": 80}]
+    portmap.cmd_add(args(tmp_path, "ADD", m))
+    journal = tmp_path / "pmnet" / "c1-eth0.json"
+    data = json.loads(journal.read_text())
+    data["portmap"]["state"] = "adding"
+    journal.write_text(json.dumps(data))
+    (tmp_path / "ports" / "any_tcp_8080").unlink()
+    portmap.cmd_del(args(tmp_path, "DEL", None, prev=None))
+    assert fake.elements["hostports"] == [] and layout.dnat_chain_name("pmnet", "c1") not in fake.chains
+    assert not journal.exists()
