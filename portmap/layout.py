@@ -303,7 +303,8 @@ def _dnat_target(m: Mapping, addr: str, version: int) -> Expr:
 
 
 def dnat_rules(chain: str, mappings: list[Mapping], addresses: list[str], *, snat: bool = True,
-               masq_all: bool = False, setmark_chain: str = SETMARK_CHAIN, note: str | None = None) -> list[Cmd]:
+               masq_all: bool = False, setmark_chain: str = SETMARK_CHAIN, note: str | None = None,
+               conditions: dict[int, list[Expr]] | None = None) -> list[Cmd]:
     """The rules of CNI-DN-<hash>: per mapping and container address, the marks
     for hairpin (the container reaching its own hostPort) and localhost (v4 only:
     ::1 cannot be NATed) traffic, then the DNAT."""
@@ -315,6 +316,7 @@ def dnat_rules(chain: str, mappings: list[Mapping], addresses: list[str], *, sna
                 continue
             fam = ip_proto(version)
             base: list[Expr] = [match(meta("nfproto"), "ipv4" if version == 4 else "ipv6")]
+            base += (conditions or {}).get(version, [])
             if m.host_ip:
                 base.append(match(payload(fam, "daddr"), m.host_ip))
             ports = port_value(m.host_lo, m.host_hi)
@@ -334,11 +336,12 @@ def dnat_rules(chain: str, mappings: list[Mapping], addresses: list[str], *, sna
 
 def attachment_add(chain: str, mappings: list[Mapping], addresses: list[str], *, snat: bool = True,
                    masq_all: bool = False, external_setmark: str | None = None,
-                   note: str | None = None) -> list[Cmd]:
+                   note: str | None = None, conditions: dict[int, list[Expr]] | None = None) -> list[Cmd]:
     """The attachment's part of an ADD: chain add+flush+rules, then its map elements."""
     setmark = external_setmark or SETMARK_CHAIN
     cmds = [add_chain(chain), flush_chain(chain)]
-    cmds += dnat_rules(chain, mappings, addresses, snat=snat, masq_all=masq_all, setmark_chain=setmark, note=note)
+    cmds += dnat_rules(chain, mappings, addresses, snat=snat, masq_all=masq_all, setmark_chain=setmark, note=note,
+                       conditions=conditions)
     for map_name, elems in elements_by_map(chain, mappings).items():
         cmds.append(add_elements(map_name, elems))
     return cmds

@@ -122,19 +122,54 @@ class Conf:
         if ext and "markMasqBit" in config:
             raise errors.invalid_config("externalSetMarkChain and markMasqBit are mutually exclusive")
         self.external_setmark: str | None = ext or None
-        for key in ("conditionsV4", "conditionsV6"):
-            value = config.get(key)
-            if value is not None and not isinstance(value, list):
-                raise errors.invalid_config(f"{key} must be a list")
-            if value:
-                raise CNIError(errors.UNSUPPORTED_FIELD, f"{key} is not supported by berth-portmap",
-                               "iptables/nft match text cannot be merged into berth's JSON rules; "
-                               "put filtering in chain CNI-ADMIN of table inet berth instead")
+        self.conditions = {4: parse_conditions(config, "conditionsV4", 4),
+                           6: parse_conditions(config, "conditionsV6", 6)}
         policy = config.get("conflictPolicy", "error")
         if policy not in ("error", LAST_WINS):
             raise errors.invalid_config(f"invalid conflictPolicy {policy!r}", 'one of "error", "last-wins"')
         self.last_wins = policy == LAST_WINS
         self.mappings = parse_mappings(config)
+
+
+_COND_FLAGS = {"-s": "saddr", "--source": "saddr", "-d": "daddr", "--destination": "daddr",
+               "-i": "iifname", "--in-interface": "iifname"}
+
+
+def parse_conditions(config: dict[str, Any], key: str, version: int) -> list[dict[str, Any]]:
+    """upstream's conditionsV4/V6 (iptables match arguments), in the subset that has
+    an exact nft equivalent: [!] -s/-d CIDR, [!] -i IFNAME. They restrict every rule
+    of the attachment's DNAT chain (upstream puts them on the entry jump)."""
+    raw = config.get(key)
+    if raw is None:
+        return []
+    if not isinstance(raw, list) or not all(isinstance(t, str) for t in raw):
+        raise errors.invalid_config(f"{key} must be a list of strings")
+    tokens = [t for item in raw for t in item.split()]  # ["-d 1.2.3.4"] and ["-d", "1.2.3.4"] alike
+    out: list[dict[str, Any]] = []
+    i = 0
+    while i < len(tokens):
+        negate = tokens[i] == "!"
+        i += negate
+        if i + 1 >= len(tokens) or tokens[i] not in _COND_FLAGS:
+            raise CNIError(errors.UNSUPPORTED_FIELD, f"{key}: unsupported condition {' '.join(tokens[i:i + 2])!r}",
+                           "berth-portmap understands [!] -s/-d CIDR and [!] -i IFNAME; put anything else "
+                           "in chain CNI-ADMIN of table inet berth")
+        field, value = _COND_FLAGS[tokens[i]], tokens[i + 1]
+        op = "!=" if negate else "=="
+        if field == "iifname":
+            if not 0 < len(value) <= 15 or "/" in value:
+                raise errors.invalid_config(f"{key}: invalid interface {value!r}")
+            out.append(layout.match(layout.meta("iifname"), value, op))
+        else:
+            try:
+                net = ipaddress.ip_network(value, strict=False)
+            except ValueError:
+                raise errors.invalid_config(f"{key}: invalid address {value!r}") from None
+            if net.version != version:
+                raise errors.invalid_config(f"{key}: {value} is not an IPv{version} address")
+            out.append(layout.match(layout.payload(layout.ip_proto(version), field), layout.prefix(value), op))
+        i += 2
+    return out
 
 
 def _bool(config: dict[str, Any], key: str, default: bool) -> bool:
@@ -237,7 +272,8 @@ def cmd_add(args: CmdArgs) -> Result:
                      layout.add_elements(t.claim.map_name, [layout.verdict_elem(t.claim.key, t.claim.chain)]),
                      layout.delete_elements(t.claim.map_name, [t.claim.key])]
         cmds += layout.attachment_add(chain, conf.mappings, addresses, snat=conf.snat, masq_all=conf.masq_all,
-                                      external_setmark=conf.external_setmark, note=note)
+                                      external_setmark=conf.external_setmark, note=note,
+                                      conditions=conf.conditions)
         try:
             nft.apply(cmds)
         except CNIError:

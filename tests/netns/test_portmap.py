@@ -158,3 +158,20 @@ def test_bridge_ipmasq_through_masq_module(topo: harness.Topology) -> None:
     text = topo.node.nft_text()
     assert a.address() not in text and "chain CNI-" not in text.replace("chain CNI-HOSTPORT", "").replace(
         "chain CNI-ADMIN", "")
+
+
+def test_conditions_gc_and_status(topo: harness.Topology) -> None:
+    pod = Pod(topo, "c1", [{"hostPort": 8080, "containerPort": 80}],
+              conditionsV4=["!", "-s", f"{harness.Topology.OUTSIDE_V4}/32"])
+    pod.add().ok()
+    with pod.netns.server(80, "tcp", banner="web"):
+        assert topo.outside.connect(NODE4, 8080, timeout=1) is None  # excluded by the condition
+        assert (topo.node.connect("127.0.0.1", 8080) or "").startswith("web")
+    gc = {"cniVersion": "1.1.0", "name": "pmnet", "type": "berth-portmap",
+          "cni.dev/valid-attachments": [{"containerID": "other", "ifname": "eth0"}]}
+    topo.node.plugin("berth-portmap", "GC", gc).ok()
+    assert "CNI-DN-" not in topo.node.nft_text() and "8080" not in topo.node.nft_text()
+    status = {"cniVersion": "1.1.0", "name": "pmnet", "type": "berth-portmap"}
+    topo.node.plugin("berth-portmap", "STATUS", status).ok()
+    pod.portmap("DEL").ok()  # after GC: nothing left, still fine
+    pod._bridge("DEL").ok()

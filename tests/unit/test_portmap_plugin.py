@@ -93,7 +93,8 @@ def test_overlap_in_one_request_and_duplicates() -> None:
 
 @pytest.mark.parametrize("extra,code", [
     ({"markMasqBit": 32}, 7), ({"markMasqBit": "13"}, 7), ({"snat": "yes"}, 7),
-    ({"externalSetMarkChain": "bad chain"}, 7), ({"conditionsV4": ["-d", "1.2.3.4"]}, 2),
+    ({"externalSetMarkChain": "bad chain"}, 7), ({"conditionsV4": ["-m", "comment"]}, 2),
+    ({"conditionsV4": ["-d", "fd00::1"]}, 7), ({"conditionsV4": ["-d"]}, 2), ({"conditionsV6": "-d ::1"}, 7),
     ({"conflictPolicy": "first"}, 7),
 ])
 def test_bad_config(tmp_path: Path, fake: nft.Fake, extra: dict[str, Any], code: int) -> None:
@@ -200,3 +201,16 @@ def test_del_after_half_done_add(tmp_path: Path, fake: nft.Fake) -> None:
     portmap.cmd_del(args(tmp_path, "DEL", None, prev=None))
     assert fake.elements["hostports"] == [] and layout.dnat_chain_name("pmnet", "c1") not in fake.chains
     assert not journal.exists()
+
+
+def test_conditions_restrict_the_dnat_rules() -> None:
+    conds = portmap.parse_conditions({"conditionsV4": ["!", "-s", "10.0.0.0/8", "-i eth1"]}, "conditionsV4", 4)
+    assert conds == [
+        {"match": {"op": "!=", "left": {"payload": {"protocol": "ip", "field": "saddr"}},
+                   "right": {"prefix": {"addr": "10.0.0.0", "len": 8}}}},
+        {"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "eth1"}},
+    ]
+    cmds = layout.dnat_rules("C", [Mapping(80, 80, 80, "tcp")], ["10.88.0.5", "fd00::5"], conditions={4: conds})
+    v4 = [c for c in cmds if "ip6" not in json.dumps(c)]
+    assert v4 and all(conds[0] in c["add"]["rule"]["expr"] for c in v4)
+    assert not any(conds[0] in c["add"]["rule"]["expr"] for c in cmds if c not in v4)
