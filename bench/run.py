@@ -23,6 +23,8 @@ from bench.topo import NODE_V4, Registry, call, link_node
 from tests.harness import Netns
 
 TRAFFIC = str(Path(__file__).resolve().parent / "traffic.py")
+CONN_WARMUP = 100  # untimed connections first: neighbour entries, a cold server process
+CONN_ROUNDS = 5
 SYSTEM_PYTHON = "/usr/bin/python3"
 MAX_LISTED_ERRORS = 40
 
@@ -38,6 +40,7 @@ class Plan:
     conn_seconds: float = 5.0
     filler_containers: int = 10
     filler_mappings: int = 100  # per filler container: 10 x 100 = 1,000 mappings
+    burst_del: bool = True  # time 32 concurrent DELs too (else the 32 stay as existing attachments)
     phases: tuple[str, ...] = ("startup", "levels", "rules", "conn", "burst")
 
 
@@ -63,6 +66,7 @@ class Side:
     next_port: int = 20000
     next_cid: int = 0
     next_ns: int = 0
+    tag: str = ""  # namespace name suffix: "" for the main node, "-k" for the connection-rate node
 
     def ports(self, count: int) -> int:
         first = self.next_port
@@ -83,20 +87,23 @@ class Bench:
         self.figures: dict[str, Any] = {}
 
     # --- set-up -------------------------------------------------------------
-    def build(self) -> None:
+    def make_side(self, mode: Mode, suffix: str = "") -> Side:
         workers = max(self.plan.burst, self.plan.concurrency, 4)
+        node, outside = self.reg.make_namespaces([self.reg.name(mode.name + suffix),
+                                                  self.reg.name(mode.name + suffix + "-o")])
+        link_node(self.reg, node, outside)
+        pool = self.reg.pool(node, workers)
+        return Side(mode, node, outside, pool, Chain(mode, self.reg.tmp / (mode.name + suffix)), tag=suffix)
+
+    def build(self) -> None:
         for mode in self.modes:
-            node, outside = self.reg.make_namespaces([self.reg.name(mode.name), self.reg.name(mode.name + "-o")])
-            link_node(self.reg, node, outside)
-            pool = self.reg.pool(node, workers)
-            chain = Chain(mode, self.reg.tmp / mode.name)
-            self.sides[mode.name] = Side(mode, node, outside, pool, chain)
+            self.sides[mode.name] = self.make_side(mode)
 
     def containers(self, side: Side, count: int) -> list[Netns]:
         names = []
         for _ in range(count):
             side.next_ns += 1
-            names.append(self.reg.name(f"{side.mode.name}-c{side.next_ns}"))
+            names.append(self.reg.name(f"{side.mode.name}{side.tag}-c{side.next_ns}"))
         return self.reg.make_namespaces(names)
 
     def error(self, side: Side, phase: str, msg: str) -> None:
@@ -258,7 +265,7 @@ class Bench:
 
     def _rate(self, side: Side, host_port: int) -> dict[str, Any]:
         argv = [SYSTEM_PYTHON, TRAFFIC, "rate", NODE_V4, str(host_port), str(self.plan.conn_max),
-                str(self.plan.conn_seconds)]
+                str(self.plan.conn_seconds), str(CONN_WARMUP)]
         proc = side.outside.exec(argv, check=False, timeout=self.plan.conn_seconds + 60)
         try:
             out: dict[str, Any] = json.loads(proc.stdout)
@@ -270,97 +277,107 @@ class Bench:
             self.error(side, "conn", f"{out['errors']} failed connections to hostPort {host_port}")
         return out
 
+    def _rates(self, targets: list[tuple[Side, str, int]]) -> dict[tuple[str, str], dict[str, Any]]:
+        """CONN_ROUNDS measurements per target, rounds interleaved across targets; the median counts."""
+        runs: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        for _ in range(CONN_ROUNDS):
+            for side, label, port in targets:
+                runs.setdefault((side.mode.name, label), []).append(self._rate(side, port))
+        out = {}
+        for key, results in runs.items():
+            rates = sorted(r["per_second"] for r in results if r["per_second"] is not None)
+            out[key] = {"per_second": rates[len(rates) // 2] if rates else None,
+                        "runs": [r["per_second"] for r in results],
+                        "connections": sum(r["ok"] for r in results),
+                        "errors": sum(r["errors"] for r in results)}
+        return out
+
+    def _conn_target(self, side: Side, ns: Netns) -> int | None:
+        port = side.ports(1)
+        _, out = self.add(side, "conn", ns, [{"hostPort": port, "containerPort": 8080, "protocol": "tcp"}], "conn")
+        return port if out.ok and self._serve(side, ns, 8080) else None
+
     def phase_conn(self) -> None:
-        """New TCP connections/s from the outside host to a hostPort, with 1 and ~1,000 mappings."""
+        """New TCP connections/s from the outside host to a hostPort, with 1 and ~1,000 mappings.
+
+        Two nodes of their own per mode: `<mode>-k1` holds one mapping, `<mode>-k` ~1,000
+        (fillers, a target added first and one added last); every target is measured in
+        interleaved rounds, so load drift on the machine hits all figures alike."""
         total = self.plan.filler_containers * self.plan.filler_mappings
-        self.log(f"connection rate: 1 mapping, then {total + 2} mappings")
-        fig: dict[str, Any] = {}
-        first: dict[str, tuple[Attachment, int]] = {}
-        for side in self.sides.values():
-            ns = self.containers(side, 1)[0]
-            port = side.ports(1)
-            att, out = self.add(side, "conn", ns, [{"hostPort": port, "containerPort": 8080, "protocol": "tcp"}],
-                                "conn")
-            if out.ok and self._serve(side, ns, 8080):
-                first[side.mode.name] = (att, port)
-        for side in self.sides.values():
-            if side.mode.name in first:
-                fig[side.mode.name] = {"mappings_1": self._rate(side, first[side.mode.name][1])}
-        # fillers: many mappings per container, so ~1,000 mappings cost only a few ADDs
-        last: dict[str, tuple[Attachment, int]] = {}
-        for side in self.sides.values():
-            if side.mode.name not in first:
-                continue
+        self.log(f"connection rate: 1 mapping vs {total + 2} mappings")
+        targets: list[tuple[Side, str, int]] = []
+        for mode in self.modes:
+            one, many = self.make_side(mode, "-k1"), self.make_side(mode, "-k")
+            port = self._conn_target(one, self.containers(one, 1)[0])
+            if port is not None:
+                targets.append((one, "one", port))
             start = time.perf_counter()
-            nets = self.containers(side, self.plan.filler_containers + 1)
-            for ns in nets[:-1]:
-                port = side.ports(self.plan.filler_mappings)
-                maps = [{"hostPort": port + k, "containerPort": 9000 + k, "protocol": "tcp"}
+            nets = self.containers(many, self.plan.filler_containers + 2)
+            port = self._conn_target(many, nets[0])
+            if port is not None:
+                targets.append((many, "first", port))
+            for ns in nets[1:-1]:
+                first_port = many.ports(self.plan.filler_mappings)
+                maps = [{"hostPort": first_port + k, "containerPort": 9000 + k, "protocol": "tcp"}
                         for k in range(self.plan.filler_mappings)]
-                self.add(side, "connfill", ns, maps, "conn-fill")
+                self.add(many, "connfill", ns, maps, "conn-fill")
             # a second target added last: rule lists are searched in order, so measure the far end too
-            port = side.ports(1)
-            att, out = self.add(side, "conn", nets[-1], [{"hostPort": port, "containerPort": 8080,
-                                                          "protocol": "tcp"}], "conn")
-            if out.ok and self._serve(side, nets[-1], 8080):
-                last[side.mode.name] = (att, port)
-            self.log(f"connection rate: {side.mode.name} fillers added in {time.perf_counter() - start:.1f}s")
-        for side in self.sides.values():
-            name = side.mode.name
-            if name not in fig:
-                continue
-            fig[name]["mappings_many"] = total + 2
-            fig[name]["many_first_added"] = self._rate(side, first[name][1])
-            if name in last:
-                fig[name]["many_last_added"] = self._rate(side, last[name][1])
-            rates = [fig[name][k]["per_second"] for k in ("many_first_added", "many_last_added")
-                     if k in fig[name] and fig[name][k]["per_second"] is not None]
-            fig[name]["per_second_1"] = fig[name]["mappings_1"]["per_second"]
-            fig[name]["per_second_many"] = min(rates) if rates else None
+            port = self._conn_target(many, nets[-1])
+            if port is not None:
+                targets.append((many, "last", port))
+            self.log(f"connection rate: {mode.name} fillers added in {time.perf_counter() - start:.1f}s")
+        rates = self._rates(targets)
+        fig: dict[str, Any] = {}
+        for mode in self.modes:
+            name = mode.name
+            got = {label: rates[(name, label)] for label in ("one", "first", "last") if (name, label) in rates}
+            many_rates = [got[k]["per_second"] for k in ("first", "last")
+                          if k in got and got[k]["per_second"] is not None]
+            fig[name] = {"mappings_many": total + 2, "one": got.get("one"), "many_first_added": got.get("first"),
+                         "many_last_added": got.get("last"),
+                         "per_second_1": got["one"]["per_second"] if "one" in got else None,
+                         "per_second_many": min(many_rates) if many_rates else None}
         self.figures["conn_rate"] = fig
-        self.teardown_all("conn-del")
 
     def phase_burst(self) -> None:
+        """32 chain ADDs at once on an empty node; then 32 DELs at once (plan.burst_del), or the
+        attachments stay as existing ones for the next level (saves a populate in --quick)."""
         n = self.plan.burst
-        self.log(f"{n} concurrent ADDs (then {n} concurrent DELs)")
+        self.log(f"{n} concurrent ADDs" + (f" (then {n} concurrent DELs)" if self.plan.burst_del else ""))
         fig: dict[str, Any] = {}
         for side in self.sides.values():
             nets = self.containers(side, n)
             jobs = {}
             start = time.perf_counter()
             for ns in nets:
-                cid, maps = side.cid("burst"), mappings_for(side.ports(2))
-                jobs[side.pool.submit(side.chain.add, cid, ns.path, maps)] = (cid, ns, maps)
-            atts, errs = [], []
+                att = Attachment(side.cid("burst"), "burst", ns, mappings_for(side.ports(2)), None)
+                jobs[side.pool.submit(side.chain.add, att.cid, ns.path, att.mappings)] = att
+            good, errs = [], []
             for fut in as_completed(jobs):
-                out = fut.result()
-                cid, ns, maps = jobs[fut]
-                atts.append(Attachment(cid, "burst", ns, maps, out.result))
-                if not out.ok:
-                    errs.append(out.error)
+                out, att = fut.result(), jobs[fut]
+                if out.ok:
+                    att.result = out.result
+                    good.append(att)
+                else:
+                    errs.append((att, out.error))
             wall = time.perf_counter() - start
-            for e in errs:
+            for att, e in errs:
                 self.error(side, "burst-add", e)
-            ips = [ip for a in atts for ip in addresses(a.result)]
-            dups = len(ips) - len(set(ips))
+                call(side.pool, side.chain.delete, att.cid, att.netns.path, att.mappings, None)
+            ips = [ip for a in good for ip in addresses(a.result)]
+            fig[side.mode.name] = {"adds": n, "wall_s": round(wall, 3), "errors": len(errs),
+                                   "duplicate_addresses": len(ips) - len(set(ips))}
+            if not self.plan.burst_del:
+                side.live.extend(good)
+                continue
             start = time.perf_counter()
-            dels = [side.pool.submit(side.chain.delete, a.cid, a.netns.path, a.mappings, a.result) for a in atts]
+            dels = [side.pool.submit(side.chain.delete, a.cid, a.netns.path, a.mappings, a.result) for a in good]
             del_errs = [f.result().error for f in dels if not f.result().ok]
-            del_wall = time.perf_counter() - start
+            fig[side.mode.name].update(del_wall_s=round(time.perf_counter() - start, 3), del_errors=len(del_errs))
             for e in del_errs:
                 self.error(side, "burst-del", e)
-            fig[side.mode.name] = {"adds": n, "wall_s": round(wall, 3), "errors": len(errs),
-                                   "duplicate_addresses": dups, "del_wall_s": round(del_wall, 3),
-                                   "del_errors": len(del_errs)}
             self.reg.remove_namespaces([ns.name for ns in nets])
         self.figures["burst"] = fig
-
-    def teardown_all(self, phase: str) -> None:
-        for side in self.sides.values():
-            for att in list(side.live):
-                if att.tag in ("conn", "connfill"):
-                    self.delete(side, att, phase)
-                    self.reg.remove_namespaces([att.netns.name])
 
     def run(self) -> dict[str, Any]:
         self.build()

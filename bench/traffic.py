@@ -2,8 +2,9 @@
 
 serve PORT: accept forever, answer each connection with one line and close.
     Prints "ready" once listening.
-rate HOST PORT MAX_CONNECTIONS MAX_SECONDS: open new TCP connections one after
-    another until either bound, read the line, close; print
+rate HOST PORT MAX_CONNECTIONS MAX_SECONDS [WARMUP]: after WARMUP untimed
+    connections, open new TCP connections one after another until either bound,
+    read the line, close; print
     {"ok": n, "errors": n, "seconds": s} as JSON.
 """
 
@@ -30,7 +31,13 @@ def serve(port: int) -> None:
         conn.close()
 
 
-def rate(host: str, port: int, max_conns: int, max_seconds: float) -> dict[str, float]:
+def rate(host: str, port: int, max_conns: int, max_seconds: float, warmup: int = 0) -> dict[str, float]:
+    for _ in range(warmup):
+        try:
+            with socket.create_connection((host, port), timeout=2) as sock:
+                sock.recv(16)
+        except OSError:
+            pass
     ok = errors = 0
     start = time.perf_counter()
     deadline = start + max_seconds
@@ -55,7 +62,8 @@ def main() -> int:
         serve(int(sys.argv[2]))
         return 0
     if sys.argv[1] == "rate":
-        out = rate(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5]))
+        warmup = int(sys.argv[6]) if len(sys.argv) > 6 else 0
+        out = rate(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5]), warmup)
         print(json.dumps(out))
         return 0
     print(__doc__, file=sys.stderr)
