@@ -58,10 +58,28 @@ def journal(node: harness.Node, cid: str = "c1", ifname: str = "eth0", network: 
     return json.loads((node.state_dir / network / f"{cid}-{ifname}.json").read_text())
 
 
+def masq_leftovers(node: harness.Node) -> list[str]:
+    """Per-attachment masquerade chains (CNI-<hash>) and masq map elements in berth's table."""
+    table = node.nft_table()
+    if not table:
+        return []
+    out = []
+    for item in table["nftables"]:
+        chain = item.get("chain")
+        if chain and chain["name"].startswith("CNI-") and not chain["name"].startswith(("CNI-HOSTPORT", "CNI-DN-")) \
+                and chain["name"] != "CNI-ADMIN":
+            out.append(chain["name"])
+        kind = item.get("map") or item.get("set")
+        if kind and kind["name"].startswith("masq") and kind.get("elem"):
+            out.append(f"{kind['name']}: {kind['elem']}")
+    return out
+
+
 def assert_clean(node: harness.Node, network: str = "testnet") -> None:
     assert veths(node) == [], "veth left in the node"
     assert leases(node, network) == [], "lease left"
     assert journal_files(node, network) == [], "journal left"
+    assert masq_leftovers(node) == [], "masquerade left"
 
 
 def ipv4(result: dict[str, Any]) -> str:

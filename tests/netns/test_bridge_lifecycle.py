@@ -9,14 +9,25 @@ from typing import Any
 import pytest
 
 from tests import harness
-from tests.netns.test_bridge_common import IPAM, add, assert_clean, conf, delete, ipv4, journal, leases, veths
+from tests.netns.test_bridge_common import (
+    IPAM,
+    MASQ_READY,
+    add,
+    assert_clean,
+    conf,
+    delete,
+    ipv4,
+    journal,
+    leases,
+    veths,
+)
 
 STEPS = ("journal", "ipam", "bridge", "veth", "addresses", "routes", "gateway", "sysctls", "masq")
 
 
 def test_del_with_empty_netns_and_twice(topo: harness.Topology) -> None:
     node, ns = topo.node, topo.container()
-    c = conf(node)
+    c = conf(node, ipMasq=MASQ_READY)
     add(node, c, ns)
     assert len(veths(node)) == 1 and len(leases(node)) == 1
     delete(node, c, netns="")  # nerdctl / containerd's second DEL: no netns, no prevResult
@@ -64,7 +75,7 @@ def journal_gone(node: harness.Node) -> bool:
 @pytest.mark.parametrize("step", STEPS)
 def test_rollback_after_each_step(topo: harness.Topology, step: str) -> None:
     node, ns = topo.node, topo.container()
-    c = conf(node, subnets=("10.88.0.0/24", "fd00:88::/64"))
+    c = conf(node, subnets=("10.88.0.0/24", "fd00:88::/64"), ipMasq=MASQ_READY)
     res = node.plugin("berth-bridge", "ADD", c, container_id="c1", netns=ns.path,
                       env={"BERTH_TEST_FAIL_AFTER": step})
     assert res.rc == 1 and res.json["code"] == 999 and step in res.json["msg"], res.stdout
@@ -79,9 +90,9 @@ def test_rollback_after_each_step(topo: harness.Topology, step: str) -> None:
 def test_kill_mid_add_then_del_from_journal(topo: harness.Topology) -> None:
     """A SIGKILLed ADD leaves a journal that lets an empty-netns DEL clean up everything."""
     node, ns = topo.node, topo.container()
-    c = conf(node)
+    c = conf(node, ipMasq=MASQ_READY)
     res = node.plugin("berth-bridge", "ADD", c, container_id="c1", netns=ns.path,
-                      env={"BERTH_TEST_KILL_AFTER": "routes"})
+                      env={"BERTH_TEST_KILL_AFTER": "masq"})
     assert res.rc == -9
     assert journal(node)["bridge"]["state"] == "adding"
     assert len(veths(node)) == 1 and len(leases(node)) == 1
@@ -168,7 +179,7 @@ def test_32_concurrent_adds_then_dels(topo: harness.Topology) -> None:
             t.start()
         for t in threads:
             t.join()
-        bad = {i: r.stdout + r.stderr for i, r in results.items() if r.rc != 0}
+        bad = {i: f"rc={r.rc} {r.stdout}{r.stderr}" for i, r in results.items() if r.rc != 0}
         assert not bad, json.dumps(bad)[:2000]
         if verb == "ADD":
             addrs = {ipv4(r.json) for r in results.values()}
