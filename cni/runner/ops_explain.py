@@ -1,0 +1,521 @@
+"""`berth explain <container-id | hostPort | ip:port> [--json]`: why does (or
+doesn't) traffic reach this container?
+
+Walks the path an inbound packet to a published port takes on this node and
+says at each hop whether it is in place:
+
+  journal     the ADD finished (bridge and portmap sections)
+  ports       no other attachment's journal claims the same hostIP/proto/port
+  table       table inet berth with its base chains, maps and their rules
+  hostport    the verdict-map element hostport -> CNI-DN-<hash>
+  dnat        chain CNI-DN-<hash> with its rules, and how many packets it DNAT'ed
+  forward     net.ipv4.ip_forward, and a foreign FORWARD policy (table ip filter,
+              where iptables-nft keeps it) that would drop the forwarded packet
+  bridge      the bridge exists and is up
+  veth        the host veth is up and attached to the bridge
+  container   the container interface is up and holds its address
+  masquerade  hairpin/localhost marks (portmap) and ipMasq chain/elements (bridge)
+  localhost   route_localnet on the bridge and the 127/8 guard (CVE-2020-8558)
+  conntrack   how many conntrack entries exist for the port
+
+and ends with a one-line verdict. Read-only: nothing is ever changed; the only
+tables listed are berth's own and `ip filter` (iptables-legacy rules live
+outside nftables and are not visible).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ipaddress
+import json
+import socket
+import sys
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from cni.runner import ops_state
+from cni.runner.ops_state import Attachment, PortView, Table
+from portmap import layout
+from portmap.layout import Mapping
+
+OK, FAIL, WARN, INFO = "ok", "fail", "warn", "info"
+CT_PROTOCOLS = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP, "sctp": socket.IPPROTO_SCTP}
+
+
+@dataclass
+class Hop:
+    name: str
+    status: str
+    detail: str
+
+
+@dataclass
+class Report:
+    attachment: str
+    network: str
+    container_id: str
+    ifname: str
+    ports: list[str]
+    hops: list[Hop] = field(default_factory=list)
+    verdict: str = ""
+
+    @property
+    def broken(self) -> bool:
+        return any(h.status == FAIL for h in self.hops)
+
+    def add(self, name: str, status: str, detail: str) -> None:
+        self.hops.append(Hop(name, status, detail))
+
+
+# --- targets --------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Target:
+    text: str
+    container: str | None = None
+    port: int | None = None
+    host_ip: str | None = None
+
+    def covers(self, m: Mapping) -> bool:
+        if self.port is None:
+            return True
+        if not m.host_lo <= self.port <= m.host_hi:
+            return False
+        return self.host_ip is None or m.host_ip in ("", self.host_ip)
+
+
+def parse_target(text: str) -> Target:
+    """`8080`, `198.51.100.1:8080`, `[fd00::1]:8080`, or a container ID (or a unique prefix)."""
+    host, sep, port = text.rpartition(":")
+    if sep and port.isdigit():
+        host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            ip = None
+        if ip is not None and 1 <= int(port) <= 65535:
+            return Target(text, port=int(port), host_ip=None if ip.is_unspecified else ip.compressed)
+    if text.isdigit() and 1 <= int(text) <= 65535:
+        return Target(text, port=int(text))
+    return Target(text, container=text)
+
+
+def select(attachments: list[Attachment], target: Target) -> tuple[list[Attachment], str | None]:
+    """The attachments a target names, or an error message."""
+    if target.container is not None:
+        exact = [a for a in attachments if a.container_id == target.container]
+        if exact:
+            return exact, None
+        prefixed = [a for a in attachments if a.container_id.startswith(target.container)]
+        ids = sorted({a.container_id for a in prefixed})
+        if len(ids) > 1:
+            return [], f"{target.text!r} is ambiguous: {', '.join(ids[:5])}"
+        if not prefixed:
+            return [], f"no attachment of container {target.text!r} on this node"
+        return prefixed, None
+    found = [a for a in attachments if any(target.covers(m) for m in a.mappings)]
+    if not found:
+        return [], f"no attachment on this node publishes {target.text}"
+    return found, None
+
+
+# --- read-only probes -------------------------------------------------------------
+
+def foreign_forward() -> tuple[list[dict[str, Any]], str | None]:
+    """Forward-hook chains of `table ip filter` (iptables-nft's FORWARD) with their
+    policy and verdict counts; ([], None) when the table does not exist."""
+    from portmap import nft
+
+    # nft.py has no public helper for a table that is not berth's: use its handle,
+    # read-only (a `list` command), and only for this one well-known table
+    handle = nft._nft()
+    rc, out, _err = handle.json_cmd(nft.wrap([{"list": {"table": {"family": "ip", "name": "filter"}}}]))
+    if rc != 0:
+        return [], None
+    objects = [o for o in (out or {}).get("nftables", []) if "metainfo" not in o]
+    chains = []
+    for obj in objects:
+        chain = obj.get("chain")
+        if isinstance(chain, dict) and chain.get("hook") == "forward":
+            chains.append({"name": chain.get("name"), "policy": chain.get("policy", "accept"),
+                           "accept": 0, "drop": 0, "rules": 0})
+    for obj in objects:
+        rule = obj.get("rule")
+        if not isinstance(rule, dict):
+            continue
+        for chain in chains:
+            if rule.get("chain") == chain["name"]:
+                chain["rules"] += 1
+                verdicts = {k for e in rule.get("expr") or [] if isinstance(e, dict) for k in e}
+                chain["accept"] += "accept" in verdicts
+                chain["drop"] += bool(verdicts & {"drop", "reject"})
+    return chains, None
+
+
+def conntrack_count(mappings: list[Mapping]) -> tuple[int, str | None]:
+    """Conntrack entries whose original destination is one of the mapped host ports."""
+    if not mappings:
+        return 0, None
+    try:
+        from pyroute2 import Conntrack
+        from pyroute2.netlink.nfnetlink.nfctsocket import NFCTAttrTuple
+    except ImportError as exc:
+        return 0, f"conntrack unavailable: {exc}"
+    count = 0
+    try:
+        ct = Conntrack()
+    except OSError as exc:
+        return 0, f"conntrack socket: {exc}"
+    try:
+        for proto in sorted({m.protocol for m in mappings}):
+            for family in (socket.AF_INET, socket.AF_INET6):
+                selector = NFCTAttrTuple(family=int(family), proto=CT_PROTOCOLS[proto])
+                for entry in ct.dump_entries(tuple_orig=selector):
+                    orig = entry.tuple_orig
+                    if any(m.protocol == proto and m.host_lo <= (orig.dport or 0) <= m.host_hi
+                           and (not m.host_ip or orig.daddr == m.host_ip) for m in mappings):
+                        count += 1
+    except Exception as exc:  # netlink errors: the count is a hint, not a verdict
+        return count, f"conntrack dump: {exc}"
+    finally:
+        ct.close()
+    return count, None
+
+
+def read_sysctl(key: str) -> str | None:
+    try:
+        with open("/proc/sys/" + key.replace(".", "/")) as fh:
+            return fh.read().strip()
+    except OSError:
+        return None
+
+
+# --- the walk -------------------------------------------------------------------------
+
+@dataclass
+class Context:
+    root: str
+    attachments: list[Attachment]
+    table: Table
+    view: PortView
+    forward_chains: list[dict[str, Any]]
+    node: Any = None  # cni.netlink.Handle of this (the node's) namespace, or None
+
+
+def explain(att: Attachment, target: Target, ctx: Context) -> Report:
+    focus = [m for m in att.mappings if target.covers(m)]
+    report = Report(att.describe(), att.network, att.container_id, att.ifname,
+                    [ops_state.format_mapping(m) for m in focus])
+    _journal_hop(report, att)
+    _ports_hop(report, att, focus, ctx)
+    _table_hops(report, att, focus, ctx)
+    _forward_hop(report, att, ctx)
+    _link_hops(report, att, ctx)
+    _masq_hop(report, att, focus, ctx)
+    _localhost_hop(report, att, focus, ctx)
+    count, problem = conntrack_count(focus)
+    if problem:
+        report.add("conntrack", WARN, problem)
+    elif focus:
+        report.add("conntrack", INFO, f"{count} entr{'y' if count == 1 else 'ies'} for "
+                   + ", ".join(f"{m.protocol}/{_ports(m)}" for m in focus))
+    report.verdict = verdict(report, att, focus)
+    return report
+
+
+def _ports(m: Mapping) -> str:
+    return str(m.host_lo) if m.host_lo == m.host_hi else f"{m.host_lo}-{m.host_hi}"
+
+
+def _journal_hop(report: Report, att: Attachment) -> None:
+    parts = [name for name, sec in (("bridge", att.bridge), ("portmap", att.portmap)) if sec is not None]
+    when = f", created {ops_state.age(att.created)} ago" if att.created else ""
+    if att.complete():
+        report.add("journal", OK, f"ADD complete ({' + '.join(parts) or 'no sections'}){when}: {att.path}")
+    else:
+        report.add("journal", FAIL, f"the ADD did not complete ({att.path}): DEL and re-ADD the container")
+
+
+def _ports_hop(report: Report, att: Attachment, focus: list[Mapping], ctx: Context) -> None:
+    if not focus:
+        report.add("ports", INFO, "no published ports" + (" match" if att.mappings else ""))
+        return
+    problems, shadows = [], []
+    for m in focus:
+        for other, om in ctx.view.rivals(att, m):
+            problems.append(f"{ops_state.format_mapping(m)} is also claimed by {other.describe()} "
+                            f"({ops_state.format_mapping(om)}, journal {other.path})")
+        owner = ctx.view.claim_owner(m)
+        if owner is not None and owner != att.key:
+            problems.append(f"{ops_state.format_mapping(m)} is held by {owner[1]}/{owner[2]} on {owner[0]} "
+                            "(its port file)")
+        for other in ctx.attachments:
+            if other.key != att.key and any(ops_state.overlaps(m, om) and om.host_ip != m.host_ip
+                                            and "" in (om.host_ip, m.host_ip) for om in other.mappings):
+                shadows.append(f"{ops_state.format_mapping(m)} overlaps {other.describe()} on another hostIP "
+                               "(a specific hostIP wins over any)")
+    if problems:
+        report.add("ports", FAIL, "port conflict: " + "; ".join(dict.fromkeys(problems)))
+    elif shadows:
+        report.add("ports", WARN, "; ".join(dict.fromkeys(shadows)))
+    else:
+        report.add("ports", OK, "no other attachment claims " + ", ".join(ops_state.format_mapping(m) for m in focus))
+
+
+def _table_hops(report: Report, att: Attachment, focus: list[Mapping], ctx: Context) -> None:
+    table = ctx.table
+    static = ops_state.static_problems(table)
+    if static:
+        report.add("table", FAIL, "; ".join(static) + " (berth reconcile restores it)")
+    else:
+        report.add("table", OK, f"table {layout.FAMILY} {layout.TABLE}: base chains, maps and their rules present")
+    if not focus:
+        return
+    chain = att.dn_chain
+    bad = []
+    for m in focus:
+        target = table.element_target(m.map_name(), m.map_key())
+        if target is None:
+            bad.append(f"map {m.map_name()} has no element {_key_text(m)} (berth reconcile restores it)")
+        elif target != chain:
+            bad.append(f"map {m.map_name()} element {_key_text(m)} jumps to {target}, not {chain}")
+    if bad:
+        report.add("hostport", FAIL, "; ".join(bad))
+    else:
+        report.add("hostport", OK, ", ".join(f"{m.map_name()}: {_key_text(m)} -> {chain}" for m in focus))
+    want = len(ops_state.expected_dn_rules(att))
+    have = table.rule_count(chain)
+    if chain not in table.chains:
+        report.add("dnat", FAIL, f"chain {chain} is missing (berth reconcile restores it)")
+    elif have < want:
+        report.add("dnat", FAIL, f"chain {chain} has {have} of its {want} rules"
+                   + (" (flushed?)" if have == 0 else "") + ": berth reconcile restores them")
+    else:
+        packets, octets = table.counters(chain)
+        report.add("dnat", OK, f"chain {chain}: {have} rules, DNAT'ed {packets} packets ({octets} bytes) so far")
+
+
+def _key_text(m: Mapping) -> str:
+    return " . ".join(x for x in (m.host_ip, m.protocol, _ports(m)) if x)
+
+
+def _forward_hop(report: Report, att: Attachment, ctx: Context) -> None:
+    families = {ipaddress.ip_address(a).version for a in att.addresses if _is_ip(a)} or {4}
+    problems, warnings = [], []
+    if 4 in families and read_sysctl("net.ipv4.ip_forward") != "1":
+        problems.append("net.ipv4.ip_forward is not 1")
+    if 6 in families and read_sysctl("net.ipv6.conf.all.forwarding") != "1":
+        problems.append("net.ipv6.conf.all.forwarding is not 1")
+    for chain in ctx.forward_chains:
+        where = f"chain {chain['name']} of table ip filter (iptables FORWARD)"
+        if chain["policy"] == "drop" and not chain["accept"]:
+            problems.append(f"{where} has policy drop and no accept rule: forwarded traffic is dropped")
+        elif chain["policy"] == "drop":
+            warnings.append(f"{where} has policy drop; {chain['accept']} of its {chain['rules']} rules accept: "
+                            "make sure they cover the bridge or the container address")
+        elif chain["drop"]:
+            warnings.append(f"{where} has {chain['drop']} drop/reject rule(s)")
+    note = " (iptables-legacy rules are not visible to berth)"
+    if problems:
+        report.add("forward", FAIL, "; ".join(problems + warnings) + note)
+    elif warnings:
+        report.add("forward", WARN, "; ".join(warnings) + note)
+    else:
+        report.add("forward", OK, "forwarding on; no foreign FORWARD drop in table ip filter" + note)
+
+
+def _is_ip(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _link_hops(report: Report, att: Attachment, ctx: Context) -> None:
+    from cni import netlink
+
+    if att.bridge is None:
+        report.add("bridge", INFO, "the interface was made by another plugin: links not checked")
+        return
+    if ctx.node is None:
+        report.add("bridge", WARN, "netlink unavailable: links not checked")
+        return
+    name = att.bridge_name
+    bridge = netlink.link_by_name(ctx.node, name)
+    if bridge is None or bridge.kind != "bridge":
+        report.add("bridge", FAIL, f"bridge {name} does not exist" if bridge is None else f"{name} is not a bridge")
+    elif not bridge.up:
+        report.add("bridge", FAIL, f"bridge {name} is down")
+    else:
+        report.add("bridge", OK, f"bridge {name} is up")
+    veth_name = str(att.bridge.get("hostVeth") or "")
+    veth = netlink.link_by_name(ctx.node, veth_name) if veth_name else None
+    if veth is None:
+        report.add("veth", FAIL, f"host veth {veth_name or '?'} does not exist (container gone without a DEL?)")
+    elif not veth.up:
+        report.add("veth", FAIL, f"host veth {veth_name} is down")
+    elif bridge is not None and veth.master != bridge.index:
+        report.add("veth", FAIL, f"host veth {veth_name} is not attached to bridge {name}")
+    else:
+        report.add("veth", OK, f"host veth {veth_name} is up, port of {name}")
+    _container_hop(report, att)
+
+
+def _container_hop(report: Report, att: Attachment) -> None:
+    from cni import netlink
+
+    if not att.netns:
+        report.add("container", WARN, "no netns recorded")
+        return
+    try:
+        with netlink.open_netns(att.netns) as cont:
+            link = netlink.link_by_name(cont, att.ifname)
+            have = netlink.addresses(cont, link.index) if link is not None else []
+    except (netlink.NetnsNotFound, netlink.NotANetns):
+        report.add("container", FAIL, f"netns {att.netns} is gone")
+        return
+    except netlink.NetlinkFailure as exc:
+        report.add("container", WARN, f"cannot read {att.netns}: {exc}")
+        return
+    if link is None:
+        report.add("container", FAIL, f"{att.ifname} does not exist in {att.netns}")
+        return
+    have_set = {str(ipaddress.ip_interface(a)) for a in have}
+    lacking = [c for c in att.cidrs if str(ipaddress.ip_interface(c)) not in have_set]
+    if not link.up:
+        report.add("container", FAIL, f"{att.ifname} in {att.netns} is down")
+    elif lacking:
+        report.add("container", FAIL, f"{att.ifname} in {att.netns} lacks {', '.join(lacking)}")
+    else:
+        report.add("container", OK, f"{att.ifname} in {att.netns} is up with {', '.join(att.cidrs) or 'no address'}")
+
+
+def _masq_hop(report: Report, att: Attachment, focus: list[Mapping], ctx: Context) -> None:
+    problems: list[str] = []
+    parts = []
+    snat = att.portmap is not None and ops_state.portmap_options(att.portmap)["snat"] and bool(focus)
+    if snat:
+        problems += [f"{p} (hairpin and localhost traffic is not masqueraded)"
+                     for p in ops_state.mark_problems(ctx.table)]
+        parts.append("hairpin/localhost marks")
+    if att.masq is not None:
+        problems += [m.what for m in ops_state.masq_missing(att, ctx.table)]
+        packets, _ = ctx.table.counters(ops_state.masq_chain(att))
+        parts.append(f"ipMasq chain {ops_state.masq_chain(att)} ({packets} packets masqueraded)")
+    if problems:
+        report.add("masquerade", FAIL, "; ".join(problems) + ": berth reconcile restores it")
+    elif parts:
+        report.add("masquerade", OK, " and ".join(parts) + " in place")
+    else:
+        report.add("masquerade", INFO, "none configured")
+
+
+def _localhost_hop(report: Report, att: Attachment, focus: list[Mapping], ctx: Context) -> None:
+    v4 = [m for m in focus if m.applies_to(4)] if any(_is_ip(a) and ":" not in a for a in att.addresses) else []
+    bridge = att.bridge_name
+    if not v4 or not bridge:
+        report.add("localhost", INFO, "no IPv4 published port: 127.0.0.1 not involved (::1 cannot be NATed)")
+        return
+    value = read_sysctl(f"net.ipv4.conf.{bridge}.route_localnet")
+    guard = ctx.table.rule_count(layout.GUARD_CHAIN) >= ops_state.STATIC_RULES.get(layout.GUARD_CHAIN, 1)
+    if value == "1" and not guard:
+        report.add("localhost", FAIL, f"route_localnet=1 on {bridge} but the 127/8 guard chain is missing "
+                   "(CVE-2020-8558 open): berth reconcile restores it")
+    elif value != "1":
+        snat = att.portmap is not None and ops_state.portmap_options(att.portmap)["snat"]
+        report.add("localhost", WARN if snat else INFO,
+                   f"route_localnet={value or '?'} on {bridge}: 127.0.0.1:{_ports(v4[0])} from the node will not work")
+    else:
+        report.add("localhost", OK, f"route_localnet=1 on {bridge}, 127/8 guard in place")
+
+
+def verdict(report: Report, att: Attachment, focus: list[Mapping]) -> str:
+    for hop in report.hops:
+        if hop.status == FAIL:
+            return f"BROKEN at {hop.name}: {hop.detail}"
+    dest = ", ".join(att.addresses) or "the container"
+    what = ", ".join(ops_state.format_mapping(m) for m in focus) or "its traffic"
+    warns = [h.name for h in report.hops if h.status == WARN]
+    tail = f" (check: {', '.join(warns)})" if warns else ""
+    return f"OK: {what} should reach {dest}{tail}"
+
+
+# --- output ------------------------------------------------------------------------------
+
+MARK = {OK: "ok  ", FAIL: "FAIL", WARN: "warn", INFO: "info"}
+
+
+def render(reports: list[Report]) -> str:
+    lines = []
+    for report in reports:
+        lines.append(f"{report.attachment}" + (f"  [{', '.join(report.ports)}]" if report.ports else ""))
+        width = max(len(h.name) for h in report.hops)
+        for hop in report.hops:
+            lines.append(f"  {MARK.get(hop.status, hop.status)}  {hop.name.ljust(width)}  {hop.detail}")
+        lines.append(f"  => {report.verdict}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def _node_handle() -> Iterator[Any]:
+    from cni import netlink
+
+    try:
+        handle = netlink.open_node()
+    except Exception:
+        yield None
+        return
+    with handle:
+        yield handle
+
+
+def run(root: str, target: Target) -> tuple[list[Report], str | None]:
+    attachments = ops_state.load_attachments(root)
+    chosen, error = select(attachments, target)
+    if error:
+        return [], error
+    table = ops_state.snapshot()
+    forward, _ = foreign_forward()
+    with _node_handle() as node:
+        ctx = Context(root, attachments, table, PortView(root, attachments), forward, node)
+        return [explain(att, target, ctx) for att in chosen], None
+
+
+def main(command: str, argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog=f"berth {command}",
+        description="Walk the path a packet to a published port takes on this node and say, hop by hop, "
+                    "whether it is in place; end with a one-line verdict. Read-only.",
+        epilog="Hops: journal, ports (conflicts), table, hostport (verdict-map element), dnat (CNI-DN chain and "
+               "its packet counter), forward (ip_forward, foreign FORWARD drop in table ip filter; "
+               "iptables-legacy is not visible), bridge, veth, container, masquerade, localhost "
+               "(route_localnet and the 127/8 guard), conntrack. Exit status: 0 all in place, 1 something is "
+               "broken or nothing matches, 2 usage.",
+    )
+    parser.add_argument("target", help="container ID (or a unique prefix), hostPort (8080), or ip:port "
+                                       "(198.51.100.1:8080, [fd00::1]:8080)")
+    parser.add_argument("--json", action="store_true", help="print the hops as JSON")
+    args = parser.parse_args(argv)
+    from cni import state
+    from cni.errors import CNIError
+
+    target = parse_target(args.target)
+    try:
+        reports, error = run(state.state_root(), target)
+    except CNIError as exc:
+        error = f"{exc.msg}" + (f": {exc.details}" if exc.details else "")
+        reports = []
+    if args.json:
+        out: dict[str, Any] = {"target": args.target, "error": error,
+                               "attachments": [asdict(r) for r in reports],
+                               "verdict": error or ("; ".join(r.verdict for r in reports))}
+        sys.stdout.write(json.dumps(out, indent=1) + "\n")
+    elif error:
+        sys.stdout.write(f"{args.target}: {error}\n")
+    else:
+        sys.stdout.write(render(reports))
+    return 1 if error or any(r.broken for r in reports) else 0

@@ -1,0 +1,94 @@
+"""`berth list`: every attachment on this node, from the journals.
+
+For each journal (BERTH_STATE_DIR, default /var/lib/cni/berth): network,
+container ID, interface, netns, addresses, published ports, age, and whether
+its nftables objects (DNAT chain + verdict-map elements, masquerade chain +
+elements) are present in `table inet berth`. The table is listed once; the rest
+are lookups in that listing. Nothing is changed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+from cni.runner import ops_state
+from cni.runner.ops_state import Attachment, PortView, Table
+
+
+def rules_status(att: Attachment, table: Table, view: PortView) -> tuple[str, list[str]]:
+    """("ok" | "missing" | "partial" | "n/a" | "incomplete", what is missing)."""
+    if att.portmap is None and att.masq is None:
+        return "n/a", []
+    if not att.complete():
+        return "incomplete", ["the ADD did not complete"]
+    missing = [m.what for m in ops_state.portmap_missing(att, table, view.owned(att))]
+    missing += [m.what for m in ops_state.masq_missing(att, table)]
+    foreign = [ops_state.format_mapping(m) for m in att.mappings if m not in view.owned(att)]
+    if foreign:
+        missing.append("held by another attachment: " + ", ".join(foreign))
+    if not missing:
+        return "ok", []
+    present_anything = att.dn_chain in table.chains or ops_state.masq_chain(att) in table.chains
+    return ("partial" if present_anything else "missing"), missing
+
+
+def entries(root: str, table: Table, now: float | None = None) -> list[dict[str, Any]]:
+    attachments = ops_state.load_attachments(root)
+    view = PortView(root, attachments)
+    out = []
+    for att in attachments:
+        status, missing = rules_status(att, table, view)
+        out.append({
+            "network": att.network, "containerID": att.container_id, "ifname": att.ifname,
+            "netns": att.netns, "addresses": att.cidrs or att.addresses,
+            "ports": [ops_state.format_mapping(m) for m in att.mappings],
+            "created": att.created, "age": ops_state.age(att.created, now),
+            "rules": status, "missing": missing, "journal": att.path,
+        })
+    return out
+
+
+def render(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "no attachments\n"
+    header = ("NETWORK", "CONTAINER", "IFNAME", "NETNS", "ADDRESSES", "PORTS", "AGE", "RULES")
+    table = [header] + [(
+        r["network"], r["containerID"][:24], r["ifname"], r["netns"] or "-",
+        ",".join(r["addresses"]) or "-", ",".join(r["ports"]) or "-", r["age"], r["rules"],
+    ) for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in table]
+    for r in rows:
+        for what in r["missing"]:
+            lines.append(f"  {r['containerID'][:24]}/{r['ifname']}: {what}")
+    return "\n".join(lines) + "\n"
+
+
+def main(command: str, argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog=f"berth {command}",
+        description="List every attachment recorded on this node and whether its nftables rules are present.",
+        epilog="RULES: ok = chains and elements present; missing/partial = run 'berth reconcile'; "
+               "incomplete = an ADD that never finished (its DEL cleans it); n/a = nothing in nftables. "
+               "State is read from BERTH_STATE_DIR (default /var/lib/cni/berth). Exit status 0.",
+    )
+    parser.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
+    args = parser.parse_args(argv)
+    from cni import state
+    from cni.errors import CNIError
+
+    try:
+        table = ops_state.snapshot()
+    except CNIError as exc:
+        sys.stderr.write(f"berth {command}: {exc.msg}: {exc.details}\n")
+        table = Table(False)
+    rows = entries(state.state_root(), table, time.time())
+    if args.json:
+        sys.stdout.write(json.dumps(rows, indent=1) + "\n")
+    else:
+        sys.stdout.write(render(rows))
+    return 0

@@ -1,0 +1,368 @@
+"""What `berth list`, `explain` and `reconcile` share: the attachments the
+journals describe, one snapshot of berth's own nft table, and the comparison of
+the two ("which of this attachment's chains and elements are missing").
+
+Everything here is plain data over the journal format of cni/bridge.py (section
+"bridge") and portmap/portmap.py (section "portmap") and the builders of
+portmap/layout.py; the only kernel access is portmap/nft.py's listing of
+`table inet berth` (one listing, then set lookups).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from portmap import layout
+from portmap.layout import Mapping
+
+BRIDGE = "bridge"
+PORTMAP = "portmap"
+
+
+# --- attachments ---------------------------------------------------------------
+
+@dataclass
+class Attachment:
+    """One journal file: what the plugins recorded for (network, container, ifname)."""
+
+    network: str
+    container_id: str
+    ifname: str
+    path: str
+    created: float | None
+    bridge: dict[str, Any] | None
+    portmap: dict[str, Any] | None
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return self.network, self.container_id, self.ifname
+
+    def describe(self) -> str:
+        return f"{self.container_id}/{self.ifname} on {self.network}"
+
+    @property
+    def netns(self) -> str:
+        return str((self.bridge or {}).get("netns") or "")
+
+    @property
+    def cidrs(self) -> list[str]:
+        return [str(c) for c in (self.bridge or {}).get("ips") or []]
+
+    @property
+    def addresses(self) -> list[str]:
+        """Container addresses (no prefix): the bridge's record, else portmap's."""
+        out = [str(ipaddress.ip_interface(c).ip) for c in self.cidrs if _valid_interface(c)]
+        if not out:
+            out = [str(a) for a in (self.portmap or {}).get("addresses") or []]
+        return out
+
+    @property
+    def mappings(self) -> list[Mapping]:
+        out = []
+        for raw in (self.portmap or {}).get("mappings") or []:
+            try:
+                out.append(Mapping.from_json(raw))
+            except (KeyError, TypeError, ValueError):
+                continue  # a hand-edited journal: skip what cannot be read
+        return out
+
+    @property
+    def dn_chain(self) -> str:
+        return str((self.portmap or {}).get("chain")
+                   or layout.dnat_chain_name(self.network, self.container_id, self.ifname))
+
+    @property
+    def masq(self) -> dict[str, Any] | None:
+        value = (self.bridge or {}).get("masq")
+        return value if isinstance(value, dict) else None
+
+    @property
+    def bridge_name(self) -> str:
+        return str((self.bridge or {}).get("bridge") or (self.portmap or {}).get("bridge") or "")
+
+    def complete(self) -> bool:
+        """Did every recorded plugin finish its ADD (half-done ADDs are DEL's business)?"""
+        if self.bridge is not None and self.bridge.get("state") != "added":
+            return False
+        return self.portmap is None or self.portmap.get("state") == "done"
+
+
+def _valid_interface(value: str) -> bool:
+    try:
+        ipaddress.ip_interface(value)
+    except ValueError:
+        return False
+    return True
+
+
+def load_attachments(root: str) -> list[Attachment]:
+    from cni import state
+
+    out = []
+    for path, data in state.journals(root):
+        if path.startswith(f"{root.rstrip('/')}/ports/"):
+            continue
+        cid, ifname, network = data.get("containerID"), data.get("ifname"), data.get("network")
+        if not all(isinstance(v, str) and v for v in (cid, ifname, network)):
+            continue
+        created = data.get("created")
+        bridge, portmap = data.get(BRIDGE), data.get(PORTMAP)
+        out.append(Attachment(
+            network=str(network), container_id=str(cid), ifname=str(ifname), path=path,
+            created=float(created) if isinstance(created, int | float) else None,
+            bridge=bridge if isinstance(bridge, dict) else None,
+            portmap=portmap if isinstance(portmap, dict) else None,
+        ))
+    return out
+
+
+def age(created: float | None, now: float | None = None) -> str:
+    if created is None:
+        return "?"
+    seconds = max(0, int((now if now is not None else time.time()) - created))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def format_mapping(m: Mapping) -> str:
+    host = f"{m.host_ip}:" if m.host_ip and ":" not in m.host_ip else f"[{m.host_ip}]:" if m.host_ip else ""
+    hport = str(m.host_lo) if m.host_lo == m.host_hi else f"{m.host_lo}-{m.host_hi}"
+    cport = str(m.container_lo) if m.host_lo == m.host_hi else f"{m.container_lo}-{m.container_hi}"
+    return f"{host}{hport}->{cport}/{m.protocol}"
+
+
+def overlaps(a: Mapping, b: Mapping) -> bool:
+    return a.protocol == b.protocol and a.host_lo <= b.host_hi and b.host_lo <= a.host_hi
+
+
+# --- the table snapshot --------------------------------------------------------
+
+@dataclass
+class Table:
+    """One listing of `table inet berth`, indexed for lookups."""
+
+    exists: bool
+    chains: set[str] = field(default_factory=set)
+    elements: dict[str, list[Any]] = field(default_factory=dict)
+    rules: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+
+    @classmethod
+    def from_objects(cls, objects: list[dict[str, Any]] | None) -> Table:
+        from portmap import nft
+
+        chains, elements = nft.table_names(objects)
+        rules: dict[str, list[dict[str, Any]]] = {}
+        for obj in objects or []:
+            rule = obj.get("rule")
+            if isinstance(rule, dict):
+                rules.setdefault(str(rule.get("chain")), []).append(rule)
+        return cls(objects is not None, chains, elements, rules)
+
+    def rule_count(self, chain: str) -> int:
+        return len(self.rules.get(chain, []))
+
+    def counters(self, chain: str) -> tuple[int, int]:
+        """Packets and bytes summed over the counters of a chain's rules."""
+        packets = octets = 0
+        for rule in self.rules.get(chain, []):
+            for expr in rule.get("expr") or []:
+                counter = expr.get("counter") if isinstance(expr, dict) else None
+                if isinstance(counter, dict):
+                    packets += int(counter.get("packets") or 0)
+                    octets += int(counter.get("bytes") or 0)
+        return packets, octets
+
+    def element_target(self, map_name: str, key: Any) -> str | None:
+        """The chain an element of a verdict map jumps to (None: no such key)."""
+        for elem in self.elements.get(map_name, []):
+            if isinstance(elem, list) and len(elem) == 2 and elem[0] == key:
+                verdict = elem[1] if isinstance(elem[1], dict) else {}
+                target = (verdict.get("jump") or verdict.get("goto") or {}).get("target")
+                return str(target) if target else "?"
+        return None
+
+    def has_member(self, set_name: str, value: Any) -> bool:
+        return value in self.elements.get(set_name, [])
+
+
+def snapshot() -> Table:
+    from portmap import nft
+
+    return Table.from_objects(nft.list_table())
+
+
+def _rule_counts(commands: list[layout.Cmd]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for cmd in commands:
+        rule = cmd.get("add", {}).get("rule")
+        if rule:
+            counts[rule["chain"]] = counts.get(rule["chain"], 0) + 1
+    return counts
+
+
+# rules each static chain holds, derived from the builders so they stay in step
+STATIC_RULES = _rule_counts(layout.base_layout())
+MARK_RULES = _rule_counts(layout.mark_layout())
+
+
+def static_problems(table: Table) -> list[str]:
+    """What is missing of the static layout (base chains, maps, their rules)."""
+    if not table.exists:
+        return [f"table {layout.FAMILY} {layout.TABLE} is missing"]
+    problems = []
+    for name, _key, _interval in layout.MAPS:
+        if name not in table.elements:
+            problems.append(f"map {name} is missing")
+    for chain, count in STATIC_RULES.items():
+        if chain not in table.chains:
+            problems.append(f"chain {chain} is missing")
+        elif table.rule_count(chain) < count:
+            problems.append(f"chain {chain} has {table.rule_count(chain)} of its {count} rules")
+    return problems
+
+
+def mark_problems(table: Table) -> list[str]:
+    """The hairpin/localhost mark chains portmap fills (only matter with snat)."""
+    problems = []
+    for chain, count in MARK_RULES.items():
+        if chain not in table.chains:
+            problems.append(f"chain {chain} is missing")
+        elif table.rule_count(chain) < count:
+            problems.append(f"chain {chain} is empty")
+    return problems
+
+
+# --- per-attachment expectations ----------------------------------------------------
+
+def portmap_options(record: dict[str, Any]) -> dict[str, Any]:
+    """The DNAT chain options; keys the portmap journal may not record fall back
+    to the plugin's defaults (see the report: masqAll/externalSetMarkChain)."""
+    external = record.get("externalSetMarkChain")
+    return {"snat": bool(record.get("snat", True)), "masq_all": bool(record.get("masqAll", False)),
+            "setmark_chain": str(external) if external else layout.SETMARK_CHAIN}
+
+
+def expected_dn_rules(att: Attachment) -> list[layout.Cmd]:
+    opts = portmap_options(att.portmap or {})
+    note = layout.comment(att.network, att.container_id, att.ifname)
+    addresses = [str(a) for a in (att.portmap or {}).get("addresses") or []] or att.addresses
+    return layout.dnat_rules(att.dn_chain, att.mappings, addresses, note=note, **opts)
+
+
+def masq_subnets(att: Attachment) -> list[str]:
+    return [str(ipaddress.ip_interface(c).network) for c in att.cidrs if _valid_interface(c)]
+
+
+def expected_masq_rules(att: Attachment) -> list[layout.Cmd]:
+    chain = str((att.masq or {}).get("chain") or layout.masq_chain_name(att.network, att.container_id, att.ifname))
+    note = layout.comment(att.network, att.container_id, att.ifname)
+    return layout.masq_rules(chain, masq_subnets(att), note=note)
+
+
+def masq_chain(att: Attachment) -> str:
+    return str((att.masq or {}).get("chain") or layout.masq_chain_name(att.network, att.container_id, att.ifname))
+
+
+def masq_addresses(att: Attachment) -> list[str]:
+    return [str(a) for a in (att.masq or {}).get("addresses") or []] or att.addresses
+
+
+@dataclass
+class Missing:
+    """One missing piece of an attachment, with what would put it back."""
+
+    what: str
+    commands: list[layout.Cmd]
+    conntrack: list[Mapping] = field(default_factory=list)  # UDP/SCTP mappings whose flows to flush after
+
+
+def portmap_missing(att: Attachment, table: Table, owned: list[Mapping]) -> list[Missing]:
+    """Missing DNAT chain/rules and verdict-map elements; only `owned` mappings'
+    elements count (a port another attachment holds is not ours to restore)."""
+    if att.portmap is None or not owned:
+        return []  # a chain no element leads to carries no traffic: nothing to restore
+    chain = att.dn_chain
+    out: list[Missing] = []
+    rules = expected_dn_rules(att)
+    have = table.rule_count(chain)
+    if chain not in table.chains or have < len(rules):
+        state = "missing" if chain not in table.chains else f"has {have} of {len(rules)} rules"
+        out.append(Missing(f"chain {chain} {state}",
+                           [layout.add_chain(chain), layout.flush_chain(chain), *rules]))
+    for m in owned:
+        target = table.element_target(m.map_name(), m.map_key())
+        if target is None:
+            out.append(Missing(f"{m.map_name()} element {format_mapping(m)} -> {chain} is missing",
+                               [layout.add_elements(m.map_name(), [layout.verdict_elem(m.map_key(), chain)])],
+                               [m] if m.protocol in ("udp", "sctp") else []))
+    return out
+
+
+def masq_missing(att: Attachment, table: Table) -> list[Missing]:
+    """Missing bridge ipMasq chain/rules, masq-v4/-v6 elements, bridges-set member."""
+    if att.masq is None:
+        return []
+    chain = masq_chain(att)
+    out: list[Missing] = []
+    rules = expected_masq_rules(att)
+    have = table.rule_count(chain)
+    if chain not in table.chains or have < len(rules):
+        state = "missing" if chain not in table.chains else f"has {have} of {len(rules)} rules"
+        out.append(Missing(f"masquerade chain {chain} {state}",
+                           [layout.add_chain(chain), layout.flush_chain(chain), *rules]))
+    for name, elems in layout.masq_elements(chain, masq_addresses(att)).items():
+        for elem in elems:
+            target = table.element_target(name, elem[0])
+            if target is None:
+                out.append(Missing(f"{name} element {elem[0]} -> {chain} is missing",
+                                   [layout.add_elements(name, [elem])]))
+    bridge = str(att.masq.get("bridge") or att.bridge_name)
+    if bridge and not table.has_member(layout.BRIDGES_SET, bridge):
+        out.append(Missing(f"bridge {bridge} is missing from set {layout.BRIDGES_SET}",
+                           [layout.add_elements(layout.BRIDGES_SET, [bridge])]))
+    return out
+
+
+# --- port ownership ------------------------------------------------------------
+
+@dataclass
+class PortView:
+    """Who holds each mapping: the port files (portmap/ports.py) and the journals."""
+
+    root: str
+    attachments: list[Attachment]
+
+    def claim_owner(self, m: Mapping) -> tuple[str, str, str] | None:
+        """The owner named by the port file of the mapping's first port (None: no file)."""
+        from portmap import ports
+
+        claim = ports.read(ports.port_files(self.root, m)[0])
+        if claim is None:
+            return None
+        return claim.owner.network, claim.owner.container_id, claim.owner.ifname
+
+    def rivals(self, att: Attachment, m: Mapping) -> list[tuple[Attachment, Mapping]]:
+        """Other attachments whose journal claims an overlapping port on the same hostIP."""
+        out = []
+        for other in self.attachments:
+            if other.key == att.key:
+                continue
+            for om in other.mappings:
+                if overlaps(m, om) and om.host_ip == m.host_ip:
+                    out.append((other, om))
+        return out
+
+    def owned(self, att: Attachment) -> list[Mapping]:
+        """Mappings this attachment may restore: its port file names it, or there
+        is no port file and no other journal claims the port."""
+        out = []
+        for m in att.mappings:
+            owner = self.claim_owner(m)
+            if owner == att.key or (owner is None and not self.rivals(att, m)):
+                out.append(m)
+        return out
