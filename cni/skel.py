@@ -319,6 +319,7 @@ def run(
     data = b""
     started = time.monotonic()
     outcome = "ok"
+    message = ""
     try:
         if command == "VERSION":
             stdout.write(_version_json() + "\n")
@@ -331,11 +332,11 @@ def run(
             stdout.write(json.dumps(result) + "\n")
         return 0
     except CNIError as err:
-        outcome = f"error {err.code}"
+        outcome, message = f"error {err.code}", err.msg
         _print_error(err, data, stdout, stderr, funcs.name)
         return 1
     except Exception as exc:  # anything unexpected still answers in CNI's format
-        outcome = "error 999"
+        outcome, message = "error 999", type(exc).__name__
         if environ.get("BERTH_DEBUG"):
             import traceback
 
@@ -344,7 +345,7 @@ def run(
         _print_error(internal, data, stdout, stderr, funcs.name)
         return 1
     finally:
-        _log_call(funcs.name, environ, data, started, outcome)
+        _log_call(funcs.name, environ, data, started, outcome, message)
 
 
 def _print_error(err: CNIError, data: bytes, stdout: IO[str], stderr: IO[str], name: str) -> None:
@@ -358,18 +359,30 @@ def _print_error(err: CNIError, data: bytes, stdout: IO[str], stderr: IO[str], n
         pass
 
 
-def _log_call(name: str, environ: Mapping[str, str], data: bytes, started: float, outcome: str) -> None:
-    """One structured line per call when BERTH_LOG_FILE names a file (off by default)."""
+LOG_CONFIG_KEY = "berthLogFile"
+
+
+def _log_call(name: str, environ: Mapping[str, str], data: bytes, started: float, outcome: str,
+              message: str = "") -> None:
+    """One structured line per call (off by default) to the file named by env
+    BERTH_LOG_FILE or, failing that, by the plugin config's top-level
+    "berthLogFile" (an absolute path; anything else is ignored)."""
     path = environ.get("BERTH_LOG_FILE")
-    if not path:
+    if not path and not data:
         return
     import json
 
     network = ""
     try:
-        network = str(json.loads(data).get("name", ""))[:MAX_NAME_LENGTH] if data else ""
+        conf = json.loads(data) if data else {}
+        network = str(conf.get("name", ""))[:MAX_NAME_LENGTH]
+        configured = conf.get(LOG_CONFIG_KEY)
+        if not path and isinstance(configured, str) and configured.startswith("/") and "\0" not in configured:
+            path = configured[:4096]
     except Exception:
         pass
+    if not path:
+        return
     line = {
         "ts": round(time.time(), 3),
         "plugin": name,
@@ -380,6 +393,8 @@ def _log_call(name: str, environ: Mapping[str, str], data: bytes, started: float
         "ms": round((time.monotonic() - started) * 1000, 1),
         "outcome": outcome,
     }
+    if message:
+        line["msg"] = message[:500]
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
