@@ -13,10 +13,10 @@ REF_BRIDGE = f"{harness.REFERENCE_DIR}/bridge"
 
 def first_conf(node: harness.Node, *, name: str = "pmnet", subnets: tuple[str, ...] = ("10.88.0.0/24",),
                bridge: str = "bt0", kind: str = "berth") -> dict[str, Any]:
-    """The bridge plugin's config; IPAM is the reference host-local (berth's is another engineer's)."""
-    ipam: dict[str, Any] = {"type": "host-local", "ranges": [[{"subnet": s}] for s in subnets],
-                            "routes": [{"dst": "0.0.0.0/0"}] + ([{"dst": "::/0"}] if any(":" in s for s in subnets)
-                                                               else []),
+    """The bridge plugin's config: berth-bridge + berth-host-local, or the reference pair."""
+    routes = [{"dst": "0.0.0.0/0"}] + ([{"dst": "::/0"}] if any(":" in s for s in subnets) else [])
+    ipam: dict[str, Any] = {"type": "host-local" if kind == "ref" else "berth-host-local",
+                            "ranges": [[{"subnet": s}] for s in subnets], "routes": routes,
                             "dataDir": str(node.data_dir)}
     return {"cniVersion": "1.0.0", "name": name, "type": "bridge" if kind == "ref" else "berth-bridge",
             "bridge": bridge, "isGateway": True, "ipMasq": False, "hairpinMode": True, "ipam": ipam}
