@@ -69,14 +69,22 @@ inner() {
   fi
 
   step "podman rm -f berth-demo-web   (DEL)"
-  P rm -f -t 0 berth-demo-web >/dev/null
+  P rm -f -t 0 berth-demo-web 2>&1 >/dev/null | sed 's/^/    podman: /'
   step "nothing left of the container"
-  note "veths on the node:     $(ip -o link show type veth 2>/dev/null | grep -cv o-node || true)"
-  note "attachment chains:     $(nft list table inet berth 2>/dev/null | grep -Ec 'chain CNI-(DN-)?[0-9a-f]{20}' || true)"
-  note "jumps to them:         $(nft list table inet berth 2>/dev/null | grep -Ec '(jump|goto) CNI-(DN-)?[0-9a-f]{20}' || true)"
-  note "journal files:         $(find "$BERTH_STATE_DIR" -name '*.json' | wc -l)"
-  note "leases:                $(find "$WORK/ipam" -type f ! -name lock ! -name 'last_reserved_ip*' | wc -l)"
-  if curl -sS -m 1 "http://127.0.0.1:$HOST_PORT/" >/dev/null 2>&1; then echo "port still open!"; exit 1; fi
+  local veths chains jumps journals leases
+  veths=$(ip -o link show type veth 2>/dev/null | grep -cv o-node || true)
+  chains=$(nft list table inet berth 2>/dev/null | grep -Ec 'chain CNI-(DN-)?[0-9a-f]{20}' || true)
+  jumps=$(nft list table inet berth 2>/dev/null | grep -Ec '(jump|goto) CNI-(DN-)?[0-9a-f]{20}' || true)
+  journals=$(find "$BERTH_STATE_DIR" -name '*.json' | wc -l)
+  leases=$(find "$WORK/ipam" -type f ! -name lock ! -name 'last_reserved_ip*' | wc -l)
+  note "veths on the node:     $veths"
+  note "attachment chains:     $chains"
+  note "jumps to them:         $jumps"
+  note "journal files:         $journals"
+  note "leases:                $leases"
+  if [ "$veths$chains$jumps$journals$leases" != 00000 ]; then
+    echo "    LEFT BEHIND (see above); plugin logs: podman's own log"; nft list table inet berth | sed 's/^/    /'; exit 1
+  fi
   note "port $HOST_PORT:           closed"
 }
 
@@ -178,6 +186,9 @@ cgroup_manager = "cgroupfs"
 events_logger = "file"
 tmp_dir = "$WORK/podman-tmp"
 runtime = "crun"
+# podman's cleanup process (started by conmon when the container exits) may do the DEL with a
+# trimmed environment: keep berth's journal in the demo dir for it too
+env = ["BERTH_STATE_DIR=$WORK/state"]
 EOF
 cat > "$WORK/storage.conf" <<EOF
 [storage]
