@@ -1,0 +1,222 @@
+"""list/explain/reconcile logic without a kernel: journals in a temp dir, the
+table listing simulated from portmap/layout.py's own commands."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cni.runner import ops_explain, ops_list, ops_reconcile, ops_state
+from cni.runner.ops_explain import Target, parse_target
+from cni.runner.ops_state import Table
+from portmap import layout, ports
+from portmap.layout import Mapping
+
+NET = "opsnet"
+M8080 = Mapping(8080, 8080, 80, "tcp")
+
+
+def listing(commands: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """What `list table inet berth` would show after applying `commands` (enough for these tests)."""
+    chains: dict[str, list[dict[str, Any]]] = {}
+    maps: dict[str, tuple[str, list[Any]]] = {}
+    for cmd in commands:
+        verb, body = next(iter(cmd.items()))
+        kind, obj = next(iter(body.items()))
+        if kind == "chain":
+            if verb == "add":
+                chains.setdefault(obj["name"], [])
+            elif verb == "flush":
+                chains[obj["name"]] = []
+            elif verb == "delete":
+                chains.pop(obj["name"], None)
+        elif kind == "rule" and verb == "add":
+            chains[obj["chain"]].append({"chain": obj["chain"], "expr": obj["expr"]})
+        elif kind in ("map", "set") and verb == "add":
+            maps.setdefault(obj["name"], (kind, []))
+        elif kind == "element":
+            elems = maps[obj["name"]][1]
+            for elem in obj["elem"]:
+                if verb == "add" and elem not in elems:
+                    elems.append(elem)
+                elif verb == "delete":
+                    key = elem[0] if isinstance(elem, list) else elem
+                    elems[:] = [e for e in elems if (e[0] if isinstance(e, list) else e) != key]
+    out: list[dict[str, Any]] = [{"table": {"family": "inet", "name": "berth"}}]
+    out += [{kind: {"name": name, "elem": elems} if elems else {"name": name}} for name, (kind, elems) in maps.items()]
+    for name, rules in chains.items():
+        out.append({"chain": {"name": name}})
+        out += [{"rule": r} for r in rules]
+    return out
+
+
+def journal(root: Path, cid: str, mappings: list[Mapping], *, ip: str = "10.88.0.2", masq: bool = True,
+            state: str = "done", veth: str = "veth1") -> dict[str, Any]:
+    chain = layout.dnat_chain_name(NET, cid, "eth0")
+    data: dict[str, Any] = {
+        "containerID": cid, "ifname": "eth0", "network": NET, "created": 1000.0,
+        "bridge": {"state": "added", "bridge": "bt0", "hostVeth": veth, "netns": f"/run/netns/{cid}",
+                   "ips": [f"{ip}/24"],
+                   "masq": {"chain": layout.masq_chain_name(NET, cid, "eth0"), "addresses": [ip], "bridge": "bt0"}
+                   if masq else None},
+        "portmap": {"chain": chain, "addresses": [ip], "bridge": "bt0", "state": state, "snat": True,
+                    "mappings": [m.to_json() for m in mappings]},
+    }
+    (root / NET).mkdir(parents=True, exist_ok=True)
+    (root / NET / f"{cid}-eth0.json").write_text(json.dumps(data))
+    return data
+
+
+def claim(root: Path, cid: str, mappings: list[Mapping]) -> None:
+    (root / ports.PORTS_DIR).mkdir(exist_ok=True)
+    ports.write(str(root), ports.Owner(NET, cid, "eth0"), layout.dnat_chain_name(NET, cid, "eth0"), mappings)
+
+
+def healthy(cid: str = "c1", mappings: list[Mapping] | None = None, ip: str = "10.88.0.2") -> list[dict[str, Any]]:
+    """The commands berth's plugins would have applied for one attachment."""
+    maps = mappings or [M8080]
+    note = layout.comment(NET, cid, "eth0")
+    return (layout.masq_add(layout.masq_chain_name(NET, cid, "eth0"), [f"{ip}/24"], "bt0", note=note)
+            + layout.portmap_add(layout.dnat_chain_name(NET, cid, "eth0"), maps, [ip], note=note))
+
+
+def setup(tmp_path: Path, extra: list[dict[str, Any]] | None = None) -> tuple[str, list[ops_state.Attachment], Table]:
+    journal(tmp_path, "c1", [M8080])
+    claim(tmp_path, "c1", [M8080])
+    table = Table.from_objects(listing(healthy() + (extra or [])))
+    return str(tmp_path), ops_state.load_attachments(str(tmp_path)), table
+
+
+# --- targets -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("text", "want"), [
+    ("8080", Target("8080", port=8080)),
+    ("198.51.100.1:8080", Target("198.51.100.1:8080", port=8080, host_ip="198.51.100.1")),
+    ("[fd00::1]:8080", Target("[fd00::1]:8080", port=8080, host_ip="fd00::1")),
+    ("0.0.0.0:80", Target("0.0.0.0:80", port=80)),
+    ("abc123", Target("abc123", container="abc123")),
+    ("99999", Target("99999", container="99999")),
+    ("k8s.io-abc:1", Target("k8s.io-abc:1", container="k8s.io-abc:1")),
+])
+def test_parse_target(text: str, want: Target) -> None:
+    assert parse_target(text) == want
+
+
+def test_select_by_id_prefix_and_port(tmp_path: Path) -> None:
+    journal(tmp_path, "abc111", [M8080])
+    journal(tmp_path, "abc222", [Mapping(9090, 9090, 80, "udp", "10.0.0.1")], ip="10.88.0.3")
+    atts = ops_state.load_attachments(str(tmp_path))
+    assert [a.container_id for a in ops_explain.select(atts, parse_target("abc111"))[0]] == ["abc111"]
+    assert "ambiguous" in str(ops_explain.select(atts, parse_target("abc"))[1])
+    assert [a.container_id for a in ops_explain.select(atts, parse_target("abc2"))[0]] == ["abc222"]
+    assert [a.container_id for a in ops_explain.select(atts, parse_target("9090"))[0]] == ["abc222"]
+    assert ops_explain.select(atts, parse_target("10.0.0.2:9090"))[1]  # another hostIP: nothing
+    assert "no attachment" in str(ops_explain.select(atts, parse_target("zzz"))[1])
+
+
+# --- table comparison ----------------------------------------------------------------------------
+
+def test_healthy_table_has_nothing_missing(tmp_path: Path) -> None:
+    root, atts, table = setup(tmp_path)
+    assert ops_state.static_problems(table) == [] and ops_state.mark_problems(table) == []
+    view = ops_state.PortView(root, atts)
+    assert ops_state.portmap_missing(atts[0], table, view.owned(atts[0])) == []
+    assert ops_state.masq_missing(atts[0], table) == []
+    assert ops_list.rules_status(atts[0], table, view) == ("ok", [])
+    assert ops_reconcile.plan(root, atts, table, set()).fixes == []
+
+
+def test_missing_element_and_flushed_chain_are_planned_back(tmp_path: Path) -> None:
+    chain = layout.dnat_chain_name(NET, "c1", "eth0")
+    root, atts, table = setup(tmp_path, [layout.delete_elements(layout.HOSTPORTS_MAP, [M8080.map_key()]),
+                                         layout.flush_chain(chain)])
+    result = ops_reconcile.plan(root, atts, table, set())
+    whats = [m.what for _, m in result.fixes]
+    assert any("has 0 of 3 rules" in w for w in whats) and any("hostports element" in w for w in whats)
+    damage = [layout.delete_elements(layout.HOSTPORTS_MAP, [M8080.map_key()]), layout.flush_chain(chain)]
+    repaired = Table.from_objects(listing([*healthy(), *damage, *result.commands()]))
+    assert ops_reconcile.plan(root, atts, repaired, set()).fixes == []
+
+
+def test_whole_table_gone_restores_static_marks_dnat_and_masq(tmp_path: Path) -> None:
+    journal(tmp_path, "c1", [M8080])
+    claim(tmp_path, "c1", [M8080])
+    atts = ops_state.load_attachments(str(tmp_path))
+    result = ops_reconcile.plan(str(tmp_path), atts, Table(False), set())
+    whats = " | ".join(m.what for _, m in result.fixes)
+    for needle in ("table inet berth is missing", "hairpin/localhost marks", "CNI-DN-", "masquerade chain",
+                   "masq-v4 element", "bridge bt0"):
+        assert needle in whats
+    table = Table.from_objects(listing(result.commands()))
+    assert ops_reconcile.plan(str(tmp_path), atts, table, set()).fixes == []
+    assert ops_state.static_problems(table) == []
+
+
+def test_conflict_skips_the_claimant_without_the_port(tmp_path: Path) -> None:
+    root, _atts, table = setup(tmp_path)
+    journal(tmp_path, "c2", [M8080], ip="10.88.0.3", masq=False)
+    atts = ops_state.load_attachments(root)
+    result = ops_reconcile.plan(root, atts, table, set())
+    assert result.fixes == []
+    assert result.skipped == [("c2/eth0 on opsnet", "port 8080->80/tcp is held by c1/eth0 on opsnet")]
+    c2 = next(a for a in atts if a.container_id == "c2")
+    status, missing = ops_list.rules_status(c2, table, ops_state.PortView(root, atts))
+    assert status == "missing" and "held by another attachment" in missing[0]
+
+
+def test_incomplete_and_vanished_attachments_are_skipped(tmp_path: Path) -> None:
+    journal(tmp_path, "c1", [M8080], state="adding")
+    journal(tmp_path, "c2", [Mapping(9090, 9090, 80, "tcp")], ip="10.88.0.3")
+    atts = ops_state.load_attachments(str(tmp_path))
+    c2 = next(a for a in atts if a.container_id == "c2")
+    result = ops_reconcile.plan(str(tmp_path), atts, Table(False), {c2.key})
+    assert result.fixes == []
+    reasons = dict(result.skipped)
+    assert "did not complete" in reasons["c1/eth0 on opsnet"] and "is gone" in reasons["c2/eth0 on opsnet"]
+
+
+def test_journal_options_shape_the_rebuilt_chain(tmp_path: Path) -> None:
+    data = journal(tmp_path, "c1", [M8080])
+    data["portmap"].update(snat=False)
+    (tmp_path / NET / "c1-eth0.json").write_text(json.dumps(data))
+    att = ops_state.load_attachments(str(tmp_path))[0]
+    rules = ops_state.expected_dn_rules(att)
+    assert len(rules) == 1 and "dnat" in json.dumps(rules)  # no hairpin marks without snat
+
+
+# --- rendering ---------------------------------------------------------------------------------------
+
+def test_list_rows_and_text(tmp_path: Path) -> None:
+    root, _atts, table = setup(tmp_path, [layout.delete_elements(layout.HOSTPORTS_MAP, [M8080.map_key()])])
+    rows = ops_list.entries(root, table, now=1000.0 + 3700)
+    assert rows[0]["age"] == "1h" and rows[0]["ports"] == ["8080->80/tcp"] and rows[0]["rules"] == "partial"
+    text = ops_list.render(rows)
+    assert text.splitlines()[0].split() == ["NETWORK", "CONTAINER", "IFNAME", "NETNS", "ADDRESSES", "PORTS", "AGE",
+                                            "RULES"]
+    assert "hostports element" in text
+    assert ops_list.render([]) == "no attachments\n"
+
+
+def test_format_mapping_and_age() -> None:
+    v6 = Mapping(30000, 30002, 7000, "udp", "fd00::1")
+    assert ops_state.format_mapping(v6) == "[fd00::1]:30000-30002->7000-7002/udp"
+    assert ops_state.format_mapping(Mapping(80, 80, 8080, "tcp", "10.0.0.1")) == "10.0.0.1:80->8080/tcp"
+    assert ops_state.age(None) == "?" and ops_state.age(0, 59) == "59s" and ops_state.age(0, 2 * 86400) == "2d"
+
+
+def test_hostile_journals_are_skipped(tmp_path: Path) -> None:
+    (tmp_path / NET).mkdir()
+    (tmp_path / NET / "a-eth0.json").write_text("[1, 2]")
+    (tmp_path / NET / "b-eth0.json").write_text("{not json")
+    (tmp_path / NET / "c-eth0.json").write_text(json.dumps({"containerID": 5, "ifname": "eth0", "network": NET}))
+    (tmp_path / NET / "d-eth0.json").write_text(json.dumps({
+        "containerID": "d", "ifname": "eth0", "network": NET,
+        "portmap": {"state": "done", "mappings": [{"hostPort": "x"}, "junk"]}, "bridge": {"ips": ["nope"]}}))
+    atts = ops_state.load_attachments(str(tmp_path))
+    assert [a.container_id for a in atts] == ["d"]
+    assert atts[0].mappings == [] and atts[0].addresses == []
+    ops_list.entries(str(tmp_path), Table(False))
+    ops_reconcile.plan(str(tmp_path), atts, Table(False), set())
