@@ -170,10 +170,22 @@ def run_smoke(script: Path, plugin_dirs: str, work: Path, state_dir: Path, args:
     return SmokeRun(proc.returncode, output, work, checks)
 
 
-def berth_plugin_dirs(tmp: Path) -> str:
-    """berth first (venv entry point links, or BERTH_BIN_DIR e.g. dist/berth), reference behind it
-    for `loopback` (CRI)."""
-    return f"{harness.plugin_dir(tmp)}:{REFERENCE_DIR}"
+def berth_plugin_dirs(tmp: Path, state_dir: Path) -> str:
+    """berth first, the reference behind it for `loopback` (CRI).
+
+    Each berth name is a two-line wrapper that pins BERTH_STATE_DIR and execs the real link
+    (venv entry point, or BERTH_BIN_DIR e.g. dist/berth), keeping argv[0]'s name: podman's
+    conmon-started `container cleanup` sends DEL with a trimmed environment, and without the
+    pin that DEL would look for the journal in (and write to) the host's /var/lib/cni/berth.
+    """
+    links = harness.plugin_dir(tmp / "links")
+    out = tmp / "plugins"
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("berth", "berth-bridge", "berth-host-local", "berth-portmap"):
+        wrapper = out / name
+        wrapper.write_text(f"#!/bin/sh\nexport BERTH_STATE_DIR='{state_dir}'\nexec '{links / name}' \"$@\"\n")
+        wrapper.chmod(0o755)
+    return f"{out}:{REFERENCE_DIR}"
 
 
 def assert_clean_run(run: SmokeRun) -> None:

@@ -25,7 +25,7 @@ def _prepare(tmp_path: Path, name: str) -> tuple[Path, Path, Path]:
 def test_cri_pod_with_host_ports(tmp_path: Path) -> None:
     script = common.need_realclient("ctr-cni-smoke.sh")
     conflist, state_dir, data_dir = _prepare(tmp_path, "10-berth-containerd.conflist")
-    run = common.run_smoke(script, common.berth_plugin_dirs(tmp_path), tmp_path / "work", state_dir,
+    run = common.run_smoke(script, common.berth_plugin_dirs(tmp_path, state_dir), tmp_path / "work", state_dir,
                            ["--mode", "cri", "--conflist", str(conflist), "--host-port", str(HOST_PORT)])
     if "could not install container-runtime-interface-api" in run.output:
         pytest.skip("CRI client stubs (PyPI container-runtime-interface-api) unavailable offline")
@@ -54,7 +54,7 @@ def test_ctr_run_cni(tmp_path: Path) -> None:
     """`ctr run --cni` cannot publish ports; it proves address, egress masquerade and DEL without netns."""
     script = common.need_realclient("ctr-cni-smoke.sh")
     conflist, state_dir, data_dir = _prepare(tmp_path, "20-berth-ctr.conflist")
-    run = common.run_smoke(script, common.berth_plugin_dirs(tmp_path), tmp_path / "work", state_dir,
+    run = common.run_smoke(script, common.berth_plugin_dirs(tmp_path, state_dir), tmp_path / "work", state_dir,
                            ["--mode", "ctr", "--conflist", str(conflist)])
     common.assert_clean_run(run)
     for check in ("ctr-task-running", "ctr-pod-ip-assigned", "ctr-http-to-pod-ip", "ctr-pod-outbound-is-masqueraded",

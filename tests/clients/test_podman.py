@@ -21,7 +21,7 @@ def test_podman_publish_port_through_berth(tmp_path: Path) -> None:
     conflist = tmp_path / CONFLIST
     conflist.write_text(json.dumps(conf))
 
-    run = common.run_smoke(script, common.berth_plugin_dirs(tmp_path), tmp_path / "work", state_dir,
+    run = common.run_smoke(script, common.berth_plugin_dirs(tmp_path, state_dir), tmp_path / "work", state_dir,
                            ["--conflist", str(conflist), "--cycles", str(CYCLES), "--host-port", "18080"])
 
     common.assert_clean_run(run)
