@@ -211,3 +211,14 @@ def test_force_address_replaces_bridge_address(topo: harness.Topology) -> None:
     assert [a for a in node.addresses("bt6") if not a.startswith("fe80")] == ["10.88.0.1/24"]
     delete(node, c, netns=ns.path)
     assert_clean(node)
+
+
+def test_reference_host_local_by_exec(topo: harness.Topology) -> None:
+    """Any IPAM on CNI_PATH works: the Go host-local is exec'd, its lease file is upstream's format."""
+    node, ns = topo.node, topo.container()
+    c = conf(node, ipam_type="host-local", subnets=("10.88.0.0/24", "fd00:88::/64"))
+    result = add(node, c, ns)
+    assert ipv4(result) == "10.88.0.2" and ipv6(result) == "fd00:88::2"
+    assert (node.data_dir / "testnet" / "10.88.0.2").read_bytes() == b"c1\r\neth0"
+    delete(node, c, netns=ns.path)
+    assert_clean(node)
