@@ -14,7 +14,6 @@ import contextlib
 import errno
 import ipaddress
 import os
-import secrets
 import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -302,7 +301,7 @@ def ensure_bridge(h: Handle, name: str, mtu: int, vlan_filtering: bool, promisc:
 
 
 def random_veth_name() -> str:
-    return f"veth{secrets.token_hex(4)}"
+    return f"veth{os.urandom(4).hex()}"  # os.urandom: `secrets` costs ~10 ms of imports
 
 
 def create_veth(

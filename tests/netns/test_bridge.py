@@ -222,3 +222,19 @@ def test_reference_host_local_by_exec(topo: harness.Topology) -> None:
     assert (node.data_dir / "testnet" / "10.88.0.2").read_bytes() == b"c1\r\neth0"
     delete(node, c, netns=ns.path)
     assert_clean(node)
+
+
+def test_vlan_port_or_clean_refusal(topo: harness.Topology) -> None:
+    """vlan needs bridge VLAN filtering in the kernel (this CI kernel has none): tagged port or a clean error."""
+    node, ns = topo.node, topo.container()
+    c = conf(node, isGateway=False, isDefaultGateway=False, vlan=10, preserveDefaultVlan=False)
+    res = node.plugin("berth-bridge", "ADD", c, container_id="c1", netns=ns.path)
+    if res.rc == 0:
+        port = res.json["interfaces"][1]["name"]
+        vlans = harness.run(["bridge", "-n", node.name, "-j", "vlan", "show", "dev", port]).stdout
+        assert '"vlan":10' in vlans.replace(" ", "") and '"vlan":1,' not in vlans.replace(" ", "")
+        delete(node, c, netns=ns.path)
+    else:
+        assert res.json["code"] == 105 and "vlan" in res.json["msg"], res.stdout
+        assert ns.links() == ["lo"]
+    assert_clean(node)
