@@ -225,6 +225,10 @@ def explain(att: Attachment, target: Target, ctx: Context) -> Report:
     return report
 
 
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
 def _ports(m: Mapping) -> str:
     return str(m.host_lo) if m.host_lo == m.host_hi else f"{m.host_lo}-{m.host_hi}"
 
@@ -294,7 +298,8 @@ def _table_hops(report: Report, att: Attachment, focus: list[Mapping], ctx: Cont
                    + (" (flushed?)" if have == 0 else "") + ": berth reconcile restores them")
     else:
         packets, octets = table.counters(chain)
-        report.add("dnat", OK, f"chain {chain}: {have} rules, DNAT'ed {packets} packets ({octets} bytes) so far")
+        report.add("dnat", OK, f"chain {chain}: {have} rules, DNAT'ed {_plural(packets, 'packet')} "
+                   f"({octets} bytes) since it was (re)made")
 
 
 def _key_text(m: Mapping) -> str:
@@ -404,7 +409,7 @@ def _masq_hop(report: Report, att: Attachment, focus: list[Mapping], ctx: Contex
     if att.masq is not None:
         problems += [m.what for m in ops_state.masq_missing(att, ctx.table)]
         packets, _ = ctx.table.counters(ops_state.masq_chain(att))
-        parts.append(f"ipMasq chain {ops_state.masq_chain(att)} ({packets} packets masqueraded)")
+        parts.append(f"ipMasq chain {ops_state.masq_chain(att)} ({_plural(packets, 'packet')} masqueraded)")
     if problems:
         report.add("masquerade", FAIL, "; ".join(problems) + ": berth reconcile restores it")
     elif parts:

@@ -91,4 +91,7 @@ def main(command: str, argv: list[str]) -> int:
         sys.stdout.write(json.dumps(rows, indent=1) + "\n")
     else:
         sys.stdout.write(render(rows))
+        if rows and not table.exists:
+            sys.stdout.write("note: table inet berth is not there (flushed, or this is not root in the node's "
+                             "network namespace)\n")
     return 0

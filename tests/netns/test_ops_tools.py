@@ -26,6 +26,8 @@ class Attached:
         self.netns = topo.container()
         conf = harness.bridge_conf(name=NET)
         conf["ipam"]["dataDir"] = str(self.node.data_dir)
+        self.log = self.node.state_dir.parent / "plugins.log"
+        conf["berthLogFile"] = str(self.log)  # the per-call log, named by the config
         self.bridge_conf = conf
         self.result: dict[str, Any] = self.node.plugin("berth-bridge", "ADD", conf, container_id=cid,
                                                        netns=self.netns.path).ok()
@@ -34,7 +36,7 @@ class Attached:
     def portmap(self, command: str) -> harness.PluginResult:
         conf = {"cniVersion": "1.0.0", "name": NET, "type": "berth-portmap",
                 "capabilities": {"portMappings": True}, "runtimeConfig": {"portMappings": MAPPINGS},
-                "prevResult": self.result}
+                "prevResult": self.result, "berthLogFile": str(self.log)}
         return self.node.plugin("berth-portmap", command, conf, container_id=self.cid, netns=self.netns.path)
 
     @property
@@ -116,6 +118,11 @@ def test_healthy_attachment_list_explain_reconcile(pod: Attached) -> None:
     assert berth(node, "explain", "9999", rc=1).startswith("9999: no attachment")
     pod.delete()
     assert berth(node, "list") == "no attachments\n"
+    logged = [json.loads(line) for line in pod.log.read_text().splitlines()]
+    assert [(e["plugin"], e["verb"], e["outcome"]) for e in logged] == [
+        ("berth-bridge", "ADD", "ok"), ("berth-portmap", "ADD", "ok"),
+        ("berth-portmap", "DEL", "ok"), ("berth-bridge", "DEL", "ok")]
+    assert all(e["container"] == "c1" and e["network"] == NET and e["ms"] > 0 for e in logged)
 
 
 @pytest.mark.parametrize("damage", ["element", "chain", "table"])
