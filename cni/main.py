@@ -38,22 +38,38 @@ def plugin_funcs(name: str) -> PluginFuncs | None:
     return funcs
 
 
+def load_funcs(name: str) -> PluginFuncs:
+    """The plugin's verbs; an unknown or unloadable plugin still answers in CNI's format."""
+    try:
+        funcs = plugin_funcs(name)
+    except ImportError as exc:  # a broken bundle still answers in CNI's format
+        funcs = _unloadable(canonical_name(name) or name, f"{type(exc).__name__}: {exc}")
+    return PluginFuncs(name=name) if funcs is None else funcs
+
+
 def _run_plugin(name: str) -> int:
     from cni import skel
 
     if os.environ.get("CNI_COMMAND") in (None, "", "VERSION"):
         # VERSION and the about text need no plugin code: keep them instant.
         return skel.main(PluginFuncs(name=canonical_name(name) or name))
+    from cni import agent_client
+
+    self_path = os.path.realpath(sys.argv[0])
+    # the node agent, when one listens, does the work with warm imports (issue #10)
+    rc, data = agent_client.forward(canonical_name(name) or name, os.environ, sys.stdin.buffer, sys.stdout,
+                                    sys.stderr, self_path)
+    if rc is not None:
+        return rc
     from cni import invoke
 
-    invoke.SELF_PATH = os.path.realpath(sys.argv[0])
-    try:
-        funcs = plugin_funcs(name)
-    except ImportError as exc:  # a broken bundle still answers in CNI's format
-        funcs = _unloadable(canonical_name(name) or name, f"{type(exc).__name__}: {exc}")
-    if funcs is None:
-        funcs = PluginFuncs(name=name)
-    return skel.main(funcs)
+    invoke.SELF_PATH = self_path
+    funcs = load_funcs(name)
+    if data is None:
+        return skel.main(funcs)
+    import io  # the agent declined after we had read stdin: run on what we read
+
+    return skel.run(funcs, os.environ, io.BytesIO(data), sys.stdout, sys.stderr)
 
 
 def _unloadable(name: str, reason: str) -> PluginFuncs:

@@ -1,0 +1,445 @@
+"""`berth agent`: the optional node agent (issue #10).
+
+One process per node keeps pyroute2, the libnftables binding and the plugin
+modules imported, and serves plugin calls forwarded by the thin executables
+(cni.agent_client) on a root-only Unix socket.
+
+Each request runs in a forked child: the warm imports are inherited (fork costs
+~2-5 ms here, against ~100 ms of imports), file locks (flock on journal, IPAM
+and ports files) behave exactly as with one exec per call, a crash in one
+request kills only that child, and the request's environment becomes the
+child's whole os.environ, never the agent's own. The child runs cni.skel.run,
+the very code path of an exec'd plugin; only the transport differs.
+
+The parent stays single-threaded and holds no state besides what is on disk
+(journals, leases): kill -9 loses nothing, and in-flight children finish on
+their own. Every `--check-interval` seconds it looks for `table inet berth`; when
+it is gone (someone flushed the ruleset) while journals exist, a child runs
+`berth reconcile`'s logic to re-create it from the journals.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import errno
+import fcntl
+import io
+import json
+import os
+import select
+import signal
+import socket
+import struct
+import sys
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from cni import agent_client
+from cni.agent_client import PROTOCOL, frame, recv_frame
+from cni.skel import MAX_ID_LENGTH, MAX_IFNAME_LENGTH, MAX_NAME_LENGTH, MAX_STDIN_BYTES
+
+READ_TIMEOUT = 10.0  # a client sends its whole request at once; slower is hostile or dead
+DEFAULT_CHECK_INTERVAL = 2.0
+MAX_CHECK_BACKOFF = 60.0
+DEFAULT_MAX_WORKERS = 64
+MAX_ENV_ENTRIES = 256
+MAX_VALUE_CHARS = 64 * 1024
+
+
+class BadRequest(Exception):
+    pass
+
+
+def log(line: str) -> None:
+    """One line to stderr in one write (children share the stream)."""
+    with contextlib.suppress(OSError):
+        os.write(2, f"berth-agent[{os.getpid()}]: {line}\n".encode(errors="replace"))
+
+
+def rss_mib() -> float:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+# --- warm-up and per-child reset ----------------------------------------------
+
+def warm_up() -> list[str]:
+    """Import what a plugin call needs and load the shared libraries; what failed."""
+    from cni import main, netlink
+
+    problems = []
+    for name in main.PLUGINS:
+        try:
+            main.plugin_funcs(name)
+        except ImportError as exc:
+            problems.append(f"{name}: {exc}")
+    try:
+        with netlink.open_node() as node:  # loads pyroute2's lazily imported pieces too
+            netlink.link_by_name(node, "lo")
+    except Exception as exc:
+        problems.append(f"pyroute2: {exc}")
+    try:
+        from portmap import nft
+
+        nft.list_table()  # imports the binding and dlopens libnftables
+    except Exception as exc:
+        problems.append(f"nftables: {exc}")
+    with contextlib.suppress(ImportError):
+        import cni.runner.ops_reconcile  # noqa: F401  # warm for the flush watcher
+    return problems
+
+
+def fresh_handles() -> None:
+    """After fork: a child must not share the parent's libnftables context (its
+    netlink socket and sequence numbers would be shared with other children)."""
+    from portmap import nft
+
+    nft._handle = None  # TODO(portmap owner): a public nft.forget_handle() would be cleaner
+
+
+# --- the request ----------------------------------------------------------------
+
+def parse_request(header: bytes) -> dict[str, Any]:
+    """Validate the header frame; anything off is a BadRequest (never a crash)."""
+    try:
+        req = json.loads(header.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise BadRequest(f"header is not JSON: {str(exc)[:200]}") from None
+    if not isinstance(req, dict):
+        raise BadRequest("header is not an object")
+    if req.get("v") != PROTOCOL:
+        return {"fallback": f"protocol {str(req.get('v'))[:20]} not served (agent speaks {PROTOCOL})"}
+    environ, plugin, self_path = req.get("environ"), req.get("plugin"), req.get("self", "")
+    if not isinstance(plugin, str) or not isinstance(self_path, str) or not isinstance(environ, dict):
+        raise BadRequest("plugin, self and environ have the wrong types")
+    if len(environ) > MAX_ENV_ENTRIES:
+        raise BadRequest("too many environment entries")
+    for key, value in environ.items():
+        if not isinstance(value, str) or len(value) > MAX_VALUE_CHARS or "\0" in key + value or "=" in key:
+            raise BadRequest(f"bad environment entry {str(key)[:40]!r}")
+    # only what the thin client forwards; anything else is not the caller's to set
+    env = agent_client.forwarded_env(environ)
+    netns = req.get("netns")
+    if not (isinstance(netns, list) and len(netns) == 2 and all(type(n) is int for n in netns)):
+        raise BadRequest("netns must be [dev, inode]")
+    return {"plugin": plugin, "environ": env, "self": self_path, "netns": netns}
+
+
+def run_call(req: Mapping[str, Any], data: bytes) -> dict[str, Any]:
+    """Run the plugin exactly as an exec would; returns the answer object."""
+    from cni import invoke, main, skel
+
+    environ: dict[str, str] = dict(req["environ"])
+    os.environ.clear()  # the request's env is the whole process env, as in an exec
+    os.environ.update(environ)
+    if req["self"]:
+        invoke.SELF_PATH = os.path.realpath(req["self"])
+    funcs = main.load_funcs(req["plugin"])
+    out, err = io.StringIO(), io.StringIO()
+    rc = skel.run(funcs, environ, io.BytesIO(data), out, err)
+    return {"rc": rc, "stdout": out.getvalue(), "stderr": err.getvalue()}
+
+
+def outcome(answer: Mapping[str, Any]) -> str:
+    if "fallback" in answer:
+        return f"fallback ({answer['fallback']})"
+    if answer.get("rc") == 0:
+        return "ok"
+    try:
+        return f"error {json.loads(answer.get('stdout') or '{}').get('code')}"
+    except (ValueError, AttributeError):
+        return f"rc {answer.get('rc')}"
+
+
+def describe(req: Mapping[str, Any], data: bytes) -> str:
+    env = req.get("environ", {})
+    network = ""
+    with contextlib.suppress(Exception):
+        network = str(json.loads(data).get("name", ""))[:MAX_NAME_LENGTH]
+    return (f"{env.get('CNI_COMMAND', '')[:16]} {str(req.get('plugin', ''))[:40]} "
+            f"container={env.get('CNI_CONTAINERID', '')[:MAX_ID_LENGTH]} network={network} "
+            f"ifname={env.get('CNI_IFNAME', '')[:MAX_IFNAME_LENGTH]}")
+
+
+def serve_connection(conn: socket.socket, own_netns: list[int]) -> None:
+    """In the child: read one request, run it, answer; never raises."""
+    started = time.monotonic()
+    req: dict[str, Any] = {}
+    data = b""
+    try:
+        conn.settimeout(READ_TIMEOUT)
+        header = recv_frame(conn, agent_client.MAX_HEADER_BYTES)
+        data = recv_frame(conn, MAX_STDIN_BYTES + 1)
+        req = parse_request(header)
+        if "fallback" in req:
+            answer: dict[str, Any] = req
+        elif req["netns"] != own_netns:
+            answer = {"fallback": "caller is in another network namespace"}
+        else:
+            answer = run_call(req, data)
+    except (BadRequest, EOFError, ValueError, OSError) as exc:
+        log(f"bad request: {type(exc).__name__}: {str(exc)[:200]}")
+        return
+    try:
+        conn.settimeout(READ_TIMEOUT)
+        conn.sendall(frame(json.dumps(answer).encode()))
+    except OSError as exc:  # the caller gave up (its timeout): the work is done all the same
+        log(f"{describe(req, data)}: caller gone before the answer ({exc.strerror or exc})")
+    log(f"{describe(req, data)} {(time.monotonic() - started) * 1000:.1f} ms {outcome(answer)}")
+
+
+# --- the listening socket -------------------------------------------------------
+
+def peer_uid(conn: socket.socket) -> int:
+    raw = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _pid, uid, _gid = struct.unpack("3i", raw)
+    return int(uid)
+
+
+def prepare_dir(path: str) -> None:
+    """Make the socket's directory root-only if we create it; refuse a directory others may write."""
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        os.chmod(directory, 0o700)
+    st = os.stat(directory)
+    if st.st_uid != os.geteuid() or st.st_mode & 0o022:
+        raise SystemExit(f"berth agent: {directory} must be owned by us and not group/world-writable")
+
+
+def take_lock(path: str) -> int:
+    """One agent per socket: an flock next to it, held for the parent's life."""
+    fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise SystemExit(f"berth agent: another agent serves {path}") from None
+    return fd
+
+
+def bind(path: str) -> socket.socket:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)  # a stale socket of a killed agent (we hold the lock: nobody else serves it)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)
+    try:
+        sock.bind(path)
+    finally:
+        os.umask(old)
+    os.chmod(path, 0o600)
+    sock.listen(128)
+    return sock
+
+
+# --- the flush watcher ----------------------------------------------------------
+
+def journals_exist(root: str) -> bool:
+    try:
+        with os.scandir(root) as networks:
+            for net in networks:
+                if net.is_dir(follow_symlinks=False):
+                    with os.scandir(net.path) as entries:
+                        if any(e.name.endswith(".json") for e in entries):
+                            return True
+    except OSError:
+        return False
+    return False
+
+
+def table_exists() -> bool | None:
+    """None when nftables cannot be asked at all."""
+    from cni.errors import CNIError
+    from portmap import nft
+
+    try:
+        return nft.list_table() is not None
+    except CNIError:
+        return None
+
+
+def reconcile_child(root: str) -> int:
+    try:
+        from cni.runner.ops_reconcile import reconcile
+    except ImportError as exc:
+        log(f"reconcile: not available ({exc})")
+        return 1
+    try:
+        plan, error, warnings = reconcile(root, False)
+    except Exception as exc:  # a child: log and exit, the parent tries later
+        log(f"reconcile: failed: {type(exc).__name__}: {exc}")
+        return 1
+    log(f"reconcile after a flush: {len(plan.fixes)} fix(es), {len(plan.skipped)} skipped"
+        + (f", error: {error}" if error else "") + "".join(f"; warning: {w}" for w in warnings))
+    return 1 if error else 0
+
+
+# --- the server loop ------------------------------------------------------------
+
+class Agent:
+    def __init__(self, path: str, root: str, check_interval: float, max_workers: int) -> None:
+        self.path = path
+        self.root = root
+        self.check_interval = check_interval
+        self.max_workers = max_workers
+        self.children: set[int] = set()
+        self.reconciler: int | None = None
+        self.next_check = 0.0
+        self.backoff = check_interval
+        self.stop = False
+        self.own_netns = agent_client.netns_id()
+        self.parent_fds: list[int] = []  # closed in every child
+
+    def fork(self, keep: list[int]) -> int:
+        """fork(); in the child, drop the parent's listener, lock and signal handlers."""
+        pid = os.fork()
+        if pid == 0:
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
+                signal.signal(sig, signal.SIG_DFL)
+            signal.set_wakeup_fd(-1)
+            for fd in keep:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            fresh_handles()
+        return pid
+
+    def reap(self) -> None:
+        while True:
+            try:
+                pid, _status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            self.children.discard(pid)
+            if pid == self.reconciler:
+                self.reconciler = None
+
+    def watch_flush(self) -> None:
+        if self.check_interval <= 0 or time.monotonic() < self.next_check or self.reconciler is not None:
+            return
+        exists = table_exists()
+        if exists is None or exists or not journals_exist(self.root):
+            self.backoff = self.check_interval
+            self.next_check = time.monotonic() + self.check_interval
+            return
+        # gone while attachments exist: re-create from the journals; back off if that cannot help
+        self.next_check = time.monotonic() + self.backoff
+        self.backoff = min(self.backoff * 2, MAX_CHECK_BACKOFF)
+        pid = self.fork(self.parent_fds)
+        if pid == 0:
+            os._exit(reconcile_child(self.root))
+        self.reconciler = pid
+        self.children.add(pid)
+
+    def accept(self, listener: socket.socket) -> None:
+        try:
+            conn, _ = listener.accept()
+        except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+            return
+        with conn:
+            try:
+                uid = peer_uid(conn)
+            except OSError:
+                return
+            if uid != 0:
+                log(f"refused a caller with uid {uid}: root only")
+                with contextlib.suppress(OSError):
+                    conn.settimeout(0.5)
+                    conn.sendall(frame(json.dumps({"rc": 1, "stdout": "", "stderr": "berth agent: root only\n"})
+                                       .encode()))
+                return
+            pid = self.fork(self.parent_fds)
+            if pid == 0:
+                code = 0
+                try:
+                    serve_connection(conn, self.own_netns)
+                except BaseException:  # never run the parent's loop in a child
+                    code = 1
+                finally:
+                    os._exit(code)
+            self.children.add(pid)
+
+    def run(self) -> int:
+        lock_fd = take_lock(self.path)
+        listener = bind(self.path)
+        listener.setblocking(False)
+        wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.parent_fds = [listener.fileno(), lock_fd, wake_r, wake_w]
+        signal.set_wakeup_fd(wake_w)
+
+        def on_stop(_sig: int, _frame: object) -> None:
+            self.stop = True
+
+        signal.signal(signal.SIGTERM, on_stop)
+        signal.signal(signal.SIGINT, on_stop)
+        signal.signal(signal.SIGCHLD, lambda _s, _f: None)  # only to wake select()
+        ino = os.stat(self.path).st_ino
+        log(f"listening on {self.path} (state {self.root}, rss {rss_mib():.1f} MiB)")
+        try:
+            while not self.stop:
+                self.reap()
+                self.watch_flush()
+                busy = len(self.children) >= self.max_workers
+                watched: list[Any] = [wake_r] if busy else [listener, wake_r]
+                timeout = max(0.0, min(self.next_check - time.monotonic(), 1.0)) if self.check_interval > 0 else 1.0
+                try:
+                    ready, _, _ = select.select(watched, [], [], timeout)
+                except InterruptedError:
+                    continue
+                if wake_r in ready:
+                    with contextlib.suppress(BlockingIOError):
+                        os.read(wake_r, 4096)
+                if listener in ready:
+                    self.accept(listener)
+        finally:
+            with contextlib.suppress(OSError):
+                if os.stat(self.path).st_ino == ino:  # not a newer agent's socket
+                    os.unlink(self.path)
+            listener.close()
+            os.close(lock_fd)
+        log("stopped (in-flight calls finish on their own)")
+        return 0
+
+
+def main(command: str, argv: list[str]) -> int:
+    from cni import state
+
+    parser = argparse.ArgumentParser(
+        prog=f"berth {command}",
+        description="Serve plugin calls with warm imports on a root-only Unix socket. Plugin executables "
+                    "forward to it when it listens and do the work themselves when it does not.",
+        epilog="Env: BERTH_AGENT_SOCKET (socket, both sides; 'off' disables forwarding), BERTH_STATE_DIR "
+               "(journals, for the flush watcher), BERTH_AGENT_TIMEOUT (client's answer deadline, s).",
+    )
+    parser.add_argument("--socket", default=agent_client.socket_path(os.environ),
+                        help=f"Unix socket path (default {agent_client.DEFAULT_SOCKET})")
+    parser.add_argument("--state-dir", default=None, help="journal root (default BERTH_STATE_DIR or "
+                                                          f"{state.DEFAULT_ROOT})")
+    parser.add_argument("--check-interval", type=float, default=DEFAULT_CHECK_INTERVAL,
+                        help="seconds between checks that berth's nft table exists (0: never)")
+    parser.add_argument("--max-workers", type=int, default=DEFAULT_MAX_WORKERS,
+                        help="concurrent calls; more wait in the socket's backlog")
+    args = parser.parse_args(argv)
+    if os.geteuid() != 0:
+        sys.stderr.write("berth agent: must run as root\n")
+        return 1
+    if args.socket.lower() in agent_client.DISABLED or args.max_workers < 1:
+        parser.error("a socket path and --max-workers >= 1 are required")
+    root = args.state_dir or state.state_root()
+    started = time.monotonic()
+    problems = warm_up()
+    for problem in problems:
+        log(f"warm-up: {problem}")
+    log(f"warm in {(time.monotonic() - started) * 1000:.0f} ms")
+    try:
+        prepare_dir(args.socket)
+        return Agent(args.socket, root, args.check_interval, args.max_workers).run()
+    except OSError as exc:
+        sys.stderr.write(f"berth agent: {args.socket}: {exc.strerror or exc}\n")
+        return 1 if exc.errno != errno.EADDRINUSE else 2
