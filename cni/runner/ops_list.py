@@ -74,7 +74,8 @@ def main(command: str, argv: list[str]) -> int:
         description="List every attachment recorded on this node and whether its nftables rules are present.",
         epilog="RULES: ok = chains and elements present; missing/partial = run 'berth reconcile'; "
                "incomplete = an ADD that never finished (its DEL cleans it); n/a = nothing in nftables. "
-               "State is read from BERTH_STATE_DIR (default /var/lib/cni/berth). Exit status 0.",
+               "State is read from BERTH_STATE_DIR (default /var/lib/cni/berth). Exit status 0, or 1 when "
+               "the journals cannot be read.",
     )
     parser.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
     args = parser.parse_args(argv)
@@ -86,7 +87,11 @@ def main(command: str, argv: list[str]) -> int:
     except CNIError as exc:
         sys.stderr.write(f"berth {command}: {exc.msg}: {exc.details}\n")
         table = Table(False)
-    rows = entries(state.state_root(), table, time.time())
+    try:
+        rows = entries(state.state_root(), table, time.time())
+    except CNIError as exc:
+        sys.stderr.write(f"berth {command}: {exc.msg}: {exc.details}\n")
+        return 1
     if args.json:
         sys.stdout.write(json.dumps(rows, indent=1) + "\n")
     else:

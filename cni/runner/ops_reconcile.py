@@ -111,9 +111,13 @@ def _mark_bit(attachments: list[Attachment]) -> int:
 
 def reconcile(root: str, dry_run: bool) -> tuple[Plan, str | None, list[str]]:
     """Plan and (unless dry_run) apply in one transaction: (plan, error, warnings)."""
+    import os
+
     from cni.errors import CNIError
     from portmap import conntrack, nft, ports
 
+    if not os.path.isdir(root):
+        return Plan(), None, []  # no berth state on this node: do not create any
     with ports.locked(root):
         attachments = ops_state.load_attachments(root)
         table = ops_state.snapshot()

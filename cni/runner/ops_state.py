@@ -99,6 +99,15 @@ def _valid_interface(value: str) -> bool:
 
 
 def load_attachments(root: str) -> list[Attachment]:
+    try:
+        return _load(root)
+    except OSError as exc:  # e.g. not root: the state dir is 0700
+        from cni import errors
+
+        raise errors.CNIError(errors.IO_FAILURE, f"cannot read the journals under {root}", str(exc)) from None
+
+
+def _load(root: str) -> list[Attachment]:
     from cni import state
 
     out = []

@@ -220,3 +220,35 @@ def test_hostile_journals_are_skipped(tmp_path: Path) -> None:
     assert atts[0].mappings == [] and atts[0].addresses == []
     ops_list.entries(str(tmp_path), Table(False))
     ops_reconcile.plan(str(tmp_path), atts, Table(False), set())
+
+
+# --- the commands' mains (no kernel: the table snapshot is simulated) -------------------------------
+
+def test_mains_output_and_exit_codes(tmp_path: Path, monkeypatch: Any, capsys: Any) -> None:
+    root, _atts, table = setup(tmp_path)
+    monkeypatch.setenv("BERTH_STATE_DIR", root)
+    monkeypatch.setattr(ops_state, "snapshot", lambda: table)
+    assert ops_list.main("list", ["--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert rows[0]["containerID"] == "c1" and rows[0]["rules"] == "ok"
+    assert ops_list.main("list", []) == 0 and "8080->80/tcp" in capsys.readouterr().out
+    assert ops_explain.main("explain", ["nope", "--json"]) == 1
+    out = json.loads(capsys.readouterr().out)
+    assert out["attachments"] == [] and "no attachment of container" in out["verdict"]
+    assert ops_explain.main("explain", ["7777"]) == 1
+    assert capsys.readouterr().out == "7777: no attachment on this node publishes 7777\n"
+    for main, name in ((ops_list.main, "list"), (ops_explain.main, "explain"), (ops_reconcile.main, "reconcile")):
+        with pytest.raises(SystemExit) as exc:
+            main(name, ["--help"])
+        assert exc.value.code == 0 and f"berth {name}" in capsys.readouterr().out
+
+
+def test_missing_or_unreadable_state(tmp_path: Path, monkeypatch: Any, capsys: Any) -> None:
+    monkeypatch.setenv("BERTH_STATE_DIR", str(tmp_path / "absent"))
+    monkeypatch.setattr(ops_state, "snapshot", lambda: Table(False))
+    assert ops_list.main("list", []) == 0 and capsys.readouterr().out == "no attachments\n"
+    assert ops_reconcile.main("reconcile", ["--dry-run"]) == 0
+    assert "nothing to fix" in capsys.readouterr().out and not (tmp_path / "absent").exists()
+    monkeypatch.setattr(ops_state, "_load", lambda root: (_ for _ in ()).throw(PermissionError(13, "denied")))
+    assert ops_list.main("list", []) == 1
+    assert "cannot read the journals" in capsys.readouterr().err
