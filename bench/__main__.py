@@ -7,6 +7,7 @@ import datetime as dt
 import json
 import os
 import platform
+import shutil
 import signal
 import subprocess
 import sys
@@ -41,6 +42,17 @@ def _newest_source() -> float:
                default=0.0)
 
 
+def _bundle_copy(tmp: Path) -> tuple[Path, str]:
+    """A private copy of dist/berth: a `make bundle` running meanwhile cannot change it mid-run."""
+    copy = tmp / "bundle"
+    if not copy.exists():
+        shutil.copytree(BUNDLE_DIR, copy, symlinks=True)
+    if not (copy / "berth-bridge").exists():
+        raise SystemExit(f"{BUNDLE_DIR} is incomplete (being rebuilt?): try again")
+    built = dt.datetime.fromtimestamp((BUNDLE_DIR / "berth").stat().st_mtime).isoformat(timespec="seconds")
+    return copy, f"PyInstaller bundle {BUNDLE_DIR} (built {built}; benched from a private copy)"
+
+
 def berth_dir(kind: str, tmp: Path) -> tuple[Path, str]:
     """Where berth's executables come from, and a sentence saying so for the report."""
     venv = (ensure_links(VENV_ENTRY, tmp / "bin", BERTH_NAMES), f"links to the venv entry point {VENV_ENTRY}")
@@ -50,13 +62,13 @@ def berth_dir(kind: str, tmp: Path) -> tuple[Path, str]:
     if kind == "berth-bundle":
         if not bundle_ok:
             raise SystemExit(f"no bundle in {BUNDLE_DIR}: run 'make bundle'")
-        return BUNDLE_DIR, f"PyInstaller bundle {BUNDLE_DIR}"
+        return _bundle_copy(tmp)
     given = os.environ.get("BERTH_BIN_DIR")
     if given:
         return Path(given).resolve(), f"BERTH_BIN_DIR={given}"
     if bundle_ok:
         if (BUNDLE_DIR / "berth").stat().st_mtime >= _newest_source():
-            return BUNDLE_DIR, f"PyInstaller bundle {BUNDLE_DIR}"
+            return _bundle_copy(tmp)
         path, text = venv
         return path, text + f" ({BUNDLE_DIR} is older than the sources: run 'make bundle' to bench it)"
     return venv
