@@ -1,0 +1,304 @@
+"""The agent's wire format and the thin client's rules, without root or a kernel.
+
+A fake agent (a thread on a Unix socket in tmp_path) answers, refuses, hangs or
+hangs up, and the client must print the answer, fall back only when nothing
+was sent (or the agent says it did nothing), and answer code 11 otherwise.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cni import agent, agent_client
+from cni.agent_client import frame, recv_frame
+
+ROOT = Path(__file__).resolve().parents[2]
+CONF = b'{"cniVersion": "1.0.0", "name": "net1", "type": "berth-bridge"}'
+ENV = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c1", "CNI_IFNAME": "eth0", "CNI_NETNS": "/run/netns/x",
+       "CNI_PATH": "/opt/cni/bin", "BERTH_STATE_DIR": "/tmp/s", "PATH": "/usr/bin", "HOME": "/root",
+       "SECRET_TOKEN": "x"}
+
+
+class FakeAgent:
+    """Accepts one connection at a time and lets `behave(conn)` answer it."""
+
+    def __init__(self, path: Path, behave: Callable[[socket.socket], None]) -> None:
+        self.path = str(path)
+        self.behave = behave
+        self.requests: list[tuple[dict[str, Any], bytes]] = []
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(self.path)
+        self.sock.listen(8)
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+        self.thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                try:
+                    self.behave(conn)
+                except OSError:
+                    pass
+
+    def read_request(self, conn: socket.socket) -> tuple[dict[str, Any], bytes]:
+        header = json.loads(recv_frame(conn, agent_client.MAX_HEADER_BYTES))
+        data = recv_frame(conn, 1 << 23)
+        self.requests.append((header, data))
+        return header, data
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def fake(tmp_path: Path) -> Iterator[Callable[[Callable[[FakeAgent, socket.socket], None]], FakeAgent]]:
+    made: list[FakeAgent] = []
+
+    def make(behave: Callable[[FakeAgent, socket.socket], None]) -> FakeAgent:
+        holder: list[FakeAgent] = []
+        fa = FakeAgent(tmp_path / "agent.sock", lambda conn: behave(holder[0], conn))
+        holder.append(fa)
+        made.append(fa)
+        return fa
+
+    yield make
+    for fa in made:
+        fa.close()
+
+
+def call(path: str, env: dict[str, str] | None = None, data: bytes = CONF) -> tuple[int | None, bytes | None, str,
+                                                                                     str]:
+    out, err = io.StringIO(), io.StringIO()
+    rc, left = agent_client.forward("berth-bridge", {**ENV, **(env or {}), "BERTH_AGENT_SOCKET": path},
+                                    io.BytesIO(data), out, err, "/opt/cni/bin/berth")
+    return rc, left, out.getvalue(), err.getvalue()
+
+
+# --- no agent: run in-process, stdin untouched --------------------------------------
+
+def test_no_socket_file_falls_back_without_reading_stdin(tmp_path: Path) -> None:
+    stdin = io.BytesIO(CONF)
+    rc, left = agent_client.forward("berth-bridge", {**ENV, "BERTH_AGENT_SOCKET": str(tmp_path / "none")}, stdin,
+                                    io.StringIO(), io.StringIO(), "/x")
+    assert (rc, left) == (None, None)
+    assert stdin.tell() == 0
+
+
+def test_stale_socket_file_is_connection_refused_and_falls_back(tmp_path: Path) -> None:
+    path = tmp_path / "stale.sock"
+    dead = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    dead.bind(str(path))
+    dead.close()  # the file stays, nobody listens: what kill -9 of an agent leaves
+    assert path.exists()
+    assert call(str(path))[:2] == (None, None)
+
+
+@pytest.mark.parametrize("value", ["off", "none", "OFF", "0"])
+def test_forwarding_can_be_switched_off(value: str) -> None:
+    assert call(value)[:2] == (None, None)
+
+
+def test_default_socket_path() -> None:
+    assert agent_client.socket_path({}) == "/run/berth/agent.sock"
+    assert agent_client.socket_path({"BERTH_AGENT_SOCKET": "/x/y"}) == "/x/y"
+
+
+# --- an agent answers ------------------------------------------------------------
+
+def test_answer_is_printed_and_only_cni_berth_path_env_is_sent(fake: Any) -> None:
+    def behave(fa: FakeAgent, conn: socket.socket) -> None:
+        fa.read_request(conn)
+        conn.sendall(frame(json.dumps({"rc": 0, "stdout": '{"cniVersion": "1.0.0"}\n', "stderr": "note\n"})
+                           .encode()))
+
+    fa = fake(behave)
+    rc, left, out, err = call(fa.path)
+    assert (rc, left, out, err) == (0, None, '{"cniVersion": "1.0.0"}\n', "note\n")
+    header, data = fa.requests[0]
+    assert data == CONF
+    assert header["v"] == agent_client.PROTOCOL and header["plugin"] == "berth-bridge"
+    assert header["self"] == "/opt/cni/bin/berth"
+    assert header["netns"] == agent_client.netns_id()
+    assert set(header["environ"]) == {"CNI_COMMAND", "CNI_CONTAINERID", "CNI_IFNAME", "CNI_NETNS", "CNI_PATH",
+                                      "BERTH_STATE_DIR", "PATH", "BERTH_AGENT_SOCKET"}
+
+
+def test_error_answer_keeps_its_rc(fake: Any) -> None:
+    body = json.dumps({"cniVersion": "1.0.0", "code": 7, "msg": "bad"}) + "\n"
+
+    def behave(fa: FakeAgent, conn: socket.socket) -> None:
+        fa.read_request(conn)
+        conn.sendall(frame(json.dumps({"rc": 1, "stdout": body, "stderr": ""}).encode()))
+
+    rc, _left, out, _err = call(fake(behave).path)
+    assert rc == 1 and out == body
+
+
+def test_fallback_answer_hands_back_the_stdin_read(fake: Any) -> None:
+    def behave(fa: FakeAgent, conn: socket.socket) -> None:
+        fa.read_request(conn)
+        conn.sendall(frame(json.dumps({"fallback": "another netns"}).encode()))
+
+    rc, left, out, _err = call(fake(behave).path)
+    assert (rc, left, out) == (None, CONF, "")
+
+
+# --- sent, then trouble: never redo, answer 11 ------------------------------------------
+
+def _assert_try_again(rc: int | None, left: bytes | None, out: str) -> dict[str, Any]:
+    assert rc == 1 and left is None
+    err = json.loads(out)
+    assert err["code"] == 11 and err["cniVersion"] == "1.0.0"  # the config's version
+    return err
+
+
+def test_agent_hangs_up_after_request_is_code_11(fake: Any) -> None:
+    def behave(fa: FakeAgent, conn: socket.socket) -> None:
+        fa.read_request(conn)  # ... and close without an answer (a crashed child)
+
+    rc, left, out, _err = call(fake(behave).path)
+    _assert_try_again(rc, left, out)
+
+
+def test_timeout_after_request_is_code_11(fake: Any) -> None:
+    release = threading.Event()
+
+    def behave(fa: FakeAgent, conn: socket.socket) -> None:
+        fa.read_request(conn)
+        release.wait(5)
+
+    fa = fake(behave)
+    rc, left, out, _err = call(fa.path, {"BERTH_AGENT_TIMEOUT": "0.3"})
+    release.set()
+    assert "timed out" in _assert_try_again(rc, left, out)["msg"]
+
+
+@pytest.mark.parametrize("answer", [b"not json", b"[1, 2]", b'{"rc": "0", "stdout": "", "stderr": ""}',
+                                    b'{"stdout": ""}', b"[" * 100000])
+def test_broken_answer_is_code_11(fake: Any, answer: bytes) -> None:
+    def behave(fa: FakeAgent, conn: socket.socket) -> None:
+        fa.read_request(conn)
+        conn.sendall(frame(answer))
+
+    rc, left, out, _err = call(fake(behave).path)
+    _assert_try_again(rc, left, out)
+
+
+def test_oversized_answer_is_code_11(fake: Any) -> None:
+    def behave(fa: FakeAgent, conn: socket.socket) -> None:
+        fa.read_request(conn)
+        conn.sendall((agent_client.MAX_ANSWER_BYTES + 1).to_bytes(4, "big"))
+
+    rc, left, out, _err = call(fake(behave).path)
+    _assert_try_again(rc, left, out)
+
+
+def test_stdin_is_forwarded_up_to_the_limit_plus_one(fake: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(agent_client, "MAX_STDIN_BYTES", 10)
+
+    def behave(fa: FakeAgent, conn: socket.socket) -> None:
+        fa.read_request(conn)
+        conn.sendall(frame(b'{"rc": 0, "stdout": "", "stderr": ""}'))
+
+    fa = fake(behave)
+    call(fa.path, data=b"x" * 100)
+    assert fa.requests[0][1] == b"x" * 11  # skel then refuses it as too large, as in-process
+
+
+# --- the server's request parsing --------------------------------------------------
+
+def _header(**changes: Any) -> bytes:
+    base: dict[str, Any] = {"v": 1, "plugin": "berth-bridge", "environ": dict(ENV), "self": "/x", "netns": [1, 2]}
+    base.update(changes)
+    return json.dumps(base).encode()
+
+
+def test_parse_request_keeps_only_forwarded_env() -> None:
+    req = agent.parse_request(_header())
+    assert "HOME" not in req["environ"] and "SECRET_TOKEN" not in req["environ"]
+    assert req["environ"]["CNI_COMMAND"] == "ADD" and req["netns"] == [1, 2]
+
+
+def test_parse_request_other_protocol_is_a_fallback() -> None:
+    assert "fallback" in agent.parse_request(_header(v=2))
+
+
+@pytest.mark.parametrize("raw", [
+    b"", b"\xff\xfe", b"null", b"[]", b"[" * 50000,
+    _header(plugin=5), _header(environ=[]), _header(environ={"CNI_COMMAND": 1}),
+    _header(environ={"CNI_ARGS": "a\0b"}), _header(environ={"A=B": "x"}), _header(netns="x"),
+    _header(netns=[1, "2"]), _header(self=None), _header(environ={f"CNI_{i}": "x" for i in range(300)}),
+])
+def test_parse_request_rejects_garbage(raw: bytes) -> None:
+    with pytest.raises(agent.BadRequest):
+        agent.parse_request(raw)
+
+
+def test_recv_frame_limits_and_early_close() -> None:
+    a, b = socket.socketpair()
+    with a, b:
+        a.sendall((1000).to_bytes(4, "big"))
+        with pytest.raises(ValueError):
+            recv_frame(b, 999)
+    a, b = socket.socketpair()
+    with a, b:
+        a.sendall((10).to_bytes(4, "big") + b"abc")
+        a.close()
+        with pytest.raises(EOFError):
+            recv_frame(b, 100)
+
+
+def test_outcome_and_describe() -> None:
+    assert agent.outcome({"rc": 0}) == "ok"
+    assert agent.outcome({"rc": 1, "stdout": '{"code": 7}'}) == "error 7"
+    assert agent.outcome({"rc": 1, "stdout": "garbage"}) == "rc 1"
+    assert agent.outcome({"fallback": "x"}).startswith("fallback")
+    line = agent.describe({"plugin": "berth-portmap", "environ": ENV}, CONF)
+    assert line == "ADD berth-portmap container=c1 network=net1 ifname=eth0"
+
+
+def test_journals_exist(tmp_path: Path) -> None:
+    assert not agent.journals_exist(str(tmp_path / "missing"))
+    (tmp_path / "net1").mkdir()
+    (tmp_path / "net1" / "journal.lock").write_text("")
+    assert not agent.journals_exist(str(tmp_path))
+    (tmp_path / "net1" / "c1-eth0.json").write_text("{}")
+    assert agent.journals_exist(str(tmp_path))
+
+
+# --- the thin path stays thin ----------------------------------------------------------
+
+HEAVY = ("pyroute2", "nftables", "asyncio", "cni.bridge", "ipam", "portmap", "cni.netlink", "cni.state",
+         "cni.invoke", "cni.agent", "dataclasses", "typing", "struct", "subprocess")
+
+
+def test_forwarding_plugin_imports_nothing_heavy(fake: Any, tmp_path: Path) -> None:
+    def behave(fa: FakeAgent, conn: socket.socket) -> None:
+        fa.read_request(conn)
+        conn.sendall(frame(b'{"rc": 0, "stdout": "{}\\n", "stderr": ""}'))
+
+    fa = fake(behave)
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "cni", "plugin", "berth-bridge"], input=CONF,
+        capture_output=True, env={**ENV, "BERTH_AGENT_SOCKET": fa.path, "PYTHONPATH": str(ROOT)}, cwd=str(ROOT),
+        timeout=60, check=False,
+    )
+    assert proc.returncode == 0 and proc.stdout == b"{}\n", proc.stderr[-2000:]
+    modules = [line.split("|")[-1].strip() for line in proc.stderr.decode().splitlines() if "import time:" in line]
+    heavy = sorted({m for m in modules if m.split(".")[0] in HEAVY or m in HEAVY})
+    assert not heavy, heavy
+    assert "cni.agent_client" in modules and "json" in modules
