@@ -1,0 +1,306 @@
+"""The node agent on the real kernel.
+
+The parametrized tests run the same calls twice: through `berth agent` (started
+inside the test's node namespace, on a socket of the test's own) and standalone
+(BERTH_AGENT_SOCKET names a socket nobody listens on), so the two paths cannot
+drift. The agent-only tests cover what only the agent has: kill -9, restart on a
+stale socket, hostile requests, a non-root peer, a caller in another netns,
+and re-creating the nft table after a flush.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import socket
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cni.agent_client import frame, recv_frame
+from tests import harness
+from tests.netns.portmap_helpers import Pod
+
+NODE4, OUTSIDE4 = harness.Topology.NODE_V4, harness.Topology.OUTSIDE_V4
+
+
+class AgentProc:
+    """`berth agent` running inside the node namespace; its log is a file."""
+
+    def __init__(self, node: harness.Node, tmp: Path) -> None:
+        self.node = node
+        self.sock = tmp / "agent" / "agent.sock"
+        self.logpath = tmp / "agent.log"
+        self.proc: subprocess.Popen[str] | None = None
+
+    def start(self, *extra: str) -> AgentProc:
+        starts = self.log().count("listening on")
+        with open(self.logpath, "a") as log:
+            self.proc = self.node.popen([str(self.node.bin_dir / "berth"), "agent", "--socket", str(self.sock), *extra],
+                                        env=self.node.env(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                        stderr=log)
+        assert harness.wait_for(lambda: self.log().count("listening on") > starts, timeout=30), self.log()
+        return self
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def log(self) -> str:
+        return self.logpath.read_text() if self.logpath.exists() else ""
+
+    def served(self, verb: str, container: str) -> int:
+        return sum(1 for line in self.log().splitlines() if f" {verb} " in line and f"container={container} " in line)
+
+
+def use_socket(node: harness.Node, monkeypatch: pytest.MonkeyPatch, sock: Path) -> None:
+    """Every plugin call of this test names `sock` as its agent."""
+    original = node.env
+    monkeypatch.setattr(node, "env", lambda **extra: {**original(**extra), "BERTH_AGENT_SOCKET": str(sock)})
+
+
+@pytest.fixture(params=["agent", "standalone"])
+def mode(request: pytest.FixtureRequest, topo: harness.Topology, tmp_path: Path,
+         monkeypatch: pytest.MonkeyPatch) -> Iterator[AgentProc | None]:
+    if request.param == "standalone":
+        use_socket(topo.node, monkeypatch, tmp_path / "nobody-listens.sock")
+        yield None
+        return
+    agent = AgentProc(topo.node, tmp_path).start("--check-interval", "0")
+    use_socket(topo.node, monkeypatch, agent.sock)
+    try:
+        yield agent
+        assert agent.alive(), agent.log()
+        assert "fallback" not in agent.log() and "bad request" not in agent.log(), agent.log()
+    finally:
+        agent.kill()
+
+
+@pytest.fixture
+def agent(topo: harness.Topology, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[AgentProc]:
+    proc = AgentProc(topo.node, tmp_path).start("--check-interval", "0.3")
+    use_socket(topo.node, monkeypatch, proc.sock)
+    try:
+        yield proc
+    finally:
+        proc.kill()
+
+
+def journals(node: harness.Node) -> list[Path]:
+    return sorted(node.state_dir.glob("*/*.json"))
+
+
+def leases(node: harness.Node, network: str = "pmnet") -> list[Path]:
+    return sorted(p for p in (node.data_dir / network).glob("*") if p.name[0].isdigit())
+
+
+def bridge_check(pod: Pod) -> harness.PluginResult:
+    conf = {**copy.deepcopy(pod.bridge_conf), "prevResult": copy.deepcopy(pod.result)}
+    return pod.node.plugin("berth-bridge", "CHECK", conf, container_id=pod.cid, netns=pod.netns.path)
+
+
+# --- both modes ----------------------------------------------------------------------
+
+def test_chain_add_traffic_check_del_idempotent(topo: harness.Topology, mode: AgentProc | None) -> None:
+    node = topo.node
+    pod = Pod(topo, "c1", [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}])
+    result = pod.add().ok()
+    assert result["ips"][0]["address"] == "10.88.0.2/24"
+    assert [i["name"] for i in result["interfaces"]][2] == "eth0"
+    with pod.netns.server(80, "tcp", banner="web"):
+        assert topo.outside.connect(NODE4, 8080) == f"web {OUTSIDE4}"
+    bridge_check(pod).ok()
+    pod.portmap("CHECK").ok()
+    assert len(journals(node)) == 1 and len(leases(node)) == 1
+    pod.delete()
+    # containerd's second DEL: empty netns, no prevResult; then once more
+    pod.result = None
+    for _ in range(2):
+        pod.portmap("DEL", mappings=[], netns="").ok()
+        node.plugin("berth-bridge", "DEL", pod.bridge_conf, container_id="c1", netns="").ok()
+    assert "CNI-DN-" not in node.nft_text()
+    assert journals(node) == [] and leases(node) == []
+    assert pod.netns.links() == ["lo"]
+    if mode is not None:
+        assert mode.served("ADD", "c1") == 2 and mode.served("DEL", "c1") == 6 and mode.served("CHECK", "c1") == 2
+
+
+def test_bad_input_is_the_same_error_and_changes_nothing(topo: harness.Topology, mode: AgentProc | None) -> None:
+    node = topo.node
+    netns = topo.container()
+    conf = harness.bridge_conf("badnet", "10.88.0.0/33")
+    conf["ipam"]["dataDir"] = str(node.data_dir)
+    res = node.plugin("berth-bridge", "ADD", conf, container_id="c1", netns=netns.path)
+    assert res.rc != 0 and res.json["code"] == 7 and res.json["cniVersion"] == "1.0.0", res
+    res = node.plugin("berth-bridge", "ADD", harness.bridge_conf(), container_id="", netns=netns.path)
+    assert res.rc != 0 and res.json["code"] == 4, res
+    res = node.plugin("berth-bridge", "ADD", b"{not json", container_id="c1", netns=netns.path)
+    assert res.rc != 0 and res.json["code"] == 6, res
+    assert netns.links() == ["lo"] and journals(node) == []
+    assert "bt0" not in node.links()
+    if mode is not None:
+        assert mode.served("ADD", "c1") == 2 and mode.log().count("error 7") == 1
+
+
+def test_concurrent_adds_get_distinct_addresses(topo: harness.Topology, mode: AgentProc | None) -> None:
+    node = topo.node
+    conf = harness.bridge_conf("cc", "10.89.0.0/24")
+    conf["ipam"]["dataDir"] = str(node.data_dir)
+    pods = [(f"cc{i}", topo.container()) for i in range(6)]
+    results: dict[str, harness.PluginResult] = {}
+
+    def add(cid: str, netns: harness.Netns) -> None:
+        results[cid] = node.plugin("berth-bridge", "ADD", conf, container_id=cid, netns=netns.path)
+
+    threads = [threading.Thread(target=add, args=pod) for pod in pods]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    addresses = {results[cid].ok()["ips"][0]["address"] for cid, _ in pods}
+    assert len(addresses) == len(pods)
+    for cid, netns in pods:
+        node.plugin("berth-bridge", "DEL", conf, container_id=cid, netns=netns.path).ok()
+    assert journals(node) == [] and leases(node, "cc") == []
+
+
+# --- agent only ----------------------------------------------------------------------
+
+def test_kill_9_then_calls_fall_back_and_a_restart_serves_again(topo: harness.Topology, agent: AgentProc) -> None:
+    node = topo.node
+    pod = Pod(topo, "k1", [{"hostPort": 8081, "containerPort": 80}])
+    pod.add().ok()
+    assert agent.served("ADD", "k1") == 2
+    agent.kill()
+    assert agent.sock.exists()  # stale: connection refused -> in-process
+    with pod.netns.server(80, "tcp", banner="web"):
+        assert topo.outside.connect(NODE4, 8081) == f"web {OUTSIDE4}"  # nothing was lost
+    pod.delete()
+    assert agent.served("DEL", "k1") == 0 and journals(node) == []
+    pod2 = Pod(topo, "k2", [{"hostPort": 8082, "containerPort": 80}])
+    pod2.add().ok()
+    agent.start("--check-interval", "0")  # over the stale socket file
+    pod2.delete()
+    assert agent.served("ADD", "k2") == 0 and agent.served("DEL", "k2") == 2
+    assert "CNI-DN-" not in node.nft_text() and journals(node) == []
+
+
+def _raw(sock: Path, payload: bytes, close_write: bool = True) -> bytes:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        conn.settimeout(15)
+        conn.connect(str(sock))
+        conn.sendall(payload)
+        if close_write:
+            conn.shutdown(socket.SHUT_WR)
+        chunks = []
+        try:
+            while chunk := conn.recv(65536):
+                chunks.append(chunk)
+        except ConnectionResetError:  # closed with our bytes unread: no answer either
+            pass
+        return b"".join(chunks)
+
+
+def test_hostile_requests_do_not_kill_it(topo: harness.Topology, agent: AgentProc) -> None:
+    header = {"v": 1, "plugin": "berth-bridge", "self": "", "netns": [0, 0],
+              "environ": {"CNI_COMMAND": "DEL", "CNI_CONTAINERID": "h1", "CNI_IFNAME": "eth0", "CNI_PATH": "/x"}}
+    hostile = [
+        b"", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", b"\xff\xff\xff\xff", (2**31).to_bytes(4, "big") + b"x" * 100,
+        frame(b"not json") + frame(b""), frame(b"[" * 200000) + frame(b""), frame(b"\xff\xfe") + frame(b""),
+        frame(json.dumps({**header, "environ": {"CNI_COMMAND": 5}}).encode()) + frame(b""),
+        frame(json.dumps(header).encode()) + (10**6).to_bytes(4, "big") + b"short",
+        frame(json.dumps(header).encode()),  # no stdin frame: early close
+    ]
+    for payload in hostile:
+        assert _raw(agent.sock, payload) == b""  # closed without an answer, nothing done
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:  # connects, sends nothing, goes away
+        conn.connect(str(agent.sock))
+    # a caller claiming another netns is told to do it itself
+    answer = json.loads(recv_frame_from(agent.sock, frame(json.dumps(header).encode()) + frame(b"{}")))
+    assert "fallback" in answer
+    # a made-up plugin name in the agent's own netns: a CNI error, not a crash or a file access
+    own = json.loads(topo.node.exec([harness.SYSTEM_PYTHON, "-c", "import os,json;s=os.stat('/proc/self/ns/net');"
+                                     "print(json.dumps([s.st_dev,s.st_ino]))"]).stdout)
+    conf = json.dumps(harness.bridge_conf()).encode()
+    answer = json.loads(recv_frame_from(agent.sock, frame(json.dumps(
+        {**header, "netns": own, "plugin": "../../etc/passwd"}).encode()) + frame(conf)))
+    assert answer["rc"] == 1 and json.loads(answer["stdout"])["code"] == 100
+    assert agent.alive()
+    pod = Pod(topo, "h2", [{"hostPort": 8083, "containerPort": 80}])
+    pod.add().ok()
+    pod.delete()
+    assert agent.alive() and agent.served("ADD", "h2") == 2
+    assert agent.log().count("bad request") >= 8, agent.log()
+
+
+def recv_frame_from(sock: Path, payload: bytes) -> bytes:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        conn.settimeout(15)
+        conn.connect(str(sock))
+        conn.sendall(payload)
+        return recv_frame(conn, 1 << 20)
+
+
+def test_non_root_peer_is_refused(topo: harness.Topology, agent: AgentProc) -> None:
+    # let uid 65534 reach the socket at all, so SO_PEERCRED is what refuses it
+    os.chmod(agent.sock.parent, 0o755)
+    os.chmod(agent.sock, 0o666)
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        code = 1
+        try:
+            os.close(read_fd)
+            os.chdir(agent.sock.parent)
+            os.setgid(65534)
+            os.setuid(65534)
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+                conn.settimeout(10)
+                conn.connect(agent.sock.name)
+                conn.sendall(frame(b'{"v": 1}') + frame(b"{}"))
+                os.write(write_fd, recv_frame(conn, 1 << 20))
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_fd)
+    with os.fdopen(read_fd, "rb") as reader:
+        answer = reader.read()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert json.loads(answer)["rc"] == 1 and "root only" in json.loads(answer)["stderr"]
+    assert "refused a caller with uid 65534" in agent.log()
+    assert agent.alive()
+
+
+def test_caller_in_another_netns_runs_in_process(topo: harness.Topology, agent: AgentProc) -> None:
+    env = {**topo.node.env(), "CNI_COMMAND": "DEL", "CNI_CONTAINERID": "o1", "CNI_IFNAME": "eth0", "CNI_NETNS": "",
+           "CNI_PATH": topo.node.cni_path}
+    conf = json.dumps(harness.bridge_conf("othernet")).encode()
+    proc = subprocess.run([str(topo.node.bin_dir / "berth-bridge")], input=conf, capture_output=True, env=env,
+                          preexec_fn=lambda: harness.setns_net(topo.outside.path), timeout=60, check=False)
+    assert proc.returncode == 0, proc
+    assert "DEL berth-bridge container=o1" in agent.log() and "fallback (caller is in another network" in agent.log()
+
+
+def test_flush_is_repaired_from_the_journals(topo: harness.Topology, agent: AgentProc) -> None:
+    pytest.importorskip("cni.runner.ops_reconcile")
+    node = topo.node
+    pod = Pod(topo, "f1", [{"hostPort": 8084, "containerPort": 80}])
+    pod.add().ok()
+    node.exec(["nft", "flush", "ruleset"])
+    assert node.nft_table() is None
+    assert harness.wait_for(lambda: "CNI-DN-" in node.nft_text(), timeout=15), agent.log()
+    assert "reconcile after a flush" in agent.log()
+    with pod.netns.server(80, "tcp", banner="web"):
+        assert topo.outside.connect(NODE4, 8084) == f"web {OUTSIDE4}"
+    pod.delete()
+    assert harness.wait_for(lambda: agent.log().count("reconcile") == 1, timeout=1)  # nothing to do after DEL
+    assert agent.alive()
