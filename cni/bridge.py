@@ -188,12 +188,12 @@ def _add(
         result["ips"] = ipam_result.get("ips", [])
         result["routes"] = ipam_result.get("routes", []) or []
         result["dns"] = ipam_result.get("dns", {}) or {}
-        # intent, before any kernel change: a DEL after a crash knows the addresses,
-        # and masq.teardown can find map elements keyed by them
         record["ips"] = [ip["address"] for ip in result["ips"]]
         if conf.ip_masq:
+            # intent before the nft change: after a crash, masq.teardown finds the
+            # map elements by these addresses (IPAM itself is released by container ID)
             record["masq"] = {"addresses": [str(ipaddress.ip_interface(a).ip) for a in record["ips"]]}
-        journal.put(SECTION, record)
+            journal.put(SECTION, record)
         _step_done("ipam", env)
     bridge_gws, routes = plan_l3(result, conf) if conf.layer3 else ([], [])
 
