@@ -238,3 +238,19 @@ def test_vlan_port_or_clean_refusal(topo: harness.Topology) -> None:
         assert res.json["code"] == 105 and "vlan" in res.json["msg"], res.stdout
         assert ns.links() == ["lo"]
     assert_clean(node)
+
+
+def test_proc_pid_netns_path(topo: harness.Topology) -> None:
+    """Runtimes also pass /proc/<pid>/ns/net (podman, ctr): it works like a bound netns."""
+    node, ns = topo.node, topo.container()
+    holder = ns.popen(["sleep", "60"])
+    try:
+        path = f"/proc/{holder.pid}/ns/net"
+        c = conf(node)
+        result = node.plugin("berth-bridge", "ADD", c, container_id="c1", netns=path).ok()
+        assert result["interfaces"][2]["sandbox"] == path and "eth0" in ns.links()
+        delete(node, c, netns=path)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert_clean(node)
