@@ -158,6 +158,17 @@ def list_table() -> list[dict[str, Any]] | None:
     return backend().list_table()
 
 
+def list_foreign(family: str, table: str) -> list[dict[str, Any]] | None:
+    """Read-only listing of a table berth does not own (operator tools explain
+    what e.g. iptables-nft's FORWARD does); None when it does not exist. Never
+    used to change anything: berth writes only its own table."""
+    cmd = {"list": {"table": {"family": family, "name": table}}}
+    rc, out, _err = _nft().json_cmd(wrap([cmd]))
+    if rc != 0:
+        return None
+    return [o for o in (out or {}).get("nftables", []) if "metainfo" not in o]
+
+
 def table_names(objects: list[dict[str, Any]] | None) -> tuple[set[str], dict[str, list[Any]]]:
     """(chain names, map/set name -> elements) from list_table()'s objects."""
     chains: set[str] = set()

@@ -128,13 +128,9 @@ def foreign_forward() -> tuple[list[dict[str, Any]], str | None]:
     policy and verdict counts; ([], None) when the table does not exist."""
     from portmap import nft
 
-    # nft.py has no public helper for a table that is not berth's: use its handle,
-    # read-only (a `list` command), and only for this one well-known table
-    handle = nft._nft()
-    rc, out, _err = handle.json_cmd(nft.wrap([{"list": {"table": {"family": "ip", "name": "filter"}}}]))
-    if rc != 0:
+    objects = nft.list_foreign("ip", "filter")  # read-only, this one well-known table
+    if objects is None:
         return [], None
-    objects = [o for o in (out or {}).get("nftables", []) if "metainfo" not in o]
     chains = []
     for obj in objects:
         chain = obj.get("chain")
