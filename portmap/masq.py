@@ -15,9 +15,9 @@ import ipaddress
 from collections.abc import Mapping as MappingT
 from typing import Any
 
-from cni import errors
+from cni import errors, state
 from cni.errors import CNIError
-from portmap import layout, nft
+from portmap import layout, nft, ports
 
 
 def _cidrs(addresses: list[str]) -> list[str]:
@@ -37,18 +37,45 @@ def setup(network: str, container_id: str, ifname: str, bridge: str, addresses: 
     cidrs = _cidrs(addresses)
     chain = layout.masq_chain_name(network, container_id, ifname)
     note = layout.comment(network, container_id, ifname)
-    nft.apply(layout.masq_add(chain, cidrs, bridge or None, note=note))
+    # the node-wide lock `berth reconcile` takes: it must not see half a change
+    with ports.locked(state.state_root(environ)):
+        nft.apply(layout.masq_add(chain, cidrs, bridge or None, note=note))
     return {"chain": chain, "addresses": [str(ipaddress.ip_interface(c).ip) for c in cidrs], "bridge": bridge}
 
 
 def teardown(journal_masq: dict[str, Any] | None, network: str, container_id: str, ifname: str,
              environ: MappingT[str, str] | None = None) -> None:
     """Remove this attachment's chain and elements; idempotent. Without journal
-    data only the chain (its name is derived) can be found."""
+    data the chain name is derived and the elements are those of masq-v4/-v6
+    whose verdict jumps to it (a listing of berth's own table)."""
     data = journal_masq or {}
     chain = str(data.get("chain") or layout.masq_chain_name(network, container_id, ifname))
     addresses = [str(a) for a in data.get("addresses") or []]
-    elements = layout.masq_elements(chain, addresses)
+    with ports.locked(state.state_root(environ)):
+        if addresses:
+            _teardown(chain, layout.masq_elements(chain, addresses))
+        else:
+            found = jumping_to(chain, (layout.MASQ_V4_MAP, layout.MASQ_V6_MAP))
+            if found is not None:  # no table: nothing of ours can exist
+                _teardown(chain, found)
+
+
+def jumping_to(chain: str, maps: tuple[str, ...]) -> dict[str, list[Any]] | None:
+    """Elements of our verdict maps `maps` whose verdict is `jump chain`; None
+    when berth's table does not exist."""
+    objects = nft.list_table()
+    if objects is None:
+        return None
+    _chains, elements = nft.table_names(objects)
+    out: dict[str, list[Any]] = {}
+    for name in maps:
+        for elem in elements.get(name, []):
+            if isinstance(elem, list) and len(elem) == 2 and elem[1] == layout.jump(chain):
+                out.setdefault(name, []).append(elem)
+    return out
+
+
+def _teardown(chain: str, elements: dict[str, list[Any]]) -> None:
     try:
         nft.apply(layout.portmap_del(chain, elements))
     except CNIError:

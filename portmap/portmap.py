@@ -3,7 +3,10 @@
 ADD is one libnftables transaction (base layout + the attachment's CNI-DN chain
 + its verdict-map elements) under the node-wide ports lock, recorded in the
 journal section "portmap" before it commits; DEL, CHECK and GC work from that
-journal alone, never from the runtime's (possibly absent) portMappings.
+journal (a DEL that finds no journal derives the chain name and removes what
+jumps to it). Test-only hooks, as cni/bridge.py's: BERTH_TEST_KILL_AFTER=<step>
+SIGKILLs the process and BERTH_TEST_FAIL_AFTER=<step> raises after <step>, one of
+    portmap-journal (intent written), portmap-nft (transaction committed)
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import signal
 import sys
 from typing import Any
 
@@ -27,6 +31,14 @@ MAX_RANGE = 1024
 LAST_WINS = "last-wins"
 _PORT_RE = re.compile(r"^(\d{1,5})(?:-(\d{1,5}))?$")
 _CHAIN_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-]{0,63}$")
+STEPS = ("portmap-journal", "portmap-nft")
+
+
+def _step_done(step: str, environ: Any) -> None:
+    if environ.get("BERTH_TEST_KILL_AFTER") == step:
+        os.kill(os.getpid(), signal.SIGKILL)
+    if environ.get("BERTH_TEST_FAIL_AFTER") == step:
+        raise CNIError(errors.INTERNAL, f"test failure injected after step {step!r}")
 
 
 # --- configuration -------------------------------------------------------------
@@ -260,8 +272,16 @@ def cmd_add(args: CmdArgs) -> Result:
         prior = journal.section(SECTION)
         takeovers = ports.check(root, me, conf.mappings, conf.last_wins)
         record = {"chain": chain, "addresses": addresses, "bridge": bridge, "state": "adding",
-                  "mappings": [m.to_json() for m in conf.mappings], "snat": conf.snat}
+                  "mappings": [m.to_json() for m in conf.mappings], "snat": conf.snat,
+                  # what `berth reconcile` needs to rebuild the mark chains as this ADD did
+                  "markMasqBit": conf.mark_bit, "masqAll": conf.masq_all,
+                  "externalSetMarkChain": conf.external_setmark}
         journal.put(SECTION, record)
+        try:
+            _step_done("portmap-journal", args.environ)
+        except CNIError:
+            _restore_journal(journal, prior)
+            raise
         cmds = layout.base_layout(conf.external_setmark) + layout.mark_layout(conf.mark_bit)
         # a re-ADD of this attachment: drop its old elements first
         if prior:
@@ -280,6 +300,7 @@ def cmd_add(args: CmdArgs) -> Result:
             _restore_journal(journal, prior)
             raise
         try:
+            _step_done("portmap-nft", args.environ)
             if prior:
                 ports.release(root, me, [Mapping.from_json(m) for m in prior.get("mappings") or []])
             ports.write(root, me, chain, conf.mappings)
@@ -357,10 +378,34 @@ def remove_attachment(root: str, journal: state.Journal) -> None:
 
 def cmd_del(args: CmdArgs) -> None:
     journal = _journal(args)
-    if not os.path.exists(journal.path):
-        return None  # nothing was set up (no mappings, or already deleted)
-    remove_attachment(state.state_root(args.environ), journal)
+    root = state.state_root(args.environ)
+    if os.path.exists(journal.path) and journal.section(SECTION) is not None:
+        remove_attachment(root, journal)
+    elif _asks_for_mappings(args.config):
+        # no journal (lost, or another BERTH_STATE_DIR): clean what the names tell
+        remove_derived(root, ports.Owner(args.network, args.container_id, args.ifname))
     return None
+
+
+def _asks_for_mappings(config: dict[str, Any]) -> bool:
+    """Did the runtime's DEL name port mappings? Without any, the ADD made nothing
+    (so no table listing for the common pod without published ports)."""
+    runtime = config.get("runtimeConfig")
+    return bool(runtime.get("portMappings")) if isinstance(runtime, dict) else False
+
+
+def remove_derived(root: str, me: ports.Owner) -> None:
+    """DEL without a journal: the chain CNI-DN-<hash> (derived, as upstream does),
+    the hostports* elements whose verdict jumps to it, and the port files that
+    name this attachment."""
+    from portmap import masq
+
+    chain = layout.dnat_chain_name(me.network, me.container_id, me.ifname)
+    with ports.locked(root):
+        found = masq.jumping_to(chain, (layout.HOSTPORTS_MAP, layout.HOSTPORTS_V4_MAP, layout.HOSTPORTS_V6_MAP))
+        if found is not None:
+            nft.apply(layout.portmap_del(chain, found))
+        ports.release_owner(root, me)
 
 
 def cmd_check(args: CmdArgs) -> None:

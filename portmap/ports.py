@@ -144,3 +144,24 @@ def release(root: str, me: Owner, mappings: list[Mapping]) -> None:
                 removed = True
     if removed:
         state.fsync_dir(ports_dir(root))
+
+
+def release_owner(root: str, me: Owner) -> None:
+    """Remove every port file naming `me` (a DEL that lost its journal: a scan of
+    the ports directory, so only on that path)."""
+    try:
+        names = os.listdir(ports_dir(root))
+    except FileNotFoundError:
+        return
+    removed = False
+    for name in names:
+        if name == "lock" or ".tmp." in name:
+            continue
+        path = os.path.join(ports_dir(root), name)
+        claim = read(path)
+        if claim is not None and claim.owner == me:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            removed = True
+    if removed:
+        state.fsync_dir(ports_dir(root))
