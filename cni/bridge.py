@@ -278,8 +278,12 @@ def cmd_del(args: CmdArgs) -> None:
     except CNIError:
         conf = None  # a config we cannot parse must not leave addresses leased forever
     journal = _journal(args)
-    record = journal.section(SECTION) or {}
-    problems: list[str] = []
+    try:
+        record = journal.section(SECTION) or {}
+        corrupt = False
+    except CNIError:
+        record, corrupt = {}, True  # clean up what the config tells us; never wedge the pod's removal
+    problems: list[CNIError] = []
     env = args.environ
 
     masq_data = record.get("masq")
@@ -287,24 +291,33 @@ def cmd_del(args: CmdArgs) -> None:
         try:
             _masq().teardown(masq_data, args.network, args.container_id, args.ifname, env)
         except Exception as exc:
-            problems.append(f"masquerade: {exc}")
+            problems.append(_as_cni(exc, errors.NFTABLES_FAILURE, "masquerade"))
 
     try:
         _del_interfaces(args, record)
     except Exception as exc:
-        problems.append(f"interface: {exc}")
+        problems.append(_as_cni(exc, errors.NETLINK_FAILURE, "interface"))
 
     ipam_type = conf.ipam_type if conf else str(record.get("ipamType") or "")
     if ipam_type:
         try:
             delegate(ipam_type, "DEL", args)
         except CNIError as exc:
-            problems.append(f"IPAM {ipam_type}: {exc.msg}")
+            problems.append(CNIError(exc.code, f"IPAM {ipam_type}: {exc.msg}", exc.details))
 
+    if len(problems) == 1:
+        raise problems[0]  # keep the journal: a retried DEL still knows what to clean
     if problems:
-        # keep the journal so a retried DEL still knows what to clean
-        raise CNIError(errors.NETLINK_FAILURE, "DEL did not finish", "; ".join(problems))
+        raise CNIError(problems[0].code, "DEL did not finish", "; ".join(p.msg for p in problems))
+    if corrupt:
+        return  # an unreadable journal is left for the operator (state.py refuses to rewrite it)
     journal.drop(SECTION)
+
+
+def _as_cni(exc: Exception, code: int, what: str) -> CNIError:
+    if isinstance(exc, CNIError):
+        return CNIError(exc.code, f"{what}: {exc.msg}", exc.details)
+    return CNIError(code, f"{what}: {exc}")
 
 
 def _del_interfaces(args: CmdArgs, record: dict[str, Any]) -> None:

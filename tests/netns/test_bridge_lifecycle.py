@@ -186,3 +186,12 @@ def test_32_concurrent_adds_then_dels(topo: harness.Topology) -> None:
             assert len(addrs) == 32
             assert len(veths(node)) == 32
     assert_clean(node)
+
+
+def test_del_with_corrupt_journal_still_cleans(topo: harness.Topology) -> None:
+    node, ns = topo.node, topo.container()
+    c = conf(node)
+    add(node, c, ns)
+    (node.state_dir / "testnet" / "c1-eth0.json").write_text("{not json")
+    delete(node, c, netns=ns.path)
+    assert veths(node) == [] and leases(node) == []
