@@ -18,6 +18,7 @@ import contextlib
 import ipaddress
 import os
 import signal
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -30,6 +31,7 @@ from cni.spec import CURRENT_VERSION, Result, prev_result
 from cni.state import Journal, journals, state_root
 
 SECTION = "bridge"
+ADDING_GRACE_SECONDS = 300.0
 STEPS = ("journal", "ipam", "bridge", "veth", "addresses", "routes", "gateway", "sysctls", "masq")
 
 
@@ -451,6 +453,8 @@ def cmd_gc(args: CmdArgs) -> None:
         cid, ifname = str(data.get("containerID", "")), str(data.get("ifname", ""))
         if not isinstance(record, dict) or (cid, ifname) in valid or not cid or not ifname:
             continue
+        if record.get("state") == "adding" and _age(data) < ADDING_GRACE_SECONDS:
+            continue  # an ADD may be running right now; the runtime cannot have listed it yet
         try:
             _gc_one(args, Journal(root, args.network, cid, ifname), record, cid, ifname)
         except Exception as exc:
@@ -462,6 +466,11 @@ def cmd_gc(args: CmdArgs) -> None:
             problems.append(f"IPAM {conf.ipam_type}: {exc.msg}")
     if problems:
         raise CNIError(errors.NETLINK_FAILURE, "GC did not finish", "; ".join(problems))
+
+
+def _age(data: dict[str, Any]) -> float:
+    created = data.get("created")
+    return time.time() - created if isinstance(created, (int, float)) else float("inf")
 
 
 def _gc_one(args: CmdArgs, journal: Journal, record: dict[str, Any], cid: str, ifname: str) -> None:

@@ -154,6 +154,23 @@ def test_gc_with_empty_valid_list_releases_leases(topo: harness.Topology) -> Non
     assert_clean(node)
 
 
+def test_gc_spares_a_recent_unfinished_add(topo: harness.Topology) -> None:
+    node, ns = topo.node, topo.container()
+    c = _l2()
+    res = node.plugin("berth-bridge", "ADD", c, container_id="c1", netns=ns.path,
+                      env={"BERTH_TEST_KILL_AFTER": "veth"})
+    assert res.rc == -9
+    gc = dict(c, **{"cni.dev/valid-attachments": []})
+    node.plugin("berth-bridge", "GC", gc).ok()
+    path = node.state_dir / "l2net" / "c1-eth0.json"
+    assert path.exists() and len(veths(node)) == 1  # might be an ADD in flight
+    data = json.loads(path.read_text())
+    data["created"] -= 3600
+    path.write_text(json.dumps(data))
+    node.plugin("berth-bridge", "GC", gc).ok()
+    assert_clean(node, "l2net")
+
+
 def test_status(topo: harness.Topology) -> None:
     node = topo.node
     assert node.plugin("berth-bridge", "STATUS", _l2()).rc == 0
