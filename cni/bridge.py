@@ -10,6 +10,11 @@ sysctls, masquerade; any failure unwinds everything done so far. Test-only hooks
 BERTH_TEST_FAIL_AFTER=<step> raises after the step and BERTH_TEST_KILL_AFTER=<step>
 SIGKILLs the process after it, with <step> one of:
     journal, ipam, bridge, veth, addresses, routes, gateway, sysctls, masq
+
+DEL works from the journal when the runtime gives no netns (it deletes the host
+veth by its recorded name) and like upstream when there is no journal. GC tears
+down journaled attachments not listed as valid, except an unfinished ADD that
+is younger than ADDING_GRACE_SECONDS (it may still be running).
 """
 
 from __future__ import annotations
