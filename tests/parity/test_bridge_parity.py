@@ -113,26 +113,30 @@ def test_berth_deletes_what_reference_added(topo: harness.Topology) -> None:
 
 
 def measure(rounds: int = 20) -> None:
-    """p50 of ADD and DEL (bridge + IPAM) for berth and the reference, one run."""
+    """p50 of ADD and DEL (bridge + IPAM) for berth and the reference, one run.
+
+    The two are interleaved call by call in twin nodes, so background load on a
+    shared machine hits both alike.
+    """
     bin_dir = harness.plugin_dir(Path(tempfile.mkdtemp(prefix="berth-bin")))
-    for berth in (True, False):
-        t = harness.Topology(Path(tempfile.mkdtemp(prefix="berth-measure")), bin_dir).build()
-        try:
-            c = _conf(t.node, berth, "1.0.0")
-            nss = [t.container(str(i)) for i in range(rounds)]
-            adds, dels = [], []
-            for i, ns in enumerate(nss):
-                start = time.perf_counter()
-                _run(t.node, berth, "ADD", c, f"m{i}", ns.path).ok()
-                adds.append(time.perf_counter() - start)
-            for i, ns in enumerate(nss):
-                start = time.perf_counter()
-                _run(t.node, berth, "DEL", c, f"m{i}", ns.path).ok()
-                dels.append(time.perf_counter() - start)
+    topos = {b: harness.Topology(Path(tempfile.mkdtemp(prefix="berth-measure")), bin_dir).build()
+             for b in (True, False)}
+    try:
+        confs = {b: _conf(t.node, b, "1.0.0") for b, t in topos.items()}
+        nss = {b: [t.container(str(i)) for i in range(rounds)] for b, t in topos.items()}
+        times: dict[tuple[bool, str], list[float]] = {(b, v): [] for b in topos for v in ("ADD", "DEL")}
+        for verb in ("ADD", "DEL"):
+            for i in range(rounds):
+                for berth, t in topos.items():
+                    start = time.perf_counter()
+                    _run(t.node, berth, verb, confs[berth], f"m{i}", nss[berth][i].path).ok()
+                    times[(berth, verb)].append(time.perf_counter() - start)
+        for berth in topos:
             label = f"berth-bridge+{IPAM}" if berth else "reference bridge+host-local"
-            print(f"{label:40s} ADD p50 {statistics.median(adds) * 1000:6.1f} ms   "
-                  f"DEL p50 {statistics.median(dels) * 1000:6.1f} ms   (n={rounds})")
-        finally:
+            add_ms, del_ms = (statistics.median(times[(berth, v)]) * 1000 for v in ("ADD", "DEL"))
+            print(f"{label:40s} ADD p50 {add_ms:6.1f} ms   DEL p50 {del_ms:6.1f} ms   (n={rounds})")
+    finally:
+        for t in topos.values():
             t.destroy()
 
 
