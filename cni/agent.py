@@ -33,11 +33,10 @@ import socket
 import struct
 import sys
 import time
-from collections.abc import Mapping
 from typing import Any
 
 from cni import agent_client
-from cni.agent_client import PROTOCOL, frame, recv_frame
+from cni.agent_client import MAGIC, Answer, encode_answer, recv_frame
 from cni.skel import MAX_ID_LENGTH, MAX_IFNAME_LENGTH, MAX_NAME_LENGTH, MAX_STDIN_BYTES
 
 READ_TIMEOUT = 10.0  # a client sends its whole request at once; slower is hostile or dead
@@ -104,90 +103,101 @@ def fresh_handles() -> None:
 
 # --- the request ----------------------------------------------------------------
 
-def parse_request(header: bytes) -> dict[str, Any]:
-    """Validate the header frame; anything off is a BadRequest (never a crash)."""
+class Request:
+    __slots__ = ("environ", "netns", "plugin", "self_path")
+
+    def __init__(self, plugin: str, self_path: str, netns: str, environ: dict[str, str]) -> None:
+        self.plugin = plugin
+        self.self_path = self_path
+        self.netns = netns
+        self.environ = environ
+
+
+def parse_request(header: bytes) -> Request | Answer:
+    """Validate the header frame: a Request, a fallback Answer (another protocol),
+    or a BadRequest (never a crash)."""
+    fields = header.split(b"\0")
+    if fields[0] != MAGIC:
+        if fields[0].startswith(MAGIC.split(b"/")[0] + b"/"):
+            return Answer(fallback=f"protocol {fields[0][:40]!r} not served (agent speaks {MAGIC.decode()})")
+        raise BadRequest("not a berth-agent request")
+    if len(fields) < 4 or len(fields) - 4 > MAX_ENV_ENTRIES:
+        raise BadRequest(f"{len(fields)} header fields")
     try:
-        req = json.loads(header.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise BadRequest(f"header is not JSON: {str(exc)[:200]}") from None
-    if not isinstance(req, dict):
-        raise BadRequest("header is not an object")
-    if req.get("v") != PROTOCOL:
-        return {"fallback": f"protocol {str(req.get('v'))[:20]} not served (agent speaks {PROTOCOL})"}
-    environ, plugin, self_path = req.get("environ"), req.get("plugin"), req.get("self", "")
-    if not isinstance(plugin, str) or not isinstance(self_path, str) or not isinstance(environ, dict):
-        raise BadRequest("plugin, self and environ have the wrong types")
-    if len(environ) > MAX_ENV_ENTRIES:
-        raise BadRequest("too many environment entries")
-    for key, value in environ.items():
-        if not isinstance(value, str) or len(value) > MAX_VALUE_CHARS or "\0" in key + value or "=" in key:
-            raise BadRequest(f"bad environment entry {str(key)[:40]!r}")
+        plugin, self_path, netns, *pairs = (f.decode("utf-8", "surrogateescape") for f in fields[1:])
+    except UnicodeDecodeError:  # pragma: no cover - surrogateescape decodes any bytes
+        raise BadRequest("undecodable header") from None
+    environ = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key or len(value) > MAX_VALUE_CHARS:
+            raise BadRequest(f"bad environment entry {key[:40]!r}")
+        environ[key] = value
     # only what the thin client forwards; anything else is not the caller's to set
-    env = agent_client.forwarded_env(environ)
-    netns = req.get("netns")
-    if not (isinstance(netns, list) and len(netns) == 2 and all(type(n) is int for n in netns)):
-        raise BadRequest("netns must be [dev, inode]")
-    return {"plugin": plugin, "environ": env, "self": self_path, "netns": netns}
+    return Request(plugin, self_path, netns, agent_client.forwarded_env(environ))
 
 
-def run_call(req: Mapping[str, Any], data: bytes) -> dict[str, Any]:
-    """Run the plugin exactly as an exec would; returns the answer object."""
+def run_call(req: Request, data: bytes) -> Answer:
+    """Run the plugin exactly as an exec would."""
     from cni import invoke, main, skel
 
-    environ: dict[str, str] = dict(req["environ"])
     os.environ.clear()  # the request's env is the whole process env, as in an exec
-    os.environ.update(environ)
-    if req["self"]:
-        invoke.SELF_PATH = os.path.realpath(req["self"])
-    funcs = main.load_funcs(req["plugin"])
+    os.environ.update(req.environ)
+    if req.self_path:
+        invoke.SELF_PATH = os.path.realpath(req.self_path)
+    funcs = main.load_funcs(req.plugin)
     out, err = io.StringIO(), io.StringIO()
-    rc = skel.run(funcs, environ, io.BytesIO(data), out, err)
-    return {"rc": rc, "stdout": out.getvalue(), "stderr": err.getvalue()}
+    rc = skel.run(funcs, dict(req.environ), io.BytesIO(data), out, err)
+    return Answer(rc, out.getvalue(), err.getvalue())
 
 
-def outcome(answer: Mapping[str, Any]) -> str:
-    if "fallback" in answer:
-        return f"fallback ({answer['fallback']})"
-    if answer.get("rc") == 0:
+def outcome(answer: Answer) -> str:
+    if answer.fallback is not None:
+        return f"fallback ({answer.fallback})"
+    if answer.rc == 0:
         return "ok"
     try:
-        return f"error {json.loads(answer.get('stdout') or '{}').get('code')}"
+        return f"error {json.loads(answer.stdout or '{}').get('code')}"
     except (ValueError, AttributeError):
-        return f"rc {answer.get('rc')}"
+        return f"rc {answer.rc}"
 
 
-def describe(req: Mapping[str, Any], data: bytes) -> str:
-    env = req.get("environ", {})
+def describe(req: Request | None, data: bytes) -> str:
+    if req is None:
+        return "?"
+    env = req.environ
     network = ""
     with contextlib.suppress(Exception):
         network = str(json.loads(data).get("name", ""))[:MAX_NAME_LENGTH]
-    return (f"{env.get('CNI_COMMAND', '')[:16]} {str(req.get('plugin', ''))[:40]} "
+    return (f"{env.get('CNI_COMMAND', '')[:16]} {req.plugin[:40]} "
             f"container={env.get('CNI_CONTAINERID', '')[:MAX_ID_LENGTH]} network={network} "
             f"ifname={env.get('CNI_IFNAME', '')[:MAX_IFNAME_LENGTH]}")
 
 
-def serve_connection(conn: socket.socket, own_netns: list[int]) -> None:
+def serve_connection(conn: socket.socket, own_netns: str) -> None:
     """In the child: read one request, run it, answer; never raises."""
     started = time.monotonic()
-    req: dict[str, Any] = {}
+    req: Request | None = None
     data = b""
     try:
         conn.settimeout(READ_TIMEOUT)
         header = recv_frame(conn, agent_client.MAX_HEADER_BYTES)
         data = recv_frame(conn, MAX_STDIN_BYTES + 1)
-        req = parse_request(header)
-        if "fallback" in req:
-            answer: dict[str, Any] = req
-        elif req["netns"] != own_netns:
-            answer = {"fallback": "caller is in another network namespace"}
+        parsed = parse_request(header)
+        if isinstance(parsed, Answer):
+            answer = parsed
         else:
-            answer = run_call(req, data)
+            req = parsed
+            if req.netns != own_netns:
+                answer = Answer(fallback="caller is in another network namespace")
+            else:
+                answer = run_call(req, data)
     except (BadRequest, EOFError, ValueError, OSError) as exc:
         log(f"bad request: {type(exc).__name__}: {str(exc)[:200]}")
         return
     try:
         conn.settimeout(READ_TIMEOUT)
-        conn.sendall(frame(json.dumps(answer).encode()))
+        conn.sendall(encode_answer(answer))
     except OSError as exc:  # the caller gave up (its timeout): the work is done all the same
         log(f"{describe(req, data)}: caller gone before the answer ({exc.strerror or exc})")
     log(f"{describe(req, data)} {(time.monotonic() - started) * 1000:.1f} ms {outcome(answer)}")
@@ -322,6 +332,8 @@ class Agent:
         self.reconciler: int | None = None
         self.next_check = 0.0
         self.backoff = check_interval
+        self.table_seen = True  # absent at start-up counts as gone: we may have missed the flush
+        self.retry_reconcile = False
         self.stop = False
         self.own_netns = agent_client.netns_id()
         self.parent_fds: list[int] = []  # closed in every child
@@ -342,7 +354,7 @@ class Agent:
     def reap(self) -> None:
         while True:
             try:
-                pid, _status = os.waitpid(-1, os.WNOHANG)
+                pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
                 return
             if pid == 0:
@@ -350,18 +362,34 @@ class Agent:
             self.children.discard(pid)
             if pid == self.reconciler:
                 self.reconciler = None
+                self.retry_reconcile = os.waitstatus_to_exitcode(status) != 0
 
     def watch_flush(self) -> None:
-        if self.check_interval <= 0 or time.monotonic() < self.next_check or self.reconciler is not None:
+        """Re-create the table from the journals when it disappears (a flush).
+
+        Triggers on the table going away (or being absent when we start), not on
+        it being absent: a node whose attachments need no nft rules never has
+        one. A failed reconcile is retried with a doubling delay.
+        """
+        now = time.monotonic()
+        if self.check_interval <= 0 or now < self.next_check or self.reconciler is not None:
             return
+        self.next_check = now + self.check_interval
         exists = table_exists()
-        if exists is None or exists or not journals_exist(self.root):
-            self.backoff = self.check_interval
-            self.next_check = time.monotonic() + self.check_interval
+        if exists is None:
             return
-        # gone while attachments exist: re-create from the journals; back off if that cannot help
-        self.next_check = time.monotonic() + self.backoff
-        self.backoff = min(self.backoff * 2, MAX_CHECK_BACKOFF)
+        if exists:
+            self.table_seen, self.backoff = True, self.check_interval
+            return
+        if not (self.table_seen or self.retry_reconcile):
+            return
+        if not journals_exist(self.root):
+            self.table_seen = self.retry_reconcile = False  # nothing to restore; wait for it to come and go
+            return
+        if self.retry_reconcile:
+            self.next_check = now + self.backoff
+            self.backoff = min(self.backoff * 2, MAX_CHECK_BACKOFF)
+        self.table_seen = self.retry_reconcile = False
         pid = self.fork(self.parent_fds)
         if pid == 0:
             os._exit(reconcile_child(self.root))
@@ -382,8 +410,7 @@ class Agent:
                 log(f"refused a caller with uid {uid}: root only")
                 with contextlib.suppress(OSError):
                     conn.settimeout(0.5)
-                    conn.sendall(frame(json.dumps({"rc": 1, "stdout": "", "stderr": "berth agent: root only\n"})
-                                       .encode()))
+                    conn.sendall(encode_answer(Answer(1, "", "berth agent: root only\n")))
                 return
             pid = self.fork(self.parent_fds)
             if pid == 0:

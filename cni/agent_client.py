@@ -1,32 +1,34 @@
 """The thin side of the node agent: forward one plugin call to `berth agent`.
 
-Runs on every plugin exec, so it imports only os/socket/json (json lazily, after
-an agent accepted). The rules (issue #10):
+Runs on every plugin exec, so it imports only os and the C `_socket` module:
+`socket` (enum) and `json` (re) would each cost about as much as the
+interpreter's own start-up on a busy node. The rules (issue #10):
 - no agent (no socket file, connection refused, cannot connect in time): the
   caller does the work in-process, exactly as without an agent;
 - once the request may have reached the agent, never redo the work here: a
   timeout or a broken answer is CNI error 11 ("try again later");
-- the agent may answer "fallback" (another netns, another protocol version)
-  having done nothing; only then the caller runs in-process with the stdin we read.
+- the agent may answer "fallback" (another netns, another protocol) having
+  done nothing; only then the caller runs in-process with the stdin we read.
 
-Wire format (both directions): frames of a 4-byte big-endian length + payload.
-Request: a JSON header frame, then the raw stdin frame. Answer: one JSON frame,
-{"rc", "stdout", "stderr"} or {"fallback": reason}.
+Wire format, frames of a 4-byte big-endian length + payload. Request: a header
+frame `berth-agent/1 NUL plugin NUL self-path NUL netns NUL K=V NUL K=V...`
+(exec'd environments cannot hold NUL either), then the raw stdin frame.
+Answer: three frames, `rc NUL <n>` or `fallback NUL <reason>`, stdout, stderr.
 """
 
 from __future__ import annotations
 
+import _socket
 import os
-import socket
 
 from cni.skel import MAX_STDIN_BYTES
 
 TYPE_CHECKING = False  # mypy treats this name as True; typing stays out of the hot path
 if TYPE_CHECKING:
     from collections.abc import Mapping
-    from typing import IO, Any
+    from typing import IO
 
-PROTOCOL = 1
+MAGIC = b"berth-agent/1"
 DEFAULT_SOCKET = "/run/berth/agent.sock"
 CONNECT_TIMEOUT = 1.0  # a listening Unix socket accepts at once; longer means a full backlog
 DEFAULT_TIMEOUT = 240.0  # answer deadline once sent (BERTH_AGENT_TIMEOUT overrides)
@@ -34,6 +36,18 @@ MAX_HEADER_BYTES = 1024 * 1024  # env + names; generous, but bounded
 MAX_ANSWER_BYTES = 16 * 1024 * 1024
 FORWARDED_PREFIXES = ("CNI_", "BERTH_")
 DISABLED = ("off", "none", "0")
+
+
+class Answer:
+    """What the agent said: rc + output, or fallback + why."""
+
+    __slots__ = ("fallback", "rc", "stderr", "stdout")
+
+    def __init__(self, rc: int = 0, stdout: str = "", stderr: str = "", fallback: str | None = None) -> None:
+        self.rc = rc
+        self.stdout = stdout
+        self.stderr = stderr
+        self.fallback = fallback
 
 
 def socket_path(environ: Mapping[str, str]) -> str:
@@ -45,17 +59,32 @@ def forwarded_env(environ: Mapping[str, str]) -> dict[str, str]:
     return {k: v for k, v in environ.items() if k.startswith(FORWARDED_PREFIXES) or k == "PATH"}
 
 
-def netns_id() -> list[int]:
+def netns_id() -> str:
     """Identity of our network namespace; the agent serves only its own."""
     st = os.stat("/proc/self/ns/net")
-    return [st.st_dev, st.st_ino]
+    return f"{st.st_dev}:{st.st_ino}"
+
+
+def _b(text: str) -> bytes:
+    return text.encode("utf-8", "surrogateescape")  # os.environ's own round trip
 
 
 def frame(payload: bytes) -> bytes:
     return len(payload).to_bytes(4, "big") + payload
 
 
-def recv_exact(sock: socket.socket, size: int) -> bytes:
+def encode_request(plugin: str, environ: Mapping[str, str], self_path: str, netns: str) -> bytes:
+    fields = [MAGIC, _b(plugin), _b(self_path), _b(netns)]
+    fields += [_b(f"{k}={v}") for k, v in forwarded_env(environ).items()]
+    return b"\0".join(fields)
+
+
+def encode_answer(answer: Answer) -> bytes:
+    head = b"fallback\0" + _b(answer.fallback) if answer.fallback is not None else b"rc\0%d" % answer.rc
+    return frame(head) + frame(_b(answer.stdout)) + frame(_b(answer.stderr))
+
+
+def recv_exact(sock: _socket.socket, size: int) -> bytes:
     chunks = []
     while size > 0:
         chunk = sock.recv(min(size, 1 << 20))
@@ -66,11 +95,22 @@ def recv_exact(sock: socket.socket, size: int) -> bytes:
     return b"".join(chunks)
 
 
-def recv_frame(sock: socket.socket, limit: int) -> bytes:
+def recv_frame(sock: _socket.socket, limit: int) -> bytes:
     size = int.from_bytes(recv_exact(sock, 4), "big")
     if size > limit:
         raise ValueError(f"frame of {size} bytes is over the {limit}-byte limit")
     return recv_exact(sock, size)
+
+
+def recv_answer(sock: _socket.socket) -> Answer:
+    kind, _, value = recv_frame(sock, 4096).partition(b"\0")
+    out = recv_frame(sock, MAX_ANSWER_BYTES).decode("utf-8", "surrogateescape")
+    err = recv_frame(sock, MAX_ANSWER_BYTES).decode("utf-8", "surrogateescape")
+    if kind == b"fallback":
+        return Answer(fallback=value.decode("utf-8", "replace"))
+    if kind != b"rc" or not value.isdigit() or len(value) > 3:
+        raise ValueError(f"answer has the wrong shape: {kind[:20]!r}")
+    return Answer(int(value), out, err)
 
 
 def _timeout(environ: Mapping[str, str]) -> float:
@@ -81,9 +121,9 @@ def _timeout(environ: Mapping[str, str]) -> float:
     return value if 0 < value < 86400 else DEFAULT_TIMEOUT
 
 
-def connect(path: str) -> socket.socket | None:
+def connect(path: str) -> _socket.socket | None:
     """A connected socket, or None when no agent answers (nothing was sent)."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     sock.settimeout(CONNECT_TIMEOUT)
     try:
         sock.connect(path)
@@ -104,33 +144,30 @@ def forward(
     sock = connect(path)
     if sock is None:
         return None, None
-    import json
-
-    with sock:
-        data = stdin.read(MAX_STDIN_BYTES + 1)  # skel applies the same limit to what we forward
-        header = {"v": PROTOCOL, "plugin": plugin, "environ": forwarded_env(environ), "self": self_path,
-                  "netns": netns_id()}
-        try:
-            sock.settimeout(_timeout(environ))
-            sock.sendall(frame(json.dumps(header).encode()) + frame(data))
-            answer = json.loads(recv_frame(sock, MAX_ANSWER_BYTES))
-            if not isinstance(answer, dict):
-                raise ValueError("answer is not an object")
-            if "fallback" in answer:
-                return None, data
-            rc, out, err = answer["rc"], answer["stdout"], answer["stderr"]
-            if type(rc) is not int or not isinstance(out, str) or not isinstance(err, str):
-                raise ValueError("answer has the wrong shape")
-        except (OSError, EOFError, ValueError, KeyError, RecursionError) as exc:
-            # it may have done part of the work: never redo it here
-            return _try_again(plugin, path, exc, data, stdout, stderr), None
     try:
-        stdout.write(out)
-        stderr.write(err)
+        data = stdin.read(MAX_STDIN_BYTES + 1)  # skel applies the same limit to what we forward
+        sock.settimeout(_timeout(environ))
+        sent: OSError | None = None
+        try:
+            sock.sendall(frame(encode_request(plugin, environ, self_path, netns_id())) + frame(data))
+        except OSError as exc:  # it may have answered without reading (a refusal): read that
+            sent = exc
+        try:
+            answer = recv_answer(sock)
+        except (OSError, EOFError, ValueError) as exc:
+            # it may have done part of the work: never redo it here
+            return _try_again(plugin, path, sent or exc, data, stdout, stderr), None
+    finally:
+        sock.close()
+    if answer.fallback is not None:
+        return None, data
+    try:
+        stdout.write(answer.stdout)
+        stderr.write(answer.stderr)
         stdout.flush()
     except (OSError, ValueError):  # the runtime closed our pipes
         pass
-    return rc, None
+    return answer.rc, None
 
 
 def _try_again(plugin: str, path: str, exc: BaseException, data: bytes, stdout: IO[str], stderr: IO[str]) -> int:
@@ -141,15 +178,3 @@ def _try_again(plugin: str, path: str, exc: BaseException, data: bytes, stdout: 
                           f"{type(exc).__name__}: {exc}"[:500])
     skel._print_error(err, data, stdout, stderr, plugin)
     return 1
-
-
-def request(path: str, header: dict[str, Any], data: bytes, timeout: float = 30.0) -> dict[str, Any]:
-    """One raw round trip (tests and `berth agent --ping`): the answer object."""
-    import json
-
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(timeout)
-        sock.connect(path)
-        sock.sendall(frame(json.dumps(header).encode()) + frame(data))
-        answer: dict[str, Any] = json.loads(recv_frame(sock, MAX_ANSWER_BYTES))
-        return answer

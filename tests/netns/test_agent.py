@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from cni.agent_client import frame, recv_frame
+from cni.agent_client import MAGIC, Answer, encode_request, frame, recv_answer
 from tests import harness
 from tests.netns.portmap_helpers import Pod
 
@@ -210,29 +210,27 @@ def _raw(sock: Path, payload: bytes, close_write: bool = True) -> bytes:
 
 
 def test_hostile_requests_do_not_kill_it(topo: harness.Topology, agent: AgentProc) -> None:
-    header = {"v": 1, "plugin": "berth-bridge", "self": "", "netns": [0, 0],
-              "environ": {"CNI_COMMAND": "DEL", "CNI_CONTAINERID": "h1", "CNI_IFNAME": "eth0", "CNI_PATH": "/x"}}
+    env = {"CNI_COMMAND": "DEL", "CNI_CONTAINERID": "h1", "CNI_IFNAME": "eth0", "CNI_PATH": "/x"}
+    header = encode_request("berth-bridge", env, "", "0:0")
     hostile = [
         b"", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", b"\xff\xff\xff\xff", (2**31).to_bytes(4, "big") + b"x" * 100,
-        frame(b"not json") + frame(b""), frame(b"[" * 200000) + frame(b""), frame(b"\xff\xfe") + frame(b""),
-        frame(json.dumps({**header, "environ": {"CNI_COMMAND": 5}}).encode()) + frame(b""),
-        frame(json.dumps(header).encode()) + (10**6).to_bytes(4, "big") + b"short",
-        frame(json.dumps(header).encode()),  # no stdin frame: early close
+        frame(b"not a request") + frame(b""), frame(b"\xff\xfe") + frame(b""),
+        frame(MAGIC + b"\0a\0b\0c\0NOEQUALS") + frame(b""),
+        frame(header) + (10**6).to_bytes(4, "big") + b"short",
+        frame(header),  # no stdin frame: early close
     ]
     for payload in hostile:
         assert _raw(agent.sock, payload) == b""  # closed without an answer, nothing done
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:  # connects, sends nothing, goes away
         conn.connect(str(agent.sock))
     # a caller claiming another netns is told to do it itself
-    answer = json.loads(recv_frame_from(agent.sock, frame(json.dumps(header).encode()) + frame(b"{}")))
-    assert "fallback" in answer
+    assert ask(agent.sock, frame(header) + frame(b"{}")).fallback
     # a made-up plugin name in the agent's own netns: a CNI error, not a crash or a file access
-    own = json.loads(topo.node.exec([harness.SYSTEM_PYTHON, "-c", "import os,json;s=os.stat('/proc/self/ns/net');"
-                                     "print(json.dumps([s.st_dev,s.st_ino]))"]).stdout)
+    own = topo.node.exec([harness.SYSTEM_PYTHON, "-c", "import os;s=os.stat('/proc/self/ns/net');"
+                          "print(f'{s.st_dev}:{s.st_ino}')"]).stdout.strip()
     conf = json.dumps(harness.bridge_conf()).encode()
-    answer = json.loads(recv_frame_from(agent.sock, frame(json.dumps(
-        {**header, "netns": own, "plugin": "../../etc/passwd"}).encode()) + frame(conf)))
-    assert answer["rc"] == 1 and json.loads(answer["stdout"])["code"] == 100
+    answer = ask(agent.sock, frame(encode_request("../../etc/passwd", env, "", own)) + frame(conf))
+    assert answer.rc == 1 and json.loads(answer.stdout)["code"] == 100
     assert agent.alive()
     pod = Pod(topo, "h2", [{"hostPort": 8083, "containerPort": 80}])
     pod.add().ok()
@@ -241,12 +239,12 @@ def test_hostile_requests_do_not_kill_it(topo: harness.Topology, agent: AgentPro
     assert agent.log().count("bad request") >= 8, agent.log()
 
 
-def recv_frame_from(sock: Path, payload: bytes) -> bytes:
+def ask(sock: Path, payload: bytes) -> Answer:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
         conn.settimeout(15)
         conn.connect(str(sock))
         conn.sendall(payload)
-        return recv_frame(conn, 1 << 20)
+        return recv_answer(conn)
 
 
 def test_non_root_peer_is_refused(topo: harness.Topology, agent: AgentProc) -> None:
@@ -265,17 +263,21 @@ def test_non_root_peer_is_refused(topo: harness.Topology, agent: AgentProc) -> N
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
                 conn.settimeout(10)
                 conn.connect(agent.sock.name)
-                conn.sendall(frame(b'{"v": 1}') + frame(b"{}"))
-                os.write(write_fd, recv_frame(conn, 1 << 20))
+                try:  # it may refuse (and close) before reading what we send
+                    conn.sendall(frame(encode_request("berth-bridge", {}, "", "0:0")) + frame(b"{}"))
+                except OSError:
+                    pass
+                answer = recv_answer(conn)
+                os.write(write_fd, f"{answer.rc} {answer.stderr}".encode())
             code = 0
         finally:
             os._exit(code)
     os.close(write_fd)
     with os.fdopen(read_fd, "rb") as reader:
-        answer = reader.read()
+        answer = reader.read().decode()
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
-    assert json.loads(answer)["rc"] == 1 and "root only" in json.loads(answer)["stderr"]
+    assert answer.startswith("1 ") and "root only" in answer
     assert "refused a caller with uid 65534" in agent.log()
     assert agent.alive()
 
@@ -296,11 +298,15 @@ def test_flush_is_repaired_from_the_journals(topo: harness.Topology, agent: Agen
     pod = Pod(topo, "f1", [{"hostPort": 8084, "containerPort": 80}])
     pod.add().ok()
     node.exec(["nft", "flush", "ruleset"])
-    assert node.nft_table() is None
     assert harness.wait_for(lambda: "CNI-DN-" in node.nft_text(), timeout=15), agent.log()
     assert "reconcile after a flush" in agent.log()
     with pod.netns.server(80, "tcp", banner="web"):
         assert topo.outside.connect(NODE4, 8084) == f"web {OUTSIDE4}"
+    # flushed while no agent ran: repaired when one starts
+    agent.kill()
+    node.exec(["nft", "flush", "ruleset"])
+    agent.start("--check-interval", "0.3")
+    assert harness.wait_for(lambda: "CNI-DN-" in node.nft_text(), timeout=15), agent.log()
     pod.delete()
-    assert harness.wait_for(lambda: agent.log().count("reconcile") == 1, timeout=1)  # nothing to do after DEL
+    assert agent.log().count("reconcile") == 2, agent.log()  # nothing to do after DEL
     assert agent.alive()

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from cni import agent, agent_client
-from cni.agent_client import frame, recv_frame
+from cni.agent_client import Answer, encode_answer, encode_request, frame, recv_frame
 
 ROOT = Path(__file__).resolve().parents[2]
 CONF = b'{"cniVersion": "1.0.0", "name": "net1", "type": "berth-bridge"}'
@@ -35,7 +35,7 @@ class FakeAgent:
     def __init__(self, path: Path, behave: Callable[[socket.socket], None]) -> None:
         self.path = str(path)
         self.behave = behave
-        self.requests: list[tuple[dict[str, Any], bytes]] = []
+        self.requests: list[tuple[agent.Request, bytes]] = []
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.bind(self.path)
         self.sock.listen(8)
@@ -54,8 +54,9 @@ class FakeAgent:
                 except OSError:
                     pass
 
-    def read_request(self, conn: socket.socket) -> tuple[dict[str, Any], bytes]:
-        header = json.loads(recv_frame(conn, agent_client.MAX_HEADER_BYTES))
+    def read_request(self, conn: socket.socket) -> tuple[agent.Request, bytes]:
+        header = agent.parse_request(recv_frame(conn, agent_client.MAX_HEADER_BYTES))
+        assert isinstance(header, agent.Request)
         data = recv_frame(conn, 1 << 23)
         self.requests.append((header, data))
         return header, data
@@ -122,18 +123,17 @@ def test_default_socket_path() -> None:
 def test_answer_is_printed_and_only_cni_berth_path_env_is_sent(fake: Any) -> None:
     def behave(fa: FakeAgent, conn: socket.socket) -> None:
         fa.read_request(conn)
-        conn.sendall(frame(json.dumps({"rc": 0, "stdout": '{"cniVersion": "1.0.0"}\n', "stderr": "note\n"})
-                           .encode()))
+        conn.sendall(encode_answer(Answer(0, '{"cniVersion": "1.0.0"}\n', "note\n")))
 
     fa = fake(behave)
     rc, left, out, err = call(fa.path)
     assert (rc, left, out, err) == (0, None, '{"cniVersion": "1.0.0"}\n', "note\n")
     header, data = fa.requests[0]
     assert data == CONF
-    assert header["v"] == agent_client.PROTOCOL and header["plugin"] == "berth-bridge"
-    assert header["self"] == "/opt/cni/bin/berth"
-    assert header["netns"] == agent_client.netns_id()
-    assert set(header["environ"]) == {"CNI_COMMAND", "CNI_CONTAINERID", "CNI_IFNAME", "CNI_NETNS", "CNI_PATH",
+    assert header.plugin == "berth-bridge"
+    assert header.self_path == "/opt/cni/bin/berth"
+    assert header.netns == agent_client.netns_id()
+    assert set(header.environ) == {"CNI_COMMAND", "CNI_CONTAINERID", "CNI_IFNAME", "CNI_NETNS", "CNI_PATH",
                                       "BERTH_STATE_DIR", "PATH", "BERTH_AGENT_SOCKET"}
 
 
@@ -142,7 +142,7 @@ def test_error_answer_keeps_its_rc(fake: Any) -> None:
 
     def behave(fa: FakeAgent, conn: socket.socket) -> None:
         fa.read_request(conn)
-        conn.sendall(frame(json.dumps({"rc": 1, "stdout": body, "stderr": ""}).encode()))
+        conn.sendall(encode_answer(Answer(1, body, "")))
 
     rc, _left, out, _err = call(fake(behave).path)
     assert rc == 1 and out == body
@@ -151,7 +151,7 @@ def test_error_answer_keeps_its_rc(fake: Any) -> None:
 def test_fallback_answer_hands_back_the_stdin_read(fake: Any) -> None:
     def behave(fa: FakeAgent, conn: socket.socket) -> None:
         fa.read_request(conn)
-        conn.sendall(frame(json.dumps({"fallback": "another netns"}).encode()))
+        conn.sendall(encode_answer(Answer(fallback="another netns")))
 
     rc, left, out, _err = call(fake(behave).path)
     assert (rc, left, out) == (None, CONF, "")
@@ -187,12 +187,15 @@ def test_timeout_after_request_is_code_11(fake: Any) -> None:
     assert "timed out" in _assert_try_again(rc, left, out)["msg"]
 
 
-@pytest.mark.parametrize("answer", [b"not json", b"[1, 2]", b'{"rc": "0", "stdout": "", "stderr": ""}',
-                                    b'{"stdout": ""}', b"[" * 100000])
+@pytest.mark.parametrize("answer", [
+    frame(b"not an answer") + frame(b"") + frame(b""), frame(b"rc\0-1") + frame(b"") + frame(b""),
+    frame(b"rc\0") + frame(b"") + frame(b""), frame(b"rc\01"), frame(b"rc\0" + b"9" * 5000),
+    frame(b"rc\00") + frame(b"out"), b"\0\0",
+])
 def test_broken_answer_is_code_11(fake: Any, answer: bytes) -> None:
     def behave(fa: FakeAgent, conn: socket.socket) -> None:
         fa.read_request(conn)
-        conn.sendall(frame(answer))
+        conn.sendall(answer)
 
     rc, left, out, _err = call(fake(behave).path)
     _assert_try_again(rc, left, out)
@@ -201,7 +204,7 @@ def test_broken_answer_is_code_11(fake: Any, answer: bytes) -> None:
 def test_oversized_answer_is_code_11(fake: Any) -> None:
     def behave(fa: FakeAgent, conn: socket.socket) -> None:
         fa.read_request(conn)
-        conn.sendall((agent_client.MAX_ANSWER_BYTES + 1).to_bytes(4, "big"))
+        conn.sendall(frame(b"rc\00") + (agent_client.MAX_ANSWER_BYTES + 1).to_bytes(4, "big"))
 
     rc, left, out, _err = call(fake(behave).path)
     _assert_try_again(rc, left, out)
@@ -212,7 +215,7 @@ def test_stdin_is_forwarded_up_to_the_limit_plus_one(fake: Any, monkeypatch: pyt
 
     def behave(fa: FakeAgent, conn: socket.socket) -> None:
         fa.read_request(conn)
-        conn.sendall(frame(b'{"rc": 0, "stdout": "", "stderr": ""}'))
+        conn.sendall(encode_answer(Answer(0)))
 
     fa = fake(behave)
     call(fa.path, data=b"x" * 100)
@@ -221,27 +224,37 @@ def test_stdin_is_forwarded_up_to_the_limit_plus_one(fake: Any, monkeypatch: pyt
 
 # --- the server's request parsing --------------------------------------------------
 
-def _header(**changes: Any) -> bytes:
-    base: dict[str, Any] = {"v": 1, "plugin": "berth-bridge", "environ": dict(ENV), "self": "/x", "netns": [1, 2]}
-    base.update(changes)
-    return json.dumps(base).encode()
+def _header(plugin: str = "berth-bridge", env: dict[str, str] | None = None, self_path: str = "/x",
+            netns: str = "1:2") -> bytes:
+    return encode_request(plugin, ENV if env is None else env, self_path, netns)
 
 
-def test_parse_request_keeps_only_forwarded_env() -> None:
-    req = agent.parse_request(_header())
-    assert "HOME" not in req["environ"] and "SECRET_TOKEN" not in req["environ"]
-    assert req["environ"]["CNI_COMMAND"] == "ADD" and req["netns"] == [1, 2]
+def test_request_round_trip_keeps_only_forwarded_env() -> None:
+    env = {**ENV, "CNI_ARGS": "IP=10.0.0.5;K8S_POD_NAME=a=b", "BERTH_X": "\udcff odd bytes"}
+    req = agent.parse_request(_header(env=env))
+    assert isinstance(req, agent.Request)
+    assert "HOME" not in req.environ and "SECRET_TOKEN" not in req.environ
+    assert req.environ["CNI_ARGS"] == "IP=10.0.0.5;K8S_POD_NAME=a=b" and req.environ["BERTH_X"] == env["BERTH_X"]
+    assert (req.plugin, req.self_path, req.netns) == ("berth-bridge", "/x", "1:2")
+
+
+def test_smuggled_env_is_dropped_by_the_server_too() -> None:
+    raw = b"\0".join([agent_client.MAGIC, b"berth-bridge", b"/x", b"1:2", b"CNI_COMMAND=ADD", b"LD_PRELOAD=/evil.so",
+                      b"PYTHONPATH=/evil"])
+    req = agent.parse_request(raw)
+    assert isinstance(req, agent.Request) and req.environ == {"CNI_COMMAND": "ADD"}
 
 
 def test_parse_request_other_protocol_is_a_fallback() -> None:
-    assert "fallback" in agent.parse_request(_header(v=2))
+    answer = agent.parse_request(b"berth-agent/2\0x\0y\0z")
+    assert isinstance(answer, Answer) and answer.fallback is not None
 
 
 @pytest.mark.parametrize("raw", [
-    b"", b"\xff\xfe", b"null", b"[]", b"[" * 50000,
-    _header(plugin=5), _header(environ=[]), _header(environ={"CNI_COMMAND": 1}),
-    _header(environ={"CNI_ARGS": "a\0b"}), _header(environ={"A=B": "x"}), _header(netns="x"),
-    _header(netns=[1, "2"]), _header(self=None), _header(environ={f"CNI_{i}": "x" for i in range(300)}),
+    b"", b"\xff\xfe", b"null", b"GET / HTTP/1.1", agent_client.MAGIC, agent_client.MAGIC + b"\0a\0b",
+    agent_client.MAGIC + b"\0a\0b\0c\0NOEQUALS", agent_client.MAGIC + b"\0a\0b\0c\0=value",
+    agent_client.MAGIC + b"\0a\0b\0c\0CNI_X=" + b"v" * 70000,
+    b"\0".join([agent_client.MAGIC, b"a", b"b", b"c"] + [b"CNI_%d=x" % i for i in range(300)]),
 ])
 def test_parse_request_rejects_garbage(raw: bytes) -> None:
     with pytest.raises(agent.BadRequest):
@@ -263,11 +276,11 @@ def test_recv_frame_limits_and_early_close() -> None:
 
 
 def test_outcome_and_describe() -> None:
-    assert agent.outcome({"rc": 0}) == "ok"
-    assert agent.outcome({"rc": 1, "stdout": '{"code": 7}'}) == "error 7"
-    assert agent.outcome({"rc": 1, "stdout": "garbage"}) == "rc 1"
-    assert agent.outcome({"fallback": "x"}).startswith("fallback")
-    line = agent.describe({"plugin": "berth-portmap", "environ": ENV}, CONF)
+    assert agent.outcome(Answer(0)) == "ok"
+    assert agent.outcome(Answer(1, '{"code": 7}')) == "error 7"
+    assert agent.outcome(Answer(1, "garbage")) == "rc 1"
+    assert agent.outcome(Answer(fallback="x")).startswith("fallback")
+    line = agent.describe(agent.Request("berth-portmap", "", "", ENV), CONF)
     assert line == "ADD berth-portmap container=c1 network=net1 ifname=eth0"
 
 
@@ -283,13 +296,14 @@ def test_journals_exist(tmp_path: Path) -> None:
 # --- the thin path stays thin ----------------------------------------------------------
 
 HEAVY = ("pyroute2", "nftables", "asyncio", "cni.bridge", "ipam", "portmap", "cni.netlink", "cni.state",
-         "cni.invoke", "cni.agent", "dataclasses", "typing", "struct", "subprocess")
+         "cni.invoke", "cni.agent", "dataclasses", "typing", "struct", "subprocess", "socket", "json", "re",
+         "enum")
 
 
 def test_forwarding_plugin_imports_nothing_heavy(fake: Any, tmp_path: Path) -> None:
     def behave(fa: FakeAgent, conn: socket.socket) -> None:
         fa.read_request(conn)
-        conn.sendall(frame(b'{"rc": 0, "stdout": "{}\\n", "stderr": ""}'))
+        conn.sendall(encode_answer(Answer(0, "{}\n", "")))
 
     fa = fake(behave)
     proc = subprocess.run(
@@ -301,4 +315,4 @@ def test_forwarding_plugin_imports_nothing_heavy(fake: Any, tmp_path: Path) -> N
     modules = [line.split("|")[-1].strip() for line in proc.stderr.decode().splitlines() if "import time:" in line]
     heavy = sorted({m for m in modules if m.split(".")[0] in HEAVY or m in HEAVY})
     assert not heavy, heavy
-    assert "cni.agent_client" in modules and "json" in modules
+    assert "cni.agent_client" in modules
