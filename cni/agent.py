@@ -147,7 +147,9 @@ def run_call(req: Request, data: bytes) -> Answer:
         invoke.SELF_PATH = os.path.realpath(req.self_path)
     funcs = main.load_funcs(req.plugin)
     out, err = io.StringIO(), io.StringIO()
-    rc = skel.run(funcs, dict(req.environ), io.BytesIO(data), out, err)
+    # plugin code that writes to sys.stderr itself (warnings) reaches the caller too
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = skel.run(funcs, dict(req.environ), io.BytesIO(data), out, err)
     return Answer(rc, out.getvalue(), err.getvalue())
 
 

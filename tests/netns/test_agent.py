@@ -193,6 +193,23 @@ def test_kill_9_then_calls_fall_back_and_a_restart_serves_again(topo: harness.To
     assert "CNI-DN-" not in node.nft_text() and journals(node) == []
 
 
+def test_a_call_that_crashes_kills_only_its_child(topo: harness.Topology, agent: AgentProc) -> None:
+    node = topo.node
+    netns = topo.container()
+    conf = harness.bridge_conf("crash", "10.90.0.0/24")
+    conf["ipam"]["dataDir"] = str(node.data_dir)
+    res = node.plugin("berth-bridge", "ADD", conf, container_id="x1", netns=netns.path,
+                      env={"BERTH_TEST_KILL_AFTER": "veth"})
+    # the work may be half done: the caller is told to retry, nothing is redone in-process
+    assert res.rc == 1 and res.json["code"] == 11, res
+    assert agent.alive() and agent.served("ADD", "x1") == 0
+    node.plugin("berth-bridge", "DEL", conf, container_id="x1", netns=netns.path).ok()
+    assert journals(node) == [] and leases(node, "crash") == [] and netns.links() == ["lo"]
+    node.plugin("berth-bridge", "ADD", conf, container_id="x2", netns=netns.path).ok()
+    node.plugin("berth-bridge", "DEL", conf, container_id="x2", netns=netns.path).ok()
+    assert agent.served("ADD", "x2") == 1
+
+
 def _raw(sock: Path, payload: bytes, close_write: bool = True) -> bytes:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
         conn.settimeout(15)
