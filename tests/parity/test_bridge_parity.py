@@ -9,6 +9,7 @@ p50 times of bridge + IPAM for both (a measurement, not a test).
 from __future__ import annotations
 
 import re
+import shutil
 import statistics
 import sys
 import tempfile
@@ -118,7 +119,8 @@ def measure(rounds: int = 20) -> None:
     The two are interleaved call by call in twin nodes, so background load on a
     shared machine hits both alike.
     """
-    bin_dir = harness.plugin_dir(Path(tempfile.mkdtemp(prefix="berth-bin")))
+    bin_root = Path(tempfile.mkdtemp(prefix="berth-bin"))
+    bin_dir = harness.plugin_dir(bin_root)
     topos = {b: harness.Topology(Path(tempfile.mkdtemp(prefix="berth-measure")), bin_dir).build()
              for b in (True, False)}
     try:
@@ -138,6 +140,7 @@ def measure(rounds: int = 20) -> None:
     finally:
         for t in topos.values():
             t.destroy()
+        shutil.rmtree(bin_root, ignore_errors=True)
 
 
 if __name__ == "__main__":
