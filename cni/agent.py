@@ -42,7 +42,7 @@ from cni.skel import MAX_ID_LENGTH, MAX_IFNAME_LENGTH, MAX_NAME_LENGTH, MAX_STDI
 READ_TIMEOUT = 10.0  # a client sends its whole request at once; slower is hostile or dead
 DEFAULT_CHECK_INTERVAL = 2.0
 MAX_CHECK_BACKOFF = 60.0
-DEFAULT_MAX_WORKERS = 64
+DEFAULT_MAX_WORKERS = 16  # each in-flight call is a child with ~8-9 MiB of private pages
 MAX_ENV_ENTRIES = 256
 MAX_VALUE_CHARS = 64 * 1024
 
@@ -334,8 +334,7 @@ class Agent:
         self.reconciler: int | None = None
         self.next_check = 0.0
         self.backoff = check_interval
-        self.table_seen = True  # absent at start-up counts as gone: we may have missed the flush
-        self.retry_reconcile = False
+        self.table_seen = False
         self.stop = False
         self.own_netns = agent_client.netns_id()
         self.parent_fds: list[int] = []  # closed in every child
@@ -356,7 +355,7 @@ class Agent:
     def reap(self) -> None:
         while True:
             try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
+                pid, _status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
                 return
             if pid == 0:
@@ -364,14 +363,15 @@ class Agent:
             self.children.discard(pid)
             if pid == self.reconciler:
                 self.reconciler = None
-                self.retry_reconcile = os.waitstatus_to_exitcode(status) != 0
 
     def watch_flush(self) -> None:
-        """Re-create the table from the journals when it disappears (a flush).
+        """Re-create the table from the journals when it is gone (a flush).
 
-        Triggers on the table going away (or being absent when we start), not on
-        it being absent: a node whose attachments need no nft rules never has
-        one. A failed reconcile is retried with a doubling delay.
+        Gone after we saw it: reconcile at once. Absent without our having seen
+        it (at start-up, or created and flushed between two checks, or never
+        needed because no attachment has nft rules): reconcile too, but with a
+        delay doubling up to MAX_CHECK_BACKOFF, so a node that needs no table
+        costs one fork a minute at most.
         """
         now = time.monotonic()
         if self.check_interval <= 0 or now < self.next_check or self.reconciler is not None:
@@ -383,15 +383,12 @@ class Agent:
         if exists:
             self.table_seen, self.backoff = True, self.check_interval
             return
-        if not (self.table_seen or self.retry_reconcile):
-            return
         if not journals_exist(self.root):
-            self.table_seen = self.retry_reconcile = False  # nothing to restore; wait for it to come and go
             return
-        if self.retry_reconcile:
+        if not self.table_seen:
             self.next_check = now + self.backoff
             self.backoff = min(self.backoff * 2, MAX_CHECK_BACKOFF)
-        self.table_seen = self.retry_reconcile = False
+        self.table_seen = False
         pid = self.fork(self.parent_fds)
         if pid == 0:
             os._exit(reconcile_child(self.root))
@@ -496,6 +493,9 @@ def main(command: str, argv: list[str]) -> int:
     problems = warm_up()
     for problem in problems:
         log(f"warm-up: {problem}")
+    import gc
+
+    gc.freeze()  # a child's collections then leave the warm objects' pages shared
     log(f"warm in {(time.monotonic() - started) * 1000:.0f} ms")
     try:
         prepare_dir(args.socket)
