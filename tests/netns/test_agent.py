@@ -192,6 +192,14 @@ def test_kill_9_then_calls_fall_back_and_a_restart_serves_again(topo: harness.To
     pod2.delete()
     assert agent.served("ADD", "k2") == 0 and agent.served("DEL", "k2") == 2
     assert "CNI-DN-" not in node.nft_text() and journals(node) == []
+    # a second agent on the same socket refuses to start; SIGTERM stops cleanly and removes the socket
+    second = node.exec([str(node.bin_dir / "berth"), "agent", "--socket", str(agent.sock)], check=False,
+                       env=node.env(), timeout=60)
+    assert second.returncode != 0 and "another agent serves" in second.stderr
+    assert agent.proc is not None
+    agent.proc.terminate()
+    assert agent.proc.wait(10) == 0 and not agent.sock.exists()
+    assert "stopped" in agent.log()
 
 
 def test_a_call_that_crashes_kills_only_its_child(topo: harness.Topology, agent: AgentProc) -> None:
