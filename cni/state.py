@@ -132,16 +132,25 @@ class Journal:
     def drop(self, name: str) -> None:
         """Remove one plugin's section; the file goes when no section is left."""
         with self.locked():
-            data = self.load()
+            try:
+                data = self.load()
+            except CNIError:
+                # an unreadable journal must not block DEL/GC forever: the plugins
+                # already cleaned what they could derive, so the file goes
+                self._remove_file()
+                return
             if not data:
                 return
             data.pop(name, None)
             if any(isinstance(v, dict) for v in data.values()):
                 atomic_write(self.path, json.dumps(data, indent=1, sort_keys=True).encode())
             else:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(self.path)
-                fsync_dir(self.directory)
+                self._remove_file()
+
+    def _remove_file(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+        fsync_dir(self.directory)
 
 
 def journals(root: str, network: str | None = None) -> Iterator[tuple[str, dict[str, Any]]]:

@@ -219,6 +219,8 @@ class Node(Netns):
         env = {
             "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
             "BERTH_STATE_DIR": str(self.state_dir),
+            # a developer's own agent must not serve the tests' calls (tests opt in explicitly)
+            "BERTH_AGENT_SOCKET": "off",
         }
         env.update(extra)
         return env

@@ -130,3 +130,14 @@ def test_lock_of_a_killed_holder_does_not_wedge(tmp_path: Path) -> None:
     with flocked(lock, timeout=2):
         pass
     assert time.monotonic() - started < 1
+
+
+def test_drop_removes_an_unreadable_journal(tmp_path) -> None:
+    from cni.state import Journal
+
+    journal = Journal(str(tmp_path), "net", "c1", "eth0")
+    journal.put("bridge", {"x": 1})
+    with open(journal.path, "wb") as fh:
+        fh.write(b"{not json")
+    journal.drop("bridge")
+    assert not os.path.exists(journal.path)
