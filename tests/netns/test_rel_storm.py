@@ -3,7 +3,8 @@
 Each round N pods are attached at once (bridge with ipMasq + portmap, each with
 its own host port), checked for duplicate addresses while all are alive, then
 detached at once; a GC (portmap, bridge) with an empty valid list runs between
-rounds. Quick profile: 16 x 2; BERTH_LONG=1: 32 x 10. Prints its timing.
+rounds. Quick profile (make test): 12 x 2; the slow one (make test-long): 32 x 10.
+Prints its timing.
 """
 
 from __future__ import annotations
@@ -14,11 +15,12 @@ import threading
 import time
 from typing import Any
 
+import pytest
+
 from tests import harness
 from tests.netns.test_rel_crash import NET, bridge_conf, gc_all, leftovers, portmap_conf
 
 LONG = os.environ.get("BERTH_LONG") == "1"
-PODS, ROUNDS = (32, 10) if LONG else (16, 2)
 
 
 def _cycle_add(node: harness.Node, conf: dict[str, Any], ns: harness.Netns, i: int,
@@ -43,9 +45,9 @@ def _cycle_del(node: harness.Node, conf: dict[str, Any], ns: harness.Netns, i: i
     out[i] = None if pm.rc == br.rc == 0 else f"DEL rc={pm.rc}/{br.rc} {pm.stdout}{br.stdout}"
 
 
-def _all(fn: Any, *args: Any) -> dict[int, Any]:
+def _all(fn: Any, node: harness.Node, conf: dict[str, Any], nss: list[harness.Netns]) -> dict[int, Any]:
     out: dict[int, Any] = {}
-    threads = [threading.Thread(target=fn, args=(*args[:2], args[2][i], i, out)) for i in range(PODS)]
+    threads = [threading.Thread(target=fn, args=(node, conf, nss[i], i, out)) for i in range(len(nss))]
     for t in threads:
         t.start()
     for t in threads:
@@ -53,23 +55,33 @@ def _all(fn: Any, *args: Any) -> dict[int, Any]:
     return out
 
 
-def test_storm_concurrent_cycles_no_duplicates_no_errors(topo: harness.Topology) -> None:
+@pytest.mark.skipif(LONG, reason="the long run has test_storm_long")
+def test_storm_quick(topo: harness.Topology) -> None:
+    storm(topo, 12, 2)
+
+
+@pytest.mark.slow
+def test_storm_long(topo: harness.Topology) -> None:
+    storm(topo, 32, 10)
+
+
+def storm(topo: harness.Topology, pods: int, rounds: int) -> None:
     node = topo.node
     conf = bridge_conf(node, subnets=("10.78.0.0/24",), bridge="brstorm")
-    nss = [topo.container(str(i)) for i in range(PODS)]
+    nss = [topo.container(str(i)) for i in range(pods)]
     started = time.monotonic()
     cycles = 0
-    for rnd in range(ROUNDS):
+    for rnd in range(rounds):
         added = _all(_cycle_add, node, conf, nss)
         errors = {i: v for i, v in added.items() if not isinstance(v, dict)}
         assert not errors, f"round {rnd}: {json.dumps(errors)[:2000]}"
         addrs = [ip["address"] for r in added.values() for ip in r["ips"]]
-        assert len(addrs) == len(set(addrs)) == PODS, f"round {rnd}: duplicate addresses {sorted(addrs)}"
+        assert len(addrs) == len(set(addrs)) == pods, f"round {rnd}: duplicate addresses {sorted(addrs)}"
         macs = [i["mac"] for r in added.values() for i in r["interfaces"] if i.get("sandbox")]
-        assert len(set(macs)) == PODS
+        assert len(set(macs)) == pods
         if rnd % 2:  # a GC that keeps everyone alive must change nothing
             before = node.nft_text()
-            valid = [{"containerID": f"storm{i}", "ifname": "eth0"} for i in range(PODS)]
+            valid = [{"containerID": f"storm{i}", "ifname": "eth0"} for i in range(pods)]
             node.plugin("berth-portmap", "GC", portmap_conf(NET, None, **{"cni.dev/valid-attachments": valid})).ok()
             node.plugin("berth-bridge", "GC", dict(conf, **{"cni.dev/valid-attachments": valid})).ok()
             assert node.nft_text() == before
@@ -78,8 +90,8 @@ def test_storm_concurrent_cycles_no_duplicates_no_errors(topo: harness.Topology)
         assert not errors, f"round {rnd}: {json.dumps(errors)[:2000]}"
         gc_all(node, conf)
         assert leftovers(node) == [], f"round {rnd}"
-        cycles += PODS
+        cycles += pods
     elapsed = time.monotonic() - started
-    print(f"\n[rel storm] {cycles} ADD/DEL cycles (bridge+portmap, {PODS} concurrent x {ROUNDS} rounds) "
+    print(f"\n[rel storm] {cycles} ADD/DEL cycles (bridge+portmap, {pods} concurrent x {rounds} rounds) "
           f"in {elapsed:.1f}s ({elapsed / max(cycles, 1) * 1000:.0f} ms per cycle), 0 errors, "
           f"0 duplicate addresses, 0 leftovers")
