@@ -221,6 +221,8 @@ def _add(
             journal.put(SECTION, record)
         netlink.attach_port(node, host, bridge, conf.hairpin, conf.vlan, conf.preserve_default_vlan,
                             conf.port_isolation)
+        if not conf.enable_dad and any(":" in ip["address"] for ip in result["ips"]):
+            netlink.disable_dad(args.netns, args.ifname)  # before up: no tentative link-local
         if not conf.disable_container_interface:
             netlink.set_up(cont, ct.index, args.ifname)
         _step_done("veth", env)

@@ -476,6 +476,53 @@ def ensure_sysctl(key: str, value: str) -> bool:
     return True
 
 
+CLONE_NEWNET = 0x40000000
+
+
+def _setns(fd: int) -> None:
+    import ctypes  # lazy: only the DAD path needs it
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+@contextlib.contextmanager
+def in_netns(path: str) -> Iterator[None]:
+    """Run the body with this (single-threaded) process inside netns `path`:
+    /proc/sys/net shows the netns of the caller, netlink sockets cannot reach
+    it. The only setns in berth; the original netns is always restored."""
+    check_netns(path)
+    own = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        target = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            _setns(target)
+        finally:
+            os.close(target)
+        try:
+            yield
+        finally:
+            _setns(own)
+    finally:
+        os.close(own)
+
+
+def disable_dad(netns_path: str, ifname: str) -> bool:
+    """accept_dad=0 on the container interface before it goes up, so its
+    link-local address is never tentative and v6 works when ADD returns.
+    False when the container has no IPv6 (nothing to do)."""
+    path = f"/proc/sys/net/ipv6/conf/{ifname}/accept_dad"  # ifname may hold dots: no sysctl_path()
+    with in_netns(netns_path):
+        try:
+            with open(path, "w") as fh:
+                fh.write("0")
+        except FileNotFoundError:
+            return False
+    return True
+
+
 def read_sysctl(key: str) -> str:
     with open(sysctl_path(key)) as fh:
         return fh.read().strip()
