@@ -455,24 +455,40 @@ def cmd_gc(args: CmdArgs) -> None:
     valid = _valid_attachments(args.config)
     problems: list[str] = []
     root = state_root(args.environ)
+    spared: list[dict[str, str]] = []
     for _path, data in journals(root, args.network):
         record = data.get(SECTION)
         cid, ifname = str(data.get("containerID", "")), str(data.get("ifname", ""))
         if not isinstance(record, dict) or (cid, ifname) in valid or not cid or not ifname:
             continue
         if record.get("state") == "adding" and _age(data) < ADDING_GRACE_SECONDS:
-            continue  # an ADD may be running right now; the runtime cannot have listed it yet
+            # an ADD may be running right now; the runtime cannot have listed it yet
+            spared.append({"containerID": cid, "ifname": ifname})
+            continue
         try:
             _gc_one(args, Journal(root, args.network, cid, ifname), record, cid, ifname)
         except Exception as exc:
             problems.append(f"{cid}/{ifname}: {exc}")
     if conf.layer3:
         try:
-            delegate(conf.ipam_type, "GC", args)
+            delegate(conf.ipam_type, "GC", args, stdin=_ipam_gc_stdin(args.config, spared))
         except CNIError as exc:
             problems.append(f"IPAM {conf.ipam_type}: {exc.msg}")
     if problems:
         raise CNIError(errors.NETLINK_FAILURE, "GC did not finish", "; ".join(problems))
+
+
+def _ipam_gc_stdin(config: dict[str, Any], spared: list[dict[str, str]]) -> bytes | None:
+    """IPAM's GC must spare the leases of the ADDs spared above (else the next ADD
+    gets an address an in-flight ADD is about to use); None: the config as is."""
+    if not spared:
+        return None
+    import json
+
+    key = "cni.dev/valid-attachments" if "cni.dev/valid-attachments" in config else "cni.dev/attachments"
+    widened = dict(config)
+    widened[key] = [*config.get(key, []), *spared]
+    return json.dumps(widened).encode()
 
 
 def _age(data: dict[str, Any]) -> float:
