@@ -225,3 +225,24 @@ def test_portmap_journal_records_mark_settings(topo: harness.Topology) -> None:
     del_pod(node, ns.path, "c1", conf)
     assert leftovers(node) == []
 
+
+
+def test_gc_grace_also_keeps_the_lease(topo: harness.Topology) -> None:
+    """An ADD in flight (journal "adding", younger than the bridge's GC grace) is
+    spared by GC, and so must its lease be: otherwise the next ADD gets the same
+    address while the first ADD goes on using it."""
+    node, ns, other = topo.node, topo.container(), topo.container("o")
+    conf = bridge_conf(node, subnets=("10.74.0.0/24",))
+    killed = node.plugin("berth-bridge", "ADD", conf, container_id="c1", netns=ns.path,
+                         env={"BERTH_TEST_KILL_AFTER": "addresses"})
+    assert killed.rc == -9
+    first = ns.addresses("eth0")
+    node.plugin("berth-bridge", "GC", gc_conf(conf)).ok()
+    assert (node.data_dir / NET / first[0].split("/")[0]).exists(), "GC freed the lease of a spared ADD"
+    res = node.plugin("berth-bridge", "ADD", conf, container_id="c2", netns=other.path).ok()
+    assert res["ips"][0]["address"] != first[0]
+    age_journals(node)
+    node.plugin("berth-bridge", "GC", gc_conf(conf, [{"containerID": "c2", "ifname": "eth0"}])).ok()
+    assert not (node.data_dir / NET / first[0].split("/")[0]).exists()
+    node.plugin("berth-bridge", "DEL", conf, container_id="c2", netns=other.path).ok()
+    assert leftovers(node) == []
