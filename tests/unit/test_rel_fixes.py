@@ -1,0 +1,125 @@
+"""Reliability fixes of issue #8 at unit level (in-memory nft backend, tmp state):
+DEL without a journal, journaled mark settings, the test-only kill/fail points,
+masquerade under the node-wide lock, the read-only foreign listing."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cni.errors import CNIError
+from cni.runner import ops_explain
+from cni.skel import CmdArgs
+from portmap import layout, masq, nft, portmap, ports
+
+PREV = {
+    "cniVersion": "1.0.0",
+    "interfaces": [{"name": "br0"}, {"name": "veth1"}, {"name": "eth0", "sandbox": "/run/netns/x"}],
+    "ips": [{"address": "10.88.0.5/24", "interface": 2}],
+}
+MAPS = [{"hostPort": 8080, "containerPort": 80}, {"hostPort": 5353, "containerPort": 53, "protocol": "udp",
+                                                  "hostIP": "10.0.0.1"}]
+
+
+@pytest.fixture
+def fake() -> Iterator[nft.Fake]:
+    backend = nft.Fake()
+    nft.set_backend(backend)
+    yield backend
+    nft.set_backend(None)
+
+
+def args(root: Path, command: str, cid: str = "c1", mappings: list[dict[str, Any]] | None = MAPS,
+         prev: dict[str, Any] | None = PREV, env: dict[str, str] | None = None, **extra: Any) -> CmdArgs:
+    config: dict[str, Any] = {"cniVersion": "1.0.0", "name": "pmnet", "type": "berth-portmap", **extra}
+    if mappings is not None:
+        config["runtimeConfig"] = {"portMappings": mappings}
+    if prev is not None:
+        config["prevResult"] = prev
+    return CmdArgs(command=command, container_id=cid, netns="/run/netns/x", ifname="eth0", args={}, raw_args="",
+                   path=[], stdin=json.dumps(config).encode(), config=config, version="1.0.0",
+                   environ={"BERTH_STATE_DIR": str(root), **(env or {})})
+
+
+def test_journal_records_mark_settings(tmp_path: Path, fake: nft.Fake) -> None:
+    portmap.cmd_add(args(tmp_path, "ADD", markMasqBit=5, masqAll=True))
+    record = json.loads((tmp_path / "pmnet" / "c1-eth0.json").read_text())["portmap"]
+    assert record["markMasqBit"] == 5 and record["masqAll"] is True and record["externalSetMarkChain"] is None
+    portmap.cmd_add(args(tmp_path, "ADD", cid="c2", mappings=[{"hostPort": 9, "containerPort": 9}],
+                         externalSetMarkChain="KUBE-MARK-MASQ"))
+    record = json.loads((tmp_path / "pmnet" / "c2-eth0.json").read_text())["portmap"]
+    assert record["externalSetMarkChain"] == "KUBE-MARK-MASQ" and record["markMasqBit"] == 13
+
+
+def test_del_without_journal_removes_derived_chain_elements_and_port_files(tmp_path: Path, fake: nft.Fake) -> None:
+    portmap.cmd_add(args(tmp_path, "ADD"))
+    portmap.cmd_add(args(tmp_path, "ADD", cid="other", mappings=[{"hostPort": 9090, "containerPort": 80}]))
+    mine = layout.dnat_chain_name("pmnet", "c1", "eth0")
+    assert mine in fake.chains and len(list((tmp_path / "ports").glob("*_*_*"))) == 3
+    (tmp_path / "pmnet" / "c1-eth0.json").unlink()  # the journal is lost
+    portmap.cmd_del(args(tmp_path, "DEL", prev=None))
+    assert mine not in fake.chains
+    assert fake.elements["hostports"] == [[{"concat": ["tcp", 9090]},
+                                           {"jump": {"target": layout.dnat_chain_name("pmnet", "other")}}]]
+    assert fake.elements["hostports-v4"] == []
+    assert [p.name for p in (tmp_path / "ports").glob("*_*_*")] == ["any_tcp_9090"]
+    portmap.cmd_del(args(tmp_path, "DEL", prev=None))  # idempotent
+
+
+def test_del_without_journal_and_without_mappings_does_nothing(tmp_path: Path, fake: nft.Fake) -> None:
+    portmap.cmd_del(args(tmp_path, "DEL", mappings=None, prev=None))
+    assert fake.transactions == []
+
+
+def test_masq_teardown_without_journal_finds_elements_by_verdict(tmp_path: Path, fake: nft.Fake) -> None:
+    env = {"BERTH_STATE_DIR": str(tmp_path)}
+    data = masq.setup("net", "c1", "eth0", "br0", ["10.1.0.5/24", "fd00:1::5/64"], env)
+    masq.setup("net", "c2", "eth0", "br0", ["10.1.0.6/24"], env)
+    masq.teardown(None, "net", "c1", "eth0", env)
+    assert data["chain"] not in fake.chains
+    other = layout.masq_chain_name("net", "c2")
+    assert fake.elements["masq-v4"] == [["10.1.0.6", {"jump": {"target": other}}]]
+    assert fake.elements["masq-v6"] == []
+
+
+def test_masq_teardown_without_table_creates_nothing(tmp_path: Path, fake: nft.Fake) -> None:
+    masq.teardown(None, "net", "c1", "eth0", {"BERTH_STATE_DIR": str(tmp_path)})
+    assert fake.transactions == []
+
+
+def test_masq_waits_for_the_node_wide_lock(tmp_path: Path, fake: nft.Fake) -> None:
+    env = {"BERTH_STATE_DIR": str(tmp_path)}
+    done: list[float] = []
+    with ports.locked(str(tmp_path)):
+        worker = threading.Thread(target=lambda: (masq.setup("net", "c1", "eth0", "br0", ["10.1.0.5/24"], env),
+                                                  done.append(time.monotonic())))
+        worker.start()
+        time.sleep(0.3)
+        assert not done and fake.transactions == [], "masq.setup ran while reconcile's lock was held"
+        released = time.monotonic()
+    worker.join(10)
+    assert done and done[0] >= released
+
+
+@pytest.mark.parametrize("step", portmap.STEPS)
+def test_fail_points_roll_back(tmp_path: Path, fake: nft.Fake, step: str) -> None:
+    with pytest.raises(CNIError) as info:
+        portmap.cmd_add(args(tmp_path, "ADD", env={"BERTH_TEST_FAIL_AFTER": step}))
+    assert info.value.code == 999 and step in info.value.msg
+    assert not list(tmp_path.rglob("*.json")) and not list((tmp_path / "ports").glob("*_*_*"))
+    assert not [c for c in fake.chains if c.startswith("CNI-DN-")]
+    assert all(not elems for elems in fake.elements.values())
+
+
+def test_foreign_listing_is_public_and_read_only() -> None:
+    source = inspect.getsource(ops_explain.foreign_forward)
+    assert "_nft(" not in source and "list_foreign" in source
+    listing = inspect.getsource(nft.list_foreign)
+    assert '"list"' in listing and "apply" not in listing
