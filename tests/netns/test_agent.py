@@ -348,7 +348,7 @@ def test_flush_is_repaired_from_the_journals(topo: harness.Topology, agent: Agen
     pod = Pod(topo, "f1", [{"hostPort": 8084, "containerPort": 80}])
     pod.add().ok()
     node.exec(["nft", "flush", "ruleset"])
-    assert harness.wait_for(lambda: "CNI-DN-" in node.nft_text(), timeout=15), agent.log()
+    assert harness.wait_for(lambda: "CNI-DN-" in node.nft_text(), timeout=45), agent.log()
     assert fixes(agent) == 1, agent.log()
     with pod.netns.server(80, "tcp", banner="web"):
         assert topo.outside.connect(NODE4, 8084) == f"web {OUTSIDE4}"
@@ -356,7 +356,7 @@ def test_flush_is_repaired_from_the_journals(topo: harness.Topology, agent: Agen
     agent.kill()
     node.exec(["nft", "flush", "ruleset"])
     agent.start("--check-interval", "0.3")
-    assert harness.wait_for(lambda: "CNI-DN-" in node.nft_text(), timeout=15), agent.log()
+    assert harness.wait_for(lambda: "CNI-DN-" in node.nft_text(), timeout=45), agent.log()
     assert fixes(agent) == 2, agent.log()
     pod.delete()
     assert agent.alive()
