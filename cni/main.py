@@ -55,7 +55,8 @@ def _run_plugin(name: str) -> int:
         return skel.main(PluginFuncs(name=canonical_name(name) or name))
     from cni import agent_client
 
-    self_path = os.path.realpath(sys.argv[0])
+    # a frozen bundle knows its real binary; argv[0] may be a bare name found on PATH
+    self_path = os.path.realpath(sys.executable if getattr(sys, "frozen", False) else sys.argv[0])
     # the node agent, when one listens, does the work with warm imports (issue #10)
     rc, data = agent_client.forward(canonical_name(name) or name, os.environ, sys.stdin.buffer, sys.stdout,
                                     sys.stderr, self_path)
