@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from portmap import layout
 from tests import harness
 
 NET = "relnet"
@@ -22,9 +23,9 @@ BRIDGE_STEPS = ("journal", "ipam", "bridge", "veth", "addresses", "routes", "gat
 PORTMAP_STEPS = ("portmap-journal", "portmap-nft")
 MAPPINGS = [{"hostPort": 18080, "containerPort": 80, "protocol": "tcp"},
             {"hostPort": 18053, "containerPort": 53, "protocol": "udp", "hostIP": "198.51.100.1"}]
-# per-attachment chains and elements live here; the static skeleton may stay
-STATIC_CHAINS = {"guard", "prerouting", "output", "postrouting", "forward", "CNI-HOSTPORT-DNAT",
-                 "CNI-HOSTPORT-SETMARK", "CNI-HOSTPORT-MASQ", "CNI-ADMIN"}
+# the static skeleton (whatever layout.py declares) may stay; per-attachment
+# chains and verdict-map elements must not
+STATIC_CHAINS = {cmd["add"]["chain"]["name"] for cmd in layout.base_layout() if "chain" in cmd.get("add", {})}
 
 
 def bridge_conf(node: harness.Node, name: str = NET, subnets: tuple[str, ...] = ("10.77.0.0/24", "fd00:77::/64"),
@@ -76,9 +77,9 @@ def leftovers(node: harness.Node, network: str = NET) -> list[str]:
         chain = item.get("chain")
         if chain and chain["name"] not in STATIC_CHAINS:
             out.append(f"chain {chain['name']}")
-        kind = item.get("map") or item.get("set")
-        if kind and kind.get("elem") and kind["name"] != "bridges":
-            out.append(f"{kind['name']} elements {kind['elem']}")
+        vmap = item.get("map")  # sets (bridges, ...) hold node-level names, not attachments
+        if vmap and vmap.get("elem"):
+            out.append(f"{vmap['name']} elements {vmap['elem']}")
     return out
 
 

@@ -27,6 +27,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from portmap import layout
 from tests import harness
 
 LONG = os.environ.get("BERTH_LONG") == "1"
@@ -37,8 +38,7 @@ CLONE_NEWNET = 0x40000000
 PLUGINS = ("berth-bridge", "berth-host-local", "berth-portmap")
 VERBS = ("ADD", "DEL", "CHECK", "GC")
 FITTING = {1, 2, 3, 4, 5, 6, 7, 8, 11, 50, 101, 102, 103, 104, 105, 106}
-STATIC_CHAINS = {"guard", "prerouting", "output", "postrouting", "forward", "CNI-HOSTPORT-DNAT",
-                 "CNI-HOSTPORT-SETMARK", "CNI-HOSTPORT-MASQ", "CNI-ADMIN"}
+STATIC_CHAINS = {cmd["add"]["chain"]["name"] for cmd in layout.base_layout() if "chain" in cmd.get("add", {})}
 COUNT = {"inputs": 0}
 
 TRAVERSAL = ["..", "../..", "../../../../../../tmp/berth-evil", "/etc/passwd", "a/../../b", "./x", "x/..",
@@ -171,7 +171,8 @@ def check_answer(res: dict[str, Any], plugin: str, bridge: str = "bh0") -> None:
 
 
 @pytest.fixture(scope="module")
-def sandbox(tmp_path_factory: pytest.TempPathFactory, bin_dir: Path) -> Iterator[dict[str, Any]]:
+def sandbox(tmp_path_factory: pytest.TempPathFactory, bin_dir: Path,
+            request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
     root = tmp_path_factory.mktemp("hostile")
     for sub in ("state", "data", "cwd"):
         (root / sub).mkdir()
@@ -186,7 +187,9 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory, bin_dir: Path) -> Iterator
     suspicious = {d: [n for n in names if "evil" in n or n in ("hostile", "berth-evil")]
                   for d, names in changed.items()}
     assert not any(suspicious.values()), f"files appeared outside the test dir: {suspicious}"
-    print(f"\n[rel hostile] {COUNT['inputs']} hostile inputs tried in-process, 0 leftovers")
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(f"[rel hostile] {COUNT['inputs']} hostile inputs tried in-process, 0 leftovers")
 
 
 def env_for(sandbox: dict[str, Any], command: str, **over: str) -> dict[str, str]:

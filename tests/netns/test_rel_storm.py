@@ -56,16 +56,23 @@ def _all(fn: Any, node: harness.Node, conf: dict[str, Any], nss: list[harness.Ne
 
 
 @pytest.mark.skipif(LONG, reason="the long run has test_storm_long")
-def test_storm_quick(topo: harness.Topology) -> None:
-    storm(topo, 12, 2)
+def test_storm_quick(topo: harness.Topology, request: pytest.FixtureRequest) -> None:
+    storm(topo, 12, 2, request)
 
 
 @pytest.mark.slow
-def test_storm_long(topo: harness.Topology) -> None:
-    storm(topo, 32, 10)
+def test_storm_long(topo: harness.Topology, request: pytest.FixtureRequest) -> None:
+    storm(topo, 32, 10, request)
 
 
-def storm(topo: harness.Topology, pods: int, rounds: int) -> None:
+def report(request: pytest.FixtureRequest, line: str) -> None:
+    """A figure for the run's output even under -q and capture."""
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(line)
+
+
+def storm(topo: harness.Topology, pods: int, rounds: int, request: pytest.FixtureRequest) -> None:
     node = topo.node
     conf = bridge_conf(node, subnets=("10.78.0.0/24",), bridge="brstorm")
     nss = [topo.container(str(i)) for i in range(pods)]
@@ -92,6 +99,6 @@ def storm(topo: harness.Topology, pods: int, rounds: int) -> None:
         assert leftovers(node) == [], f"round {rnd}"
         cycles += pods
     elapsed = time.monotonic() - started
-    print(f"\n[rel storm] {cycles} ADD/DEL cycles (bridge+portmap, {pods} concurrent x {rounds} rounds) "
+    report(request, f"[rel storm] {cycles} ADD/DEL cycles (bridge+portmap, {pods} concurrent x {rounds} rounds) "
           f"in {elapsed:.1f}s ({elapsed / max(cycles, 1) * 1000:.0f} ms per cycle), 0 errors, "
           f"0 duplicate addresses, 0 leftovers")
