@@ -6,10 +6,10 @@ masquerade through portmap.masq, addresses through the IPAM plugin.
 
 ADD keeps an undo stack (the Go `success` flag): the journal section is written
 first with the intent, then IPAM, bridge, veth, addresses, routes, gateway,
-sysctls, masquerade; any failure unwinds everything done so far. Test-only hooks:
+sysctls, masquerade, isolation; any failure unwinds everything done so far. Test-only hooks:
 BERTH_TEST_FAIL_AFTER=<step> raises after the step and BERTH_TEST_KILL_AFTER=<step>
 SIGKILLs the process after it, with <step> one of:
-    journal, ipam, bridge, veth, addresses, routes, gateway, sysctls, masq
+    journal, ipam, bridge, veth, addresses, routes, gateway, sysctls, masq, isolation
 
 DEL works from the journal when the runtime gives no netns (it deletes the host
 veth by its recorded name) and like upstream when there is no journal. GC tears
@@ -37,7 +37,7 @@ from cni.state import Journal, journals, state_root
 
 SECTION = "bridge"
 ADDING_GRACE_SECONDS = 300.0
-STEPS = ("journal", "ipam", "bridge", "veth", "addresses", "routes", "gateway", "sysctls", "masq")
+STEPS = ("journal", "ipam", "bridge", "veth", "addresses", "routes", "gateway", "sysctls", "masq", "isolation")
 
 
 def _step_done(step: str, environ: Any) -> None:
@@ -174,6 +174,8 @@ def _add(
         "state": "adding", "bridge": conf.bridge, "hostVeth": host_name, "netns": args.netns,
         "ifname": args.ifname, "ipamType": conf.ipam_type,
     }
+    if conf.isolate:
+        record["isolate"] = conf.isolate  # journaled first: a racing DEL counts this attachment
     with _kernel_errors("ADD"):
         netlink.check_netns(args.netns)
     previous = journal.section(SECTION) or {}
@@ -255,6 +257,14 @@ def _add(
                                                          args.ifname, env)))
         _step_done("masq", env)
 
+        if conf.isolate:
+            from portmap import isolation
+
+            isolation.setup(conf.bridge, conf.isolate, env)
+            undo.callback(_quietly(lambda: isolation.release(args.network, args.container_id, args.ifname,
+                                                             conf.bridge, conf.isolate, env)))
+        _step_done("isolation", env)
+
         # the bridge takes the lowest port MAC: read it after attaching, as upstream does
         bridge = netlink.link_by_name(node, conf.bridge) or bridge
         ct = netlink.link_by_name(cont, args.ifname) or ct
@@ -318,9 +328,24 @@ def cmd_del(args: CmdArgs) -> None:
         raise problems[0]  # keep the journal: a retried DEL still knows what to clean
     if problems:
         raise CNIError(problems[0].code, "DEL did not finish", "; ".join(p.msg for p in problems))
+    _release_isolation(args, conf, record)
     if corrupt:
         return  # an unreadable journal is left for the operator (state.py refuses to rewrite it)
     journal.drop(SECTION)
+
+
+def _release_isolation(args: CmdArgs, conf: BridgeConf | None, record: dict[str, Any]) -> None:
+    """The last attachment on an isolated bridge takes it out of the isolation sets."""
+    mode = str(record.get("isolate") or (conf.isolate if conf else ""))
+    bridge = str(record.get("bridge") or (conf.bridge if conf else ""))
+    if not mode or not bridge:
+        return
+    from portmap import isolation
+
+    try:
+        isolation.release(args.network, args.container_id, args.ifname, bridge, mode, args.environ)
+    except Exception as exc:
+        raise _as_cni(exc, errors.NFTABLES_FAILURE, "isolation") from None
 
 
 def _as_cni(exc: Exception, code: int, what: str) -> CNIError:
@@ -368,6 +393,10 @@ def cmd_check(args: CmdArgs) -> None:
         problems += _masq().check(record["masq"], args.environ)
     elif conf.ip_masq and record:
         problems.append("journal records no masquerade for this attachment")
+    if conf.isolate:
+        from portmap import isolation
+
+        problems += isolation.check(conf.bridge, conf.isolate)
     if problems:
         raise CNIError(errors.CHECK_FAILED, "CHECK failed: " + problems[0], "; ".join(problems))
 
@@ -456,6 +485,7 @@ def cmd_gc(args: CmdArgs) -> None:
     problems: list[str] = []
     root = state_root(args.environ)
     spared: list[dict[str, str]] = []
+    isolated = {conf.bridge} if conf.isolate else set()  # also clears what a lost journal left
     for _path, data in journals(root, args.network):
         record = data.get(SECTION)
         cid, ifname = str(data.get("containerID", "")), str(data.get("ifname", ""))
@@ -465,10 +495,20 @@ def cmd_gc(args: CmdArgs) -> None:
             # an ADD may be running right now; the runtime cannot have listed it yet
             spared.append({"containerID": cid, "ifname": ifname})
             continue
+        if record.get("isolate") and record.get("bridge"):
+            isolated.add(str(record["bridge"]))
         try:
             _gc_one(args, Journal(root, args.network, cid, ifname), record, cid, ifname)
         except Exception as exc:
             problems.append(f"{cid}/{ifname}: {exc}")
+    if isolated:
+        from portmap import isolation
+
+        for bridge in sorted(isolated):
+            try:  # "strict" re-counts both sets: whatever the gone attachments were
+                isolation.release(args.network, "", "", bridge, isolation.STRICT, args.environ)
+            except Exception as exc:
+                problems.append(f"isolation of {bridge}: {exc}")
     if conf.layer3:
         try:
             delegate(conf.ipam_type, "GC", args, stdin=_ipam_gc_stdin(args.config, spared))

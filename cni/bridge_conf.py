@@ -55,6 +55,7 @@ class BridgeConf:
     mac_spoof_check: bool = False
     disable_container_interface: bool = False
     port_isolation: bool = False
+    isolate: str = ""  # "" | "isolated" | "strict" (portmap/isolation.py)
     ipam: dict[str, Any] = field(default_factory=dict)
     mac: str | None = None
 
@@ -95,6 +96,19 @@ def _mac_from(config: dict[str, Any], cni_args: dict[str, str]) -> str | None:
     if cni_args.get("MAC"):
         return normalize_mac(cni_args["MAC"], "CNI_ARGS MAC")
     return None
+
+
+def _isolate(value: object) -> str:
+    """`isolate`: false (default, upstream parity), true, or "strict"; the strings
+    "true"/"false" too, as netavark's options spell them."""
+    # identity for the booleans: 0 == False and 1 == True must not slip through
+    if value is None or value is False or value == "false":
+        return ""
+    if value is True or value == "true":
+        return "isolated"
+    if value == "strict":
+        return "strict"
+    raise errors.invalid_config('isolate must be true, false or "strict"', repr(value)[:64])
 
 
 def parse(config: dict[str, Any], cni_args: dict[str, str] | None = None) -> BridgeConf:
@@ -160,5 +174,6 @@ def parse(config: dict[str, Any], cni_args: dict[str, str] | None = None) -> Bri
     if conf.disable_container_interface and conf.layer3:
         # the interface stays down: addresses and routes on it could not work
         raise errors.invalid_config("disableContainerInterface is for L2-only networks (empty ipam)")
+    conf.isolate = _isolate(config.get("isolate"))
     conf.mac = _mac_from(config, cni_args or {})
     return conf

@@ -14,7 +14,10 @@ and one per-attachment chain holds both families' rules.
     postrouting (nat, 100)  : -> CNI-HOSTPORT-MASQ; saddr vmap @masq-v4/-v6 (bridge ipMasq)
     CNI-HOSTPORT-MASQ       : marked -> masquerade
     CNI-<hash>              : the attachment's ipMasq rules
-    forward (filter, 0)     : -> CNI-ADMIN (operator's, never written); bridges + ct dnat accept
+    forward (filter, 0)     : -> CNI-ADMIN (operator's, never written); oifname @isolated -> CNI-ISOLATION;
+                              bridges + ct dnat accept
+    CNI-ISOLATION           : bridge `isolate`: replies/DNAT/same bridge return, else drop between
+                              isolated bridges and from any berth bridge into a strict one (portmap/isolation.py)
     guard (filter, -300)    : drop 127.0.0.0/8 not arriving on lo (CVE-2020-8558)
 
 The static part is re-asserted by every ADD (add is a no-op when present, static
@@ -44,6 +47,10 @@ HOSTPORTS_V6_MAP = "hostports-v6"
 MASQ_V4_MAP = "masq-v4"
 MASQ_V6_MAP = "masq-v6"
 BRIDGES_SET = "bridges"
+ISOLATION_CHAIN = "CNI-ISOLATION"
+ISOLATED_SET = "isolated"  # bridges of isolate: true|"strict" networks
+STRICT_SET = "strict"  # bridges of isolate: "strict" networks
+SELF_SET = "isolated-self"  # `br . br` per isolated bridge: traffic staying on its bridge
 
 DEFAULT_MASQ_BIT = 13
 CHAIN_NAME_LENGTH = 28  # upstream utils.maxChainLength (iptables' limit minus NUL)
@@ -60,6 +67,14 @@ BASE_CHAINS: tuple[tuple[str, str, str, int], ...] = (
     ("output", "nat", "output", -100),
     ("postrouting", "nat", "postrouting", 100),
     ("forward", "filter", "forward", 0),
+)
+
+# name -> key type of the plain sets the forward chain looks up
+SETS: tuple[tuple[str, list[str] | str], ...] = (
+    (BRIDGES_SET, "ifname"),
+    (ISOLATED_SET, "ifname"),
+    (STRICT_SET, "ifname"),
+    (SELF_SET, ["ifname", "ifname"]),
 )
 
 # name -> key type; every map is a verdict map
@@ -202,12 +217,13 @@ def base_layout(external_setmark: str | None = None) -> list[Cmd]:
         if interval:
             fields["flags"] = ["interval"]
         cmds.append({"add": _obj("map", **fields)})
-    cmds.append({"add": _obj("set", name=BRIDGES_SET, type="ifname")})
+    cmds += add_sets()
     # user chains before the base chains that jump to them
     cmds.append(add_chain(ADMIN_CHAIN))  # operator-owned: add only, never flush
     if external_setmark:
         cmds.append(add_chain(external_setmark))  # operator-owned as well
     cmds += [add_chain(SETMARK_CHAIN), add_chain(MASQ_CHAIN), add_chain(DNAT_CHAIN), flush_chain(DNAT_CHAIN)]
+    cmds += [add_chain(ISOLATION_CHAIN), flush_chain(ISOLATION_CHAIN), *isolation_rules()]
     for name, kind, hook, prio in BASE_CHAINS:
         cmds += [add_chain(name, (kind, prio, hook)), flush_chain(name)]
 
@@ -229,11 +245,36 @@ def base_layout(external_setmark: str | None = None) -> list[Cmd]:
         add_rule("postrouting", {"vmap": {"key": payload("ip", "saddr"), "data": "@" + MASQ_V4_MAP}}),
         add_rule("postrouting", {"vmap": {"key": payload("ip6", "saddr"), "data": "@" + MASQ_V6_MAP}}),
         add_rule("forward", jump(ADMIN_CHAIN)),
+        # one lookup for every forwarded packet; only traffic into an isolated bridge goes on
+        add_rule("forward", match(meta("oifname"), "@" + ISOLATED_SET), jump(ISOLATION_CHAIN)),
         add_rule("forward", match(meta("iifname"), "@" + BRIDGES_SET), {"accept": None}),
         add_rule("forward", match(meta("oifname"), "@" + BRIDGES_SET), {"accept": None}),
         add_rule("forward", match({"ct": {"key": "status"}}, "dnat", "in"), {"accept": None}),
     ]
     return cmds
+
+
+def add_sets() -> list[Cmd]:
+    return [{"add": _obj("set", name=name, type=key)} for name, key in SETS]
+
+
+def isolation_rules() -> list[Cmd]:
+    """CNI-ISOLATION, entered only for packets leaving through an isolated
+    bridge. A constant five rules however many networks are isolated: which
+    bridges are isolated lives in the sets, so a network costs elements only.
+    Replies of connections a container started, and DNAT'ed traffic (published
+    ports reached through the node's address, as Docker allows), pass; so does
+    traffic routed back into the bridge it came from (two subnets on one bridge,
+    br_netfilter). `return` rather than accept: the forward chain goes on."""
+    ifpair = {"concat": [meta("iifname"), meta("oifname")]}
+    return [
+        add_rule(ISOLATION_CHAIN, match({"ct": {"key": "state"}}, ["established", "related"], "in"), {"return": None}),
+        add_rule(ISOLATION_CHAIN, match({"ct": {"key": "status"}}, "dnat", "in"), {"return": None}),
+        add_rule(ISOLATION_CHAIN, match(ifpair, "@" + SELF_SET), {"return": None}),
+        add_rule(ISOLATION_CHAIN, match(meta("iifname"), "@" + ISOLATED_SET), COUNTER, {"drop": None}),
+        add_rule(ISOLATION_CHAIN, match(meta("oifname"), "@" + STRICT_SET),
+                 match(meta("iifname"), "@" + BRIDGES_SET), COUNTER, {"drop": None}),
+    ]
 
 
 def mark_layout(mark_bit: int = DEFAULT_MASQ_BIT) -> list[Cmd]:

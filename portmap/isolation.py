@@ -1,0 +1,150 @@
+"""Isolation between berth networks (bridge `isolate`), in berth's nft table.
+
+Docker keeps bridge networks apart with DOCKER-ISOLATION-STAGE-1/2 (two rules
+per network); berth keeps the rules constant and puts the networks in sets,
+so isolating the 100th network costs the same element adds as the 2nd:
+
+    isolated       bridges of `isolate: true` and `isolate: "strict"` networks
+    strict         bridges of `isolate: "strict"` networks
+    isolated-self  `br . br` for every isolated bridge (traffic staying on it)
+
+The forward chain sends packets leaving through an isolated bridge to
+CNI-ISOLATION (layout.isolation_rules): replies and DNAT'ed traffic pass, a
+packet from another isolated bridge is dropped, and a strict bridge also drops
+packets from any berth bridge (the `bridges` set of ipMasq networks).
+
+Membership is per bridge, shared by every network on that bridge. ADD adds the
+elements (one transaction, idempotent); DEL and GC remove them once no journal
+of any network still records an isolated attachment on the bridge. Counting and
+changing happen under the node-wide nft lock, and ADD journals its intent before
+taking it, so a DEL racing an ADD can only leave the bridge isolated, never open.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from collections.abc import Mapping as MappingT
+from typing import Any
+
+from cni import state
+from portmap import layout
+
+ISOLATED = "isolated"  # isolate: true
+STRICT = "strict"  # isolate: "strict"
+MODES = (ISOLATED, STRICT)
+ALL_SETS = (layout.ISOLATED_SET, layout.SELF_SET, layout.STRICT_SET)
+
+Cmd = layout.Cmd
+Key = tuple[str, str, str]  # network, containerID, ifname
+
+
+# --- pure builders --------------------------------------------------------------
+
+def elements(bridge: str, mode: str) -> dict[str, list[Any]]:
+    """The set elements an isolated bridge needs (set name -> elements)."""
+    out: dict[str, list[Any]] = {
+        layout.ISOLATED_SET: [bridge],
+        layout.SELF_SET: [{"concat": [bridge, bridge]}],
+    }
+    if mode == STRICT:
+        out[layout.STRICT_SET] = [bridge]
+    return out
+
+
+def add_commands(bridge: str, mode: str) -> list[Cmd]:
+    """ADD's transaction: the static layout (it holds the sets and CNI-ISOLATION)
+    plus element adds; its size does not depend on how many networks exist."""
+    cmds = layout.base_layout()
+    for name, elems in elements(bridge, mode).items():
+        cmds.append(layout.add_elements(name, elems))
+    return cmds
+
+
+def remove_commands(bridge: str, sets: tuple[str, ...]) -> list[Cmd]:
+    """Drop the bridge from `sets`, absence-tolerant (add then delete in one
+    transaction); only the table and the sets are asserted, not the chains."""
+    if not sets:
+        return []
+    wanted = elements(bridge, STRICT)
+    cmds: list[Cmd] = [layout.add_table()]
+    cmds += [c for c in layout.add_sets() if c["add"]["set"]["name"] in sets]
+    for name in sets:
+        cmds += [layout.add_elements(name, wanted[name]), layout.delete_elements(name, wanted[name])]
+    return cmds
+
+
+def sets_to_drop(releasing: str, in_use: set[str]) -> tuple[str, ...]:
+    """Which sets lose the bridge when an attachment in mode `releasing` goes and
+    the bridge's other isolated attachments have the modes `in_use`."""
+    if not in_use:
+        return ALL_SETS
+    if releasing == STRICT and STRICT not in in_use:
+        return (layout.STRICT_SET,)  # still isolated for the others, no longer strict
+    return ()
+
+
+# --- who still needs the bridge isolated -------------------------------------------
+
+def _records(root: str, network: str) -> Iterator[tuple[Key, dict[str, Any]]]:
+    """Bridge journal sections, this network's first (the usual answer is there)."""
+    for scope in (network, None):
+        for _path, data in state.journals(root, scope):
+            net = str(data.get("network", ""))
+            if scope is None and net == network:
+                continue  # already read
+            record = data.get("bridge")
+            if isinstance(record, dict):
+                yield (net, str(data.get("containerID", "")), str(data.get("ifname", ""))), record
+
+
+def modes_in_use(root: str, network: str, bridge: str, exclude: Key | None = None,
+                 enough: Callable[[set[str]], bool] | None = None) -> set[str]:
+    """Isolation modes journaled on `bridge` by attachments other than `exclude`
+    (an unfinished ADD counts: it may be about to use the bridge). Stops reading
+    as soon as `enough(found)` says the answer cannot change."""
+    found: set[str] = set()
+    for key, record in _records(root, network):
+        if key == exclude or record.get("bridge") != bridge:
+            continue
+        mode = record.get("isolate")
+        if mode in MODES:
+            found.add(str(mode))
+            if STRICT in found or (enough is not None and enough(found)):
+                break
+    return found
+
+
+# --- applying ---------------------------------------------------------------------
+
+def setup(bridge: str, mode: str, environ: MappingT[str, str] | None = None) -> None:
+    """Put the bridge in the sets (one transaction, idempotent)."""
+    from portmap import nft, ports  # nft work only for isolated networks
+
+    with ports.locked(state.state_root(environ)):
+        nft.apply(add_commands(bridge, mode))
+
+
+def release(network: str, container_id: str, ifname: str, bridge: str, mode: str,
+            environ: MappingT[str, str] | None = None) -> tuple[str, ...]:
+    """The attachment (network, container_id, ifname) is going: take the bridge
+    out of the sets nobody else needs. Idempotent; returns the sets changed."""
+    from portmap import nft, ports
+
+    root = state.state_root(environ)
+    with ports.locked(root):
+        # releasing `isolated`: any other isolated attachment keeps every set as is
+        in_use = modes_in_use(root, network, bridge, (network, container_id, ifname),
+                              enough=lambda found: mode != STRICT and bool(found))
+        drop = sets_to_drop(mode, in_use)
+        nft.apply(remove_commands(bridge, drop))
+    return drop
+
+
+def check(bridge: str, mode: str) -> list[str]:
+    """What is missing of the bridge's isolation (empty when all is there)."""
+    from portmap import nft
+
+    _chains, present = nft.table_names(nft.list_table())
+    return [f"bridge {bridge} is missing from nft set {name} (isolate)"
+            for name, elems in elements(bridge, mode).items()
+            for elem in elems if elem not in present.get(name, [])]
