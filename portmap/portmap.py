@@ -275,7 +275,7 @@ def cmd_add(args: CmdArgs) -> Result:
                   "mappings": [m.to_json() for m in conf.mappings], "snat": conf.snat,
                   # what `berth reconcile` needs to rebuild the mark chains as this ADD did
                   "markMasqBit": conf.mark_bit, "masqAll": conf.masq_all,
-                  "externalSetMarkChain": conf.external_setmark}
+                  "externalSetMarkChain": conf.external_setmark, "boot": ports.boot_id()}
         journal.put(SECTION, record)
         try:
             _step_done("portmap-journal", args.environ)

@@ -80,12 +80,29 @@ def read(path: str) -> Claim | None:
         return None  # unreadable: treat as unowned, the new claim overwrites it
 
 
+BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"
+
+
+def boot_id() -> str:
+    """This boot's id ("" when unreadable): a claim made in an earlier boot is
+    stale, every pod died in the reboot (before the runtime's GC says so)."""
+    try:
+        with open(BOOT_ID_PATH) as fh:
+            return fh.read().strip()
+    except OSError:
+        return ""
+
+
 def is_live(root: str, owner: Owner) -> bool:
     journal = state.Journal(root, owner.network, owner.container_id, owner.ifname)
     try:
-        return journal.section("portmap") is not None
+        record = journal.section("portmap")
     except CNIError:
         return True  # a corrupt journal is not proof of death: keep the owner
+    if record is None:
+        return False
+    made_in = record.get("boot")
+    return not (made_in and boot_id() and made_in != boot_id())
 
 
 @dataclass
