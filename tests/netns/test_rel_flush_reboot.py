@@ -75,6 +75,15 @@ def test_flush_ruleset_then_check_and_reconcile(topo: harness.Topology) -> None:
     assert leftovers(node) == []
 
 
+def _as_if_made_in_an_earlier_boot(node: harness.Node) -> None:
+    """A namespace rebuild cannot change the kernel's boot_id: edit the journals'."""
+    for path in node.state_dir.rglob("*.json"):
+        data = json.loads(path.read_text())
+        if isinstance(data.get("portmap"), dict):
+            data["portmap"]["boot"] = "00000000-0000-0000-0000-earlier-boot"
+            path.write_text(json.dumps(data))
+
+
 def test_reboot_gc_frees_the_rest_and_new_adds_work(topo: harness.Topology) -> None:
     node = topo.node
     conf = bridge_conf(node)
@@ -95,14 +104,18 @@ def test_reboot_gc_frees_the_rest_and_new_adds_work(topo: harness.Topology) -> N
     assert len(list((node.data_dir / NET).glob("10.*"))) == 3
 
     fresh = topo.container("new")
-    # the runtime starts pods again before any GC; old0's stale claim on 18080
-    # is refused with a clear conflict until GC (the claim's journal survives)
+    # the same boot (only the namespace was rebuilt): old0's claim on 18080 may be
+    # live, so the port is refused with a clear conflict until GC
     _br, pm = add_pod(node, fresh, "new1", conf)
     assert pm is not None and pm.json["code"] == 102, pm.stdout
     del_pod(node, fresh.path, "new1", conf)  # the runtime's DEL after a failed ADD
-    br, pm = add_pod(node, fresh, "new1", conf, mappings=[{"hostPort": 18090, "containerPort": 80}])
+    _as_if_made_in_an_earlier_boot(node)
+    # after a real reboot the runtime starts pods again before any GC: the claims
+    # of the earlier boot are stale and the port is taken over
+    br, pm = add_pod(node, fresh, "new1", conf)
     assert pm is not None
     pm.ok()
+    assert _published(topo, fresh, 18080, "reborn")
     # the runtime's GC knows only the pods that exist now
     age_journals(node)
     valid = [{"containerID": "new1", "ifname": "eth0"}]
@@ -112,17 +125,17 @@ def test_reboot_gc_frees_the_rest_and_new_adds_work(topo: harness.Topology) -> N
     assert [p.name for p in node.state_dir.rglob("*.json")] == ["new1-eth0.json"], left
     leases = [p.name for p in (node.data_dir / NET).glob("10.*")]
     assert leases == [br.json["ips"][0]["address"].split("/")[0]]
-    assert _published(topo, fresh, 18090, "reborn")
-    # after GC the old pods' ports are free again
+    assert _published(topo, fresh, 18080, "after-gc")
+    # the old pods' other ports are free again
     second = topo.container("new2")
-    _br, pm = add_pod(node, second, "new2", conf)
+    _br, pm = add_pod(node, second, "new2", conf, mappings=[{"hostPort": 18081, "containerPort": 80}])
     assert pm is not None
     pm.ok()
-    assert _published(topo, second, 18080, "port-reused")
+    assert _published(topo, second, 18081, "port-reused")
     # a late DEL of an old pod (its netns path long gone) is harmless
     node.plugin("berth-portmap", "DEL", portmap_conf(NET, None), container_id="old0", netns=olds[0].path).ok()
     node.plugin("berth-bridge", "DEL", conf, container_id="old0", netns=olds[0].path).ok()
-    assert _published(topo, fresh, 18090, "still") and _published(topo, second, 18080, "still")
+    assert _published(topo, fresh, 18080, "still") and _published(topo, second, 18081, "still")
     del_pod(node, fresh.path, "new1", conf)
     del_pod(node, second.path, "new2", conf)
     gc_all(node, conf)

@@ -123,3 +123,17 @@ def test_foreign_listing_is_public_and_read_only() -> None:
     assert "_nft(" not in source and "list_foreign" in source
     listing = inspect.getsource(nft.list_foreign)
     assert '"list"' in listing and "apply" not in listing
+
+
+def test_claims_of_an_earlier_boot_are_stale(tmp_path: Path) -> None:
+    from cni import state
+
+    owner = ports.Owner("net", "c1", "eth0")
+    journal = state.Journal(str(tmp_path), "net", "c1", "eth0")
+    assert not ports.is_live(str(tmp_path), owner)
+    journal.put("portmap", {"chain": "x"})  # journals of older berth versions: live
+    assert ports.is_live(str(tmp_path), owner)
+    journal.put("portmap", {"chain": "x", "boot": ports.boot_id()})
+    assert ports.is_live(str(tmp_path), owner)
+    journal.put("portmap", {"chain": "x", "boot": "an-earlier-boot"})
+    assert not ports.is_live(str(tmp_path), owner) or not ports.boot_id()
