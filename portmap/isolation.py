@@ -22,6 +22,7 @@ taking it, so a DEL racing an ADD can only leave the bridge isolated, never open
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from collections.abc import Mapping as MappingT
 from typing import Any
@@ -87,14 +88,16 @@ def sets_to_drop(releasing: str, in_use: set[str]) -> tuple[str, ...]:
 
 def _records(root: str, network: str) -> Iterator[tuple[Key, dict[str, Any]]]:
     """Bridge journal sections, this network's first (the usual answer is there)."""
-    for scope in (network, None):
-        for _path, data in state.journals(root, scope):
-            net = str(data.get("network", ""))
-            if scope is None and net == network:
-                continue  # already read
+    try:
+        others = sorted(n for n in os.listdir(root) if n != network)
+    except OSError:
+        others = []
+    for net in (network, *others):
+        for _path, data in state.journals(root, net):
             record = data.get("bridge")
             if isinstance(record, dict):
-                yield (net, str(data.get("containerID", "")), str(data.get("ifname", ""))), record
+                yield (str(data.get("network", net)), str(data.get("containerID", "")),
+                       str(data.get("ifname", ""))), record
 
 
 def modes_in_use(root: str, network: str, bridge: str, exclude: Key | None = None,

@@ -1,0 +1,181 @@
+"""Bridge `isolate` without root: config parsing, the nft builders, who still
+needs a bridge isolated (journal scan) and release through a fake backend."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cni import state
+from cni.bridge_conf import parse
+from cni.errors import CNIError
+from portmap import isolation, layout, nft
+
+T = {"family": "inet", "table": "berth"}
+
+
+def conf(**extra: Any) -> dict[str, Any]:
+    return {"cniVersion": "1.0.0", "name": "net", "type": "berth-bridge", "bridge": "br0", **extra}
+
+
+@pytest.mark.parametrize(("value", "mode"), [
+    (None, ""), (False, ""), ("false", ""), (True, "isolated"), ("true", "isolated"), ("strict", "strict"),
+])
+def test_isolate_values(value: Any, mode: str) -> None:
+    c = conf() if value is None else conf(isolate=value)
+    assert parse(c).isolate == mode
+
+
+@pytest.mark.parametrize("value", [1, 0, "yes", "STRICT", "", [], {"strict": True}, 2.0])
+def test_isolate_bad_values_are_code_7(value: Any) -> None:
+    with pytest.raises(CNIError) as exc:
+        parse(conf(isolate=value))
+    assert exc.value.code == 7
+
+
+def test_rules_are_constant_and_guarded() -> None:
+    base = layout.base_layout()
+    rules = [c["add"]["rule"] for c in base if "add" in c and "rule" in c["add"]]
+    iso = [r for r in rules if r["chain"] == layout.ISOLATION_CHAIN]
+    assert len(iso) == 5
+    assert iso[0]["expr"][0]["match"]["right"] == ["established", "related"]
+    assert iso[1]["expr"][0]["match"] == {"op": "in", "left": {"ct": {"key": "status"}}, "right": "dnat"}
+    assert iso[2]["expr"][0]["match"]["right"] == "@isolated-self"
+    assert iso[3]["expr"][-1] == {"drop": None} and iso[4]["expr"][-1] == {"drop": None}
+    forward = [r for r in rules if r["chain"] == "forward"]
+    # operator's chain first, then the one lookup every forwarded packet pays
+    assert forward[0]["expr"] == [{"jump": {"target": "CNI-ADMIN"}}]
+    assert forward[1]["expr"] == [
+        {"match": {"op": "==", "left": {"meta": {"key": "oifname"}}, "right": "@isolated"}},
+        {"jump": {"target": "CNI-ISOLATION"}},
+    ]
+    # the chain is refilled by every ADD (add+flush before its rules), never left stale
+    flush = base.index({"flush": {"chain": {**T, "name": "CNI-ISOLATION"}}})
+    first_rule = next(i for i, c in enumerate(base) if c.get("add", {}).get("rule", {}).get("chain") == "CNI-ISOLATION")
+    assert flush < first_rule
+    sets = {c["add"]["set"]["name"]: c["add"]["set"]["type"] for c in base if "set" in c.get("add", {})}
+    assert sets == {"bridges": "ifname", "isolated": "ifname", "strict": "ifname",
+                    "isolated-self": ["ifname", "ifname"]}
+
+
+def test_add_transaction_size_does_not_depend_on_the_network() -> None:
+    sizes = {len(isolation.add_commands(f"br{i}", "isolated")) for i in range(100)}
+    assert sizes == {len(layout.base_layout()) + 2}
+    cmds = isolation.add_commands("br7", "strict")
+    assert cmds[-3:] == [
+        {"add": {"element": {**T, "name": "isolated", "elem": ["br7"]}}},
+        {"add": {"element": {**T, "name": "isolated-self", "elem": [{"concat": ["br7", "br7"]}]}}},
+        {"add": {"element": {**T, "name": "strict", "elem": ["br7"]}}},
+    ]
+
+
+def test_remove_commands_are_absence_tolerant() -> None:
+    assert isolation.remove_commands("br0", ()) == []
+    cmds = isolation.remove_commands("br0", (layout.STRICT_SET,))
+    assert cmds == [
+        {"add": {"table": {"family": "inet", "name": "berth"}}},
+        {"add": {"set": {**T, "name": "strict", "type": "ifname"}}},
+        {"add": {"element": {**T, "name": "strict", "elem": ["br0"]}}},
+        {"delete": {"element": {**T, "name": "strict", "elem": ["br0"]}}},
+    ]
+    # never touches a chain: a DEL on a node without berth's layout cannot fail on it
+    assert not any("chain" in c[next(iter(c))] for c in isolation.remove_commands("br0", isolation.ALL_SETS))
+
+
+@pytest.mark.parametrize(("releasing", "in_use", "dropped"), [
+    ("isolated", set(), isolation.ALL_SETS),
+    ("strict", set(), isolation.ALL_SETS),
+    ("isolated", {"isolated"}, ()),
+    ("isolated", {"strict"}, ()),
+    ("strict", {"isolated"}, (layout.STRICT_SET,)),
+    ("strict", {"strict"}, ()),
+    ("strict", {"isolated", "strict"}, ()),
+])
+def test_sets_to_drop(releasing: str, in_use: set[str], dropped: tuple[str, ...]) -> None:
+    assert isolation.sets_to_drop(releasing, in_use) == dropped
+
+
+def put(root: Path, network: str, cid: str, bridge: str, mode: str | None, state_: str = "added") -> None:
+    record: dict[str, Any] = {"state": state_, "bridge": bridge}
+    if mode:
+        record["isolate"] = mode
+    state.Journal(str(root), network, cid, "eth0").put("bridge", record)
+
+
+def test_modes_in_use_reads_every_network_and_skips_the_leaver(tmp_path: Path) -> None:
+    put(tmp_path, "n1", "a", "br0", "isolated")
+    assert isolation.modes_in_use(str(tmp_path), "n1", "br0", ("n1", "a", "eth0")) == set()
+    assert isolation.modes_in_use(str(tmp_path), "n1", "br0") == {"isolated"}
+    put(tmp_path, "n2", "b", "br0", "strict", state_="adding")  # an unfinished ADD counts
+    put(tmp_path, "n3", "c", "br1", "strict")  # another bridge does not
+    put(tmp_path, "n4", "d", "br0", None)  # a non-isolated network on the bridge does not
+    state.Journal(str(tmp_path), "n5", "e", "eth0").put("portmap", {"x": 1})  # no bridge section
+    (tmp_path / "n6").mkdir()
+    (tmp_path / "n6" / "bad-eth0.json").write_text("{torn")  # unreadable: skipped
+    assert isolation.modes_in_use(str(tmp_path), "n1", "br0", ("n1", "a", "eth0")) == {"strict"}
+    assert isolation.modes_in_use(str(tmp_path), "n4", "br1") == {"strict"}
+    assert isolation.modes_in_use(str(tmp_path), "nx", "br9") == set()
+    assert isolation.modes_in_use(str(tmp_path / "missing"), "n1", "br0") == set()
+
+
+def test_modes_in_use_stops_at_the_first_answer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for i in range(5):
+        put(tmp_path, "n1", f"c{i}", "br0", "isolated")
+    put(tmp_path, "n2", "z", "br0", "strict")
+    read: list[str] = []
+    real = state.journals
+
+    def counting(root: str, network: str | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
+        for path, data in real(root, network):
+            read.append(path)
+            yield path, data
+
+    monkeypatch.setattr(state, "journals", counting)
+    found = isolation.modes_in_use(str(tmp_path), "n1", "br0", enough=bool)
+    assert found == {"isolated"} and len(read) == 1  # own network first, one file is enough
+    read.clear()
+    assert isolation.modes_in_use(str(tmp_path), "n1", "br0") == {"isolated", "strict"}
+    assert len(read) == 6
+
+
+@pytest.fixture
+def fake() -> Iterator[nft.Fake]:
+    backend = nft.Fake()
+    nft.set_backend(backend)
+    try:
+        yield backend
+    finally:
+        nft.set_backend(None)
+
+
+def test_setup_and_release_follow_the_journals(tmp_path: Path, fake: nft.Fake) -> None:
+    env = {"BERTH_STATE_DIR": str(tmp_path)}
+    put(tmp_path, "n1", "a", "br0", "strict")
+    put(tmp_path, "n2", "b", "br0", "isolated")
+    isolation.setup("br0", "strict", env)
+    assert fake.elements["isolated"] == ["br0"] and fake.elements["strict"] == ["br0"]
+    assert fake.elements["isolated-self"] == [{"concat": ["br0", "br0"]}]
+    # the strict one leaves: n2 keeps the bridge isolated, no longer strict
+    assert isolation.release("n1", "a", "eth0", "br0", "strict", env) == (layout.STRICT_SET,)
+    state.Journal(str(tmp_path), "n1", "a", "eth0").drop("bridge")
+    assert fake.elements["strict"] == [] and fake.elements["isolated"] == ["br0"]
+    # the last one leaves: everything goes; a repeat is a harmless no-op transaction
+    assert isolation.release("n2", "b", "eth0", "br0", "isolated", env) == isolation.ALL_SETS
+    assert isolation.release("n2", "b", "eth0", "br0", "isolated", env) == isolation.ALL_SETS
+    assert all(fake.elements[name] == [] for name in isolation.ALL_SETS)
+
+
+def test_release_failure_is_an_nft_error(tmp_path: Path, fake: nft.Fake) -> None:
+    fake.fail_next = "boom"
+    with pytest.raises(CNIError) as exc:
+        isolation.release("n1", "a", "eth0", "br0", "isolated", {"BERTH_STATE_DIR": str(tmp_path)})
+    assert exc.value.code >= 100
+
+
+def test_check_names_what_is_missing(fake: nft.Fake) -> None:
+    fake.apply(isolation.add_commands("br0", "isolated"))
+    assert isolation.check("br0", "isolated") == []
+    assert isolation.check("br0", "strict") == ["bridge br0 is missing from nft set strict (isolate)"]
