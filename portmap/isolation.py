@@ -92,7 +92,7 @@ def _records(root: str, network: str) -> Iterator[tuple[Key, dict[str, Any]]]:
         others = sorted(n for n in os.listdir(root) if n != network)
     except OSError:
         others = []
-    for net in (network, *others):
+    for net in ([network] if network else []) + others:  # journals(root, "") would read all
         for _path, data in state.journals(root, net):
             record = data.get("bridge")
             if isinstance(record, dict):
@@ -151,3 +151,25 @@ def check(bridge: str, mode: str) -> list[str]:
     return [f"bridge {bridge} is missing from nft set {name} (isolate)"
             for name, elems in elements(bridge, mode).items()
             for elem in elems if elem not in present.get(name, [])]
+
+
+def journaled(root: str) -> dict[str, str]:
+    """Bridge -> mode (strict wins) of every journaled isolated attachment: what
+    `berth reconcile` must put back after someone flushed the ruleset."""
+    out: dict[str, str] = {}
+    for _key, record in _records(root, ""):
+        mode, bridge = record.get("isolate"), record.get("bridge")
+        if mode in MODES and isinstance(bridge, str) and bridge and out.get(bridge) != STRICT:
+            out[bridge] = str(mode)
+    return out
+
+
+def restore_commands(root: str) -> list[Cmd]:
+    """One transaction re-adding every journaled bridge's elements (empty: nothing to do)."""
+    wanted = journaled(root)
+    if not wanted:
+        return []
+    cmds = layout.base_layout()
+    for bridge, mode in sorted(wanted.items()):
+        cmds += [layout.add_elements(name, elems) for name, elems in elements(bridge, mode).items()]
+    return cmds

@@ -247,3 +247,41 @@ def _repo() -> Any:
 
 def _venv_python() -> Any:
     return _repo() / ".venv" / "bin" / "python"
+
+
+def dual_conf(node: harness.Node, name: str, bridge: str, n: int, isolate: Any = None) -> dict[str, Any]:
+    c = net_conf(node, name, bridge, f"10.91.{n}.0/24", isolate)
+    c["ipam"]["ranges"].append([{"subnet": f"fd00:91:{n}::/64"}])
+    c["ipam"]["routes"] = [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}]
+    return c
+
+
+def v6(pod: Pod) -> str:
+    return next(str(ip["address"].split("/")[0]) for ip in pod.result["ips"] if ":" in ip["address"])
+
+
+def test_ipv6_is_isolated_by_the_same_rules(topo: harness.Topology) -> None:
+    node = topo.node
+    a = Pod(topo, dual_conf(node, "iso-a", "bti-a", 1, True), "a").add()
+    b = Pod(topo, dual_conf(node, "iso-b", "bti-b", 2, True), "b").add()
+    o = Pod(topo, dual_conf(node, "open", "bti-o", 3), "o").add()
+    for pod in (a, b):
+        with pod.ns.server(7000, "tcp", family="6", banner=pod.cid), \
+                pod.ns.server(7000, "udp", family="6", banner=pod.cid):
+            other = b if pod is a else a
+            assert reach(other, v6(pod), 7000, expect=False) is None
+            assert reach(other, v6(pod), 7000, "udp", expect=False) is None
+            assert who(o, v6(pod), 7000) == pod.cid
+    for pod in (a, b, o):
+        pod.delete().ok()
+
+
+def test_check_reports_a_bridge_missing_from_the_sets(topo: harness.Topology) -> None:
+    node = topo.node
+    pod = Pod(topo, net_conf(node, "iso-a", "bti-a", "10.91.1.0/24", "strict"), "a").add()
+    check = dict(pod.conf, prevResult=pod.result)
+    node.plugin("berth-bridge", "CHECK", check, container_id="a", netns=pod.ns.path).ok()
+    node.exec(["nft", "delete", "element", "inet", "berth", "strict", "{", "bti-a", "}"])
+    res = node.plugin("berth-bridge", "CHECK", check, container_id="a", netns=pod.ns.path)
+    assert res.rc != 0 and res.json["code"] == 106 and "strict" in res.json["msg"], res.stdout
+    pod.delete().ok()

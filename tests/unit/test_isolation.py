@@ -179,3 +179,16 @@ def test_check_names_what_is_missing(fake: nft.Fake) -> None:
     fake.apply(isolation.add_commands("br0", "isolated"))
     assert isolation.check("br0", "isolated") == []
     assert isolation.check("br0", "strict") == ["bridge br0 is missing from nft set strict (isolate)"]
+
+
+def test_restore_commands_cover_every_journaled_bridge(tmp_path: Path) -> None:
+    assert isolation.restore_commands(str(tmp_path)) == []
+    put(tmp_path, "n1", "a", "br0", "isolated")
+    put(tmp_path, "n2", "b", "br0", "strict")
+    put(tmp_path, "n3", "c", "br1", "isolated")
+    put(tmp_path, "n4", "d", "br2", None)
+    assert isolation.journaled(str(tmp_path)) == {"br0": "strict", "br1": "isolated"}
+    cmds = isolation.restore_commands(str(tmp_path))
+    adds = [(c["add"]["element"]["name"], c["add"]["element"]["elem"]) for c in cmds if "element" in c.get("add", {})]
+    assert adds == [("isolated", ["br0"]), ("isolated-self", [{"concat": ["br0", "br0"]}]), ("strict", ["br0"]),
+                    ("isolated", ["br1"]), ("isolated-self", [{"concat": ["br1", "br1"]}])]
