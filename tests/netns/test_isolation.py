@@ -285,3 +285,16 @@ def test_check_reports_a_bridge_missing_from_the_sets(topo: harness.Topology) ->
     res = node.plugin("berth-bridge", "CHECK", check, container_id="a", netns=pod.ns.path)
     assert res.rc != 0 and res.json["code"] == 106 and "strict" in res.json["msg"], res.stdout
     pod.delete().ok()
+
+
+def test_add_killed_after_isolation_is_cleaned_by_del(topo: harness.Topology) -> None:
+    node = topo.node
+    c = net_conf(node, "iso-a", "bti-a", "10.91.1.0/24", "strict")
+    ns = topo.container()
+    res = node.plugin("berth-bridge", "ADD", c, container_id="a", netns=ns.path,
+                      env={"BERTH_TEST_KILL_AFTER": "isolation"})
+    assert res.rc == -9
+    assert members(node)["strict"] == ["bti-a"]  # the journal says "adding" with isolate: strict
+    node.plugin("berth-bridge", "DEL", c, container_id="a", netns="").ok()
+    assert members(node) == {"isolated": [], "strict": [], "isolated-self": []}
+    assert not list((node.state_dir / "iso-a").glob("*.json"))
