@@ -137,7 +137,7 @@ def plan_l3(result: Result, conf: BridgeConf) -> tuple[list[str], list[tuple[str
 def _ensure_gateway(node: netlink.Handle, bridge: netlink.Link, cidr: str, force: bool, nodad: bool) -> None:
     """Upstream's ensureAddr: one v4 address per bridge, v6 ones unless they overlap."""
     want = ipaddress.ip_interface(cidr)
-    for have_s in netlink.addresses(node, bridge.index):
+    for have_s in netlink.addresses(node, bridge.index, want.version):  # one family: not O(veths)
         have = ipaddress.ip_interface(have_s)
         if have.version != want.version or (have.version == 6 and have.ip.is_link_local):
             continue
@@ -174,6 +174,11 @@ def _add(
         "state": "adding", "bridge": conf.bridge, "hostVeth": host_name, "netns": args.netns,
         "ifname": args.ifname, "ipamType": conf.ipam_type,
     }
+    if conf.ip_masq:
+        # intent before any nft change, in the first journal write (no second one after
+        # IPAM): {} means "addresses not known", so after a crash masq.teardown derives
+        # the chain and finds its map elements by their verdict
+        record["masq"] = {}
     if conf.isolate:
         record["isolate"] = conf.isolate  # journaled first: a racing DEL counts this attachment
     with _kernel_errors("ADD"):
@@ -198,11 +203,6 @@ def _add(
         result["routes"] = ipam_result.get("routes", []) or []
         result["dns"] = ipam_result.get("dns", {}) or {}
         record["ips"] = [ip["address"] for ip in result["ips"]]
-        if conf.ip_masq:
-            # intent before the nft change: after a crash, masq.teardown finds the
-            # map elements by these addresses (IPAM itself is released by container ID)
-            record["masq"] = {"addresses": [str(ipaddress.ip_interface(a).ip) for a in record["ips"]]}
-            journal.put(SECTION, record)
         _step_done("ipam", env)
     bridge_gws, routes = plan_l3(result, conf) if conf.layer3 else ([], [])
 
@@ -306,7 +306,7 @@ def cmd_del(args: CmdArgs) -> None:
     env = args.environ
 
     masq_data = record.get("masq")
-    if (conf and conf.ip_masq) or masq_data:
+    if (conf and conf.ip_masq) or masq_data is not None:
         try:
             _masq().teardown(masq_data, args.network, args.container_id, args.ifname, env)
         except Exception as exc:

@@ -392,10 +392,15 @@ def port_vlans(h: Handle, index: int) -> list[int]:
 
 # --- addresses -----------------------------------------------------------------
 
-def addresses(h: Handle, index: int) -> list[str]:
-    """CIDR strings on a link (both families, link-local included)."""
+def addresses(h: Handle, index: int, version: int = 0) -> list[str]:
+    """CIDR strings on a link (both families, link-local included; only IPv`version` if given).
+
+    The dump is node-wide (the index filter is applied in pyroute2), so asking
+    for one family keeps an IPv4 lookup from reading every veth's IPv6 link-local.
+    """
     out = []
-    for msg in _call(f"dump addresses of #{index}", h.ipr.get_addr, index=index):
+    family = {4: 2, 6: 10}.get(version, 0)
+    for msg in _call(f"dump addresses of #{index}", h.ipr.get_addr, family=family, index=index):
         addr = msg.get_attr("IFA_ADDRESS") or msg.get_attr("IFA_LOCAL")
         if addr:
             out.append(f"{addr}/{msg['prefixlen']}")

@@ -39,7 +39,8 @@ def fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def atomic_write(path: str, data: bytes, mode: int = 0o600) -> None:
+def atomic_write(path: str, data: bytes, mode: int = 0o600, sync_dir: bool = True) -> None:
+    """tmp + fsync + rename (+ directory fsync unless sync_dir is False: see Journal.put)."""
     directory = os.path.dirname(path)
     tmp = f"{path}.tmp.{os.getpid()}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
@@ -56,7 +57,8 @@ def atomic_write(path: str, data: bytes, mode: int = 0o600) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)  # never leave a stray .tmp behind
         raise
-    fsync_dir(directory)
+    if sync_dir:
+        fsync_dir(directory)
 
 
 @contextlib.contextmanager
@@ -119,15 +121,24 @@ class Journal:
         return value if isinstance(value, dict) else None
 
     def put(self, name: str, value: dict[str, Any]) -> None:
-        """Set one plugin's section (read-modify-write under the lock)."""
+        """Set one plugin's section (read-modify-write under the lock).
+
+        Only the write that creates the file syncs the directory. A rewrite
+        replaces a file that is already durable; if a power loss drops the
+        rename, the older content comes back, and every older version is one
+        DEL/GC can work from (an intent names a superset of what exists: "adding"
+        records are cleaned like finished ones). The file's data is still
+        fsync'ed, so a rename that survives never points at a torn file.
+        """
         with self.locked():
             data = self.load()
+            existed = bool(data)
             data.setdefault("containerID", self.container_id)
             data.setdefault("ifname", self.ifname)
             data.setdefault("network", self.network)
             data.setdefault("created", round(time.time(), 3))
             data[name] = value
-            atomic_write(self.path, json.dumps(data, indent=1, sort_keys=True).encode())
+            atomic_write(self.path, json.dumps(data, indent=1, sort_keys=True).encode(), sync_dir=not existed)
 
     def drop(self, name: str) -> None:
         """Remove one plugin's section; the file goes when no section is left."""

@@ -37,6 +37,7 @@ def setup(network: str, container_id: str, ifname: str, bridge: str, addresses: 
     cidrs = _cidrs(addresses)
     chain = layout.masq_chain_name(network, container_id, ifname)
     note = layout.comment(network, container_id, ifname)
+    nft.prepare()  # loaded outside the lock below
     # the node-wide lock `berth reconcile` takes: it must not see half a change
     with ports.locked(state.state_root(environ)):
         nft.apply(layout.masq_add(chain, cidrs, bridge or None, note=note))
@@ -51,6 +52,7 @@ def teardown(journal_masq: dict[str, Any] | None, network: str, container_id: st
     data = journal_masq or {}
     chain = str(data.get("chain") or layout.masq_chain_name(network, container_id, ifname))
     addresses = [str(a) for a in data.get("addresses") or []]
+    nft.prepare()  # loaded outside the lock below
     with ports.locked(state.state_root(environ)):
         if addresses:
             _teardown(chain, layout.masq_elements(chain, addresses))

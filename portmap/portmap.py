@@ -268,6 +268,7 @@ def cmd_add(args: CmdArgs) -> Result:
     if conf.snat and bridge and any(ipaddress.ip_address(a).version == 4 for a in addresses):
         enable_route_localnet(bridge)
 
+    nft.prepare()  # outside the node-wide lock
     with ports.locked(root):
         prior = journal.section(SECTION)
         takeovers = ports.check(root, me, conf.mappings, conf.last_wins)
@@ -352,6 +353,7 @@ def _delete_owned(root: str, me: ports.Owner, chain: str, mappings: list[Mapping
 def remove_attachment(root: str, journal: state.Journal) -> None:
     """DEL/GC of one attachment from its journal; idempotent."""
     me = ports.Owner(journal.network, journal.container_id, journal.ifname)
+    nft.prepare()  # outside the node-wide lock
     with ports.locked(root):
         record = journal.section(SECTION)
         if record is None:

@@ -138,7 +138,8 @@ def write(root: str, me: Owner, chain: str, mappings: list[Mapping]) -> None:
     for m in mappings:
         data = json.dumps(Claim(me, chain, m.map_name(), m.map_key()).to_json(), sort_keys=True).encode()
         for path in port_files(root, m):
-            state.atomic_write(path, data)
+            state.atomic_write(path, data, sync_dir=False)
+    state.fsync_dir(ports_dir(root))  # one directory sync makes all the renames durable
 
 
 def owns_all(root: str, me: Owner, m: Mapping) -> bool:
