@@ -67,6 +67,7 @@ def plan(root: str, attachments: list[Attachment], table: Table, gone: set[tuple
     """What to re-create, as data (pure: tests drive it with a fake table)."""
     result = Plan()
     live = [a for a in attachments if (a.portmap is not None or a.masq is not None)]
+    _plan_isolation(root, table, result)
     usable = []
     for att in live:
         if not att.complete():
@@ -98,6 +99,23 @@ def plan(root: str, attachments: list[Attachment], table: Table, gone: set[tuple
         for missing in ops_state.portmap_missing(att, table, owned) + ops_state.masq_missing(att, table):
             result.fixes.append((att.describe(), missing))
     return result
+
+
+def _plan_isolation(root: str, table: Table, result: Plan) -> None:
+    """Set elements of isolated bridges (`isolate`) that a flush took away."""
+    from portmap import isolation
+
+    missing = []
+    commands: list[layout.Cmd] = []
+    for bridge, mode in sorted(isolation.journaled(root).items()):
+        wanted = isolation.elements(bridge, mode)
+        gone = [name for name, elems in wanted.items() for e in elems if e not in table.elements.get(name, [])]
+        if gone:
+            missing.append(f"bridge {bridge} missing from set(s) {', '.join(sorted(set(gone)))}")
+            commands += [layout.add_elements(name, elems) for name, elems in wanted.items()]
+    if missing:
+        static = [] if not ops_state.static_problems(table) else layout.base_layout()
+        result.fixes.append(("node", Missing("isolation: " + "; ".join(missing), static + commands)))
 
 
 def _mark_bit(attachments: list[Attachment]) -> int:

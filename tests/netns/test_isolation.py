@@ -298,3 +298,18 @@ def test_add_killed_after_isolation_is_cleaned_by_del(topo: harness.Topology) ->
     node.plugin("berth-bridge", "DEL", c, container_id="a", netns="").ok()
     assert members(node) == {"isolated": [], "strict": [], "isolated-self": []}
     assert not list((node.state_dir / "iso-a").glob("*.json"))
+
+
+def test_reconcile_restores_isolation_after_a_flush(topo: harness.Topology) -> None:
+    node = topo.node
+    a = Pod(topo, net_conf(node, "isoa", "bta", "10.61.0.0/24", isolate=True), "ra").add()
+    b = Pod(topo, net_conf(node, "isob", "btb", "10.62.0.0/24", isolate=True), "rb").add()
+    node.exec(["nft", "flush", "ruleset"])
+    out = node.berth("reconcile")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "isolation" in out.stdout
+    assert "bta" in members(node).get("isolated", []) and "btb" in members(node).get("isolated", [])
+    with b.serving(9100):
+        assert blocked(a, b, 9100)
+    a.delete().ok()
+    b.delete().ok()
