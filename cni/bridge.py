@@ -299,9 +299,8 @@ def cmd_del(args: CmdArgs) -> None:
     journal = _journal(args)
     try:
         record = journal.section(SECTION) or {}
-        corrupt = False
     except CNIError:
-        record, corrupt = {}, True  # clean up what the config tells us; never wedge the pod's removal
+        record = {}  # clean up what the config tells us; never wedge the pod's removal
     problems: list[CNIError] = []
     env = args.environ
 
@@ -329,9 +328,7 @@ def cmd_del(args: CmdArgs) -> None:
     if problems:
         raise CNIError(problems[0].code, "DEL did not finish", "; ".join(p.msg for p in problems))
     _release_isolation(args, conf, record)
-    if corrupt:
-        return  # an unreadable journal is left for the operator (state.py refuses to rewrite it)
-    journal.drop(SECTION)
+    journal.drop(SECTION)  # an unreadable journal goes too: what it could tell was derived above
 
 
 def _release_isolation(args: CmdArgs, conf: BridgeConf | None, record: dict[str, Any]) -> None:

@@ -209,6 +209,8 @@ def test_del_with_corrupt_journal_still_cleans(topo: harness.Topology) -> None:
     node, ns = topo.node, topo.container()
     c = conf(node)
     add(node, c, ns)
-    (node.state_dir / "testnet" / "c1-eth0.json").write_text("{not json")
+    journal = node.state_dir / "testnet" / "c1-eth0.json"
+    journal.write_text("{not json")
     delete(node, c, netns=ns.path)
     assert veths(node) == [] and leases(node) == []
+    assert not journal.exists()  # an unreadable journal does not outlive the DEL
