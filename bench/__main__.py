@@ -27,7 +27,7 @@ REF_DIR = Path("/usr/lib/cni")
 BUNDLE_DIR = ROOT / "dist" / "berth"
 VENV_ENTRY = ROOT / ".venv" / "bin" / "berth"
 BERTH_NAMES = ("berth", "berth-bridge", "berth-host-local", "berth-portmap")
-KNOWN_MODES = ("berth", "berth-venv", "berth-bundle", "ref")
+KNOWN_MODES = ("berth", "berth-agent", "berth-venv", "berth-bundle", "ref")
 
 
 def _out(argv: list[str]) -> str:
@@ -83,9 +83,13 @@ def make_modes(names: list[str], tmp: Path) -> list[Mode]:
                               f"{REF_DIR} (Debian containernetworking-plugins {version or '?'}; portmap on iptables)",
                               in_process_ipam=False))
         else:
-            path, origin = berth_dir(name, tmp)
+            # berth-agent: the same executables as `berth`, with `berth agent` serving them
+            agent = name == "berth-agent"
+            path, origin = berth_dir("berth" if agent else name, tmp)
+            if agent:
+                origin = f"`berth agent` in the node namespace; plugins: {origin}"
             modes.append(Mode(name, path, "berth-bridge", "berth-host-local", "berth-portmap", origin,
-                              in_process_ipam=True))
+                              in_process_ipam=True, agent=agent))
     return modes
 
 
@@ -144,7 +148,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--quick", action="store_true", help="small sample counts: under 2 minutes")
     ap.add_argument("--full", action="store_true", help="also measure at 1,000 existing attachments (slow)")
     ap.add_argument("--levels", help="existing-attachment levels, e.g. 0,100,500")
-    ap.add_argument("--modes", default="berth,ref", help=f"comma list of {', '.join(KNOWN_MODES)}")
+    ap.add_argument("--modes", default="berth,berth-agent,ref", help=f"comma list of {', '.join(KNOWN_MODES)}")
     ap.add_argument("--phases", help="comma list of startup,levels,rules,conn,burst (default all)")
     ap.add_argument("--out", type=Path, default=RESULTS, help="results directory")
     args = ap.parse_args(argv)
@@ -183,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         reg.cleanup()
     fig["startup_share"] = startup_share(fig, modes)
-    labels = {"ref": "reference", "berth": "berth"}
+    labels = {"ref": "reference", "berth": "berth", "berth-agent": "berth + agent"}
     table = markdown(fig, [m.name for m in modes], labels)
     info = meta(plan, modes, started)
     stamp = dt.datetime.now().strftime("%Y-%m-%d-%H%M")

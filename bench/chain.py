@@ -33,6 +33,7 @@ class Mode:
     portmap: str
     origin: str  # where the executables come from, for the report
     in_process_ipam: bool  # IPAM runs inside the bridge process (no extra exec)
+    agent: bool = False  # a `berth agent` in the node namespace serves the calls (issue #10)
 
     def conflist(self, data_dir: Path) -> dict[str, Any]:
         return {
@@ -110,13 +111,16 @@ class Chain:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.conflist = mode.conflist(self.data_dir)
+        # berth modes name their agent explicitly: "off" (no such socket) keeps standalone
+        # calls from reaching some agent listening at the default path
+        self.agent_socket = str(work / "agent.sock") if mode.agent else "off"
 
     def env(self, command: str, container_id: str, netns: str) -> dict[str, str]:
         return {
             "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",  # the reference portmap execs iptables from PATH
             "CNI_COMMAND": command, "CNI_CONTAINERID": container_id, "CNI_NETNS": netns,
             "CNI_IFNAME": "eth0", "CNI_ARGS": "", "CNI_PATH": str(self.mode.bin_dir),
-            "BERTH_STATE_DIR": str(self.state_dir),
+            "BERTH_STATE_DIR": str(self.state_dir), "BERTH_AGENT_SOCKET": self.agent_socket,
         }
 
     def _plugin_conf(self, plugin: dict[str, Any], prev: dict[str, Any] | None,

@@ -93,7 +93,25 @@ class Bench:
                                                   self.reg.name(mode.name + suffix + "-o")])
         link_node(self.reg, node, outside)
         pool = self.reg.pool(node, workers)
-        return Side(mode, node, outside, pool, Chain(mode, self.reg.tmp / (mode.name + suffix)), tag=suffix)
+        chain = Chain(mode, self.reg.tmp / (mode.name + suffix))
+        if mode.agent:
+            self.start_agent(node, chain)
+        return Side(mode, node, outside, pool, chain, tag=suffix)
+
+    def start_agent(self, node: Netns, chain: Chain) -> None:
+        """`berth agent` inside this mode's node namespace, on a socket of the run's own."""
+        log = chain.state_dir.parent / "agent.log"
+        argv = [str(chain.mode.bin_dir / "berth"), "agent", "--socket", chain.agent_socket,
+                "--state-dir", str(chain.state_dir), "--max-workers", str(max(self.plan.burst, 16))]
+        with open(log, "a") as fh:
+            proc = self.reg.popen(node, argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=fh,
+                                  env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+                                       "BERTH_STATE_DIR": str(chain.state_dir)})
+        deadline = time.monotonic() + 30
+        while "listening on" not in log.read_text():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"berth agent did not start: {log.read_text()[-500:]}")
+            time.sleep(0.05)
 
     def build(self) -> None:
         for mode in self.modes:
