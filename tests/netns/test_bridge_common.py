@@ -58,6 +58,17 @@ def journal(node: harness.Node, cid: str = "c1", ifname: str = "eth0", network: 
     return json.loads((node.state_dir / network / f"{cid}-{ifname}.json").read_text())
 
 
+def _static_chains() -> set[str]:
+    """Chains of berth's fixed layout (not per attachment), as the layout itself declares them."""
+    from portmap import layout
+
+    return {cmd["add"]["chain"]["name"] for cmd in layout.base_layout()
+            if isinstance(cmd.get("add"), dict) and "chain" in cmd["add"]}
+
+
+STATIC_CHAINS = _static_chains()
+
+
 def masq_leftovers(node: harness.Node) -> list[str]:
     """Per-attachment masquerade chains (CNI-<hash>) and masq map elements in berth's table."""
     table = node.nft_table()
@@ -66,8 +77,8 @@ def masq_leftovers(node: harness.Node) -> list[str]:
     out = []
     for item in table["nftables"]:
         chain = item.get("chain")
-        if chain and chain["name"].startswith("CNI-") and not chain["name"].startswith(("CNI-HOSTPORT", "CNI-DN-")) \
-                and chain["name"] != "CNI-ADMIN":
+        if chain and chain["name"].startswith("CNI-") and not chain["name"].startswith("CNI-DN-") \
+                and chain["name"] not in STATIC_CHAINS:
             out.append(chain["name"])
         kind = item.get("map") or item.get("set")
         if kind and kind["name"].startswith("masq") and kind.get("elem"):
