@@ -43,8 +43,12 @@ lint: $(VENV)/.stamp
 	$(VENV)/bin/ruff check cni ipam portmap tests bench
 	$(VENV)/bin/mypy
 
-test: venv
-	$(PY) -m pytest -q $(PYTEST_ARGS) -m "not slow"
+# CI's entry point: lint, build the bundle, then every test not marked slow with the plugins exec'd from
+# the bundle (the product form; BERTH_BIN_DIR= runs against the venv entry point instead).
+TEST_JOBS ?= 2
+BERTH_BIN_DIR ?= dist/berth
+test: venv client-deps lint bundle
+	BERTH_BIN_DIR=$(BERTH_BIN_DIR) $(PY) -m pytest -q -n $(TEST_JOBS) -m "not slow" $(PYTEST_ARGS)
 
 test-unit: $(VENV)/.stamp
 	$(PY) -m pytest -q -m unit $(PYTEST_ARGS)
