@@ -292,6 +292,9 @@ def ensure_bridge(h: Handle, name: str, mtu: int, vlan_filtering: bool, promisc:
     if promisc and not link.flags & IFF_PROMISC:
         _call(f"set promisc on {name}", h.ipr.link, "set", index=link.index, flags=IFF_PROMISC, change=IFF_PROMISC)
     if not link.up:
+        # the plugin runs in the node netns: no tentative (DAD) link-local on a fresh
+        # bridge, so IPv6 through it works as soon as ADD returns
+        _write_proc(f"/proc/sys/net/ipv6/conf/{name}/accept_dad", "0")
         set_up(h, link.index, f"bridge {name}")
     link = link_by_name(h, name) or link
     if vlan_filtering and not link.vlan_filtering:
@@ -525,6 +528,16 @@ def disable_dad(netns_path: str, ifname: str) -> bool:
                 fh.write("0")
         except FileNotFoundError:
             return False
+    return True
+
+
+def _write_proc(path: str, value: str) -> bool:
+    """Best-effort /proc/sys write (the path may hold dots: names are not sysctl keys)."""
+    try:
+        with open(path, "w") as fh:
+            fh.write(value)
+    except FileNotFoundError:
+        return False  # no IPv6 on this node
     return True
 
 

@@ -27,7 +27,7 @@ def test_v6_traffic_immediately_after_add(topo: harness.Topology) -> None:
         _br, pm = add_pod(node, ns, "c1", conf)
         assert pm is not None
         pm.ok()
-        tentative = _tentative(ns)
+        tentative = _tentative(ns) + _tentative(node, "br6")  # the fresh bridge's link-local too
         answer = ns.connect(topo.OUTSIDE_V6, 9696, timeout=2)  # one try, no retry
     assert tentative == [], f"tentative after ADD: {tentative}"
     assert answer == f"v6 {topo.NODE_V6}", answer  # masqueraded to the node's address
