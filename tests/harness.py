@@ -219,6 +219,7 @@ class Node(Netns):
         env = {
             "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
             "BERTH_STATE_DIR": str(self.state_dir),
+            "BERTH_CACHE_DIR": str(self.state_dir.parent / "cni-cache"),  # the runner's libcni cache
             # a developer's own agent must not serve the tests' calls (tests opt in explicitly)
             "BERTH_AGENT_SOCKET": "off",
         }

@@ -35,6 +35,9 @@ EXAMPLES = 3_400 if LONG else 70  # per property test: >= 10,000 in all when lon
 PROFILE = settings(max_examples=EXAMPLES, deadline=None, derandomize=not LONG,
                    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 CLONE_NEWNET = 0x40000000
+CLONE_NEWNS = 0x00020000
+MS_REC = 0x4000
+MS_PRIVATE = 1 << 18
 PLUGINS = ("berth-bridge", "berth-host-local", "berth-portmap")
 VERBS = ("ADD", "DEL", "CHECK", "GC")
 FITTING = {1, 2, 3, 4, 5, 6, 7, 8, 11, 50, 101, 102, 103, 104, 105, 106}
@@ -111,8 +114,13 @@ def run_isolated(plugin: str, environ: dict[str, str], data: bytes, cwd: str) ->
     if pid == 0:  # child: never returns into pytest
         try:
             os.close(r)
-            if harness._libc.unshare(CLONE_NEWNET) != 0:
+            if harness._libc.unshare(CLONE_NEWNET | CLONE_NEWNS) != 0:
                 os._exit(3)
+            # a hostile config may drop dataDir and fall back to the real default
+            # (/var/lib/cni/networks): give the child a private, empty /var/lib
+            if harness._libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None) != 0 or \
+                    harness._libc.mount(b"tmpfs", b"/var/lib", b"tmpfs", 0, b"mode=0755") != 0:
+                os._exit(4)
             os.chdir(cwd)
             from cni import invoke, main, skel
             from portmap import nft
@@ -143,7 +151,7 @@ def run_isolated(plugin: str, environ: dict[str, str], data: bytes, cwd: str) ->
     return result
 
 
-WATCHED = ["/tmp", "/var/lib/cni", "/run", "/etc", "/", str(harness.ROOT), "/var/lib", "/root"]
+WATCHED = ["/tmp", "/var/lib/cni", "/var/lib/cni/networks", "/run", "/etc", "/", str(harness.ROOT), "/var/lib", "/root"]
 
 
 def snapshot() -> dict[str, list[str]]:
