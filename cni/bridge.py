@@ -365,12 +365,17 @@ def _del_interfaces(args: CmdArgs, record: dict[str, Any]) -> None:
             return
         except (netlink.NetnsNotFound, netlink.NotANetns):
             pass
-    host_veth = str(record.get("hostVeth") or "")
-    if host_veth:
-        with netlink.open_node() as node:
-            link = netlink.link_by_name(node, host_veth)
-            if link is not None and link.kind == "veth":
-                netlink.delete_link(node, host_veth)
+    _delete_host_veth(str(record.get("hostVeth") or ""))
+
+
+def _delete_host_veth(name: str) -> None:
+    """Delete the journaled host end (only if it still is a veth: names get reused)."""
+    if not name:
+        return
+    with netlink.open_node() as node:
+        link = netlink.link_by_name(node, name)
+        if link is not None and link.kind == "veth":
+            netlink.delete_link(node, name)
 
 
 # --- CHECK ---------------------------------------------------------------------
@@ -536,12 +541,7 @@ def _age(data: dict[str, Any]) -> float:
 def _gc_one(args: CmdArgs, journal: Journal, record: dict[str, Any], cid: str, ifname: str) -> None:
     if record.get("masq") is not None:
         _masq().teardown(record["masq"], args.network, cid, ifname, args.environ)
-    host_veth = str(record.get("hostVeth") or "")
-    if host_veth:
-        with netlink.open_node() as node:
-            link = netlink.link_by_name(node, host_veth)
-            if link is not None and link.kind == "veth":
-                netlink.delete_link(node, host_veth)
+    _delete_host_veth(str(record.get("hostVeth") or ""))
     journal.drop(SECTION)
 
 

@@ -152,16 +152,7 @@ def unclaimed(root: str, m: Mapping) -> bool:
 
 def release(root: str, me: Owner, mappings: list[Mapping]) -> None:
     """Remove the port files that still name us (a last-wins successor keeps its own)."""
-    removed = False
-    for m in mappings:
-        for path in port_files(root, m):
-            claim = read(path)
-            if claim is not None and claim.owner == me:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(path)
-                removed = True
-    if removed:
-        state.fsync_dir(ports_dir(root))
+    _remove_claims(root, me, [path for m in mappings for path in port_files(root, m)])
 
 
 def release_owner(root: str, me: Owner) -> None:
@@ -171,11 +162,14 @@ def release_owner(root: str, me: Owner) -> None:
         names = os.listdir(ports_dir(root))
     except FileNotFoundError:
         return
+    paths = [os.path.join(ports_dir(root), n) for n in names if n != "lock" and ".tmp." not in n]
+    _remove_claims(root, me, paths)
+
+
+def _remove_claims(root: str, me: Owner, paths: list[str]) -> None:
+    """Unlink those of `paths` whose claim names `me`; one directory fsync for all."""
     removed = False
-    for name in names:
-        if name == "lock" or ".tmp." in name:
-            continue
-        path = os.path.join(ports_dir(root), name)
+    for path in paths:
         claim = read(path)
         if claim is not None and claim.owner == me:
             with contextlib.suppress(FileNotFoundError):
