@@ -296,13 +296,7 @@ def portmap_missing(att: Attachment, table: Table, owned: list[Mapping]) -> list
     if att.portmap is None or not owned:
         return []  # a chain no element leads to carries no traffic: nothing to restore
     chain = att.dn_chain
-    out: list[Missing] = []
-    rules = expected_dn_rules(att)
-    have = table.rule_count(chain)
-    if chain not in table.chains or have < len(rules):
-        state = "missing" if chain not in table.chains else f"has {have} of {len(rules)} rules"
-        out.append(Missing(f"chain {chain} {state}",
-                           [layout.add_chain(chain), layout.flush_chain(chain), *rules]))
+    out = _chain_missing(table, chain, expected_dn_rules(att), "chain")
     for m in owned:
         target = table.element_target(m.map_name(), m.map_key())
         if target is None:
@@ -312,18 +306,21 @@ def portmap_missing(att: Attachment, table: Table, owned: list[Mapping]) -> list
     return out
 
 
+def _chain_missing(table: Table, chain: str, rules: list[layout.Cmd], label: str) -> list[Missing]:
+    """A per-attachment chain that is gone or lost rules, with the commands that rebuild it."""
+    have = table.rule_count(chain)
+    if chain in table.chains and have >= len(rules):
+        return []
+    state = "missing" if chain not in table.chains else f"has {have} of {len(rules)} rules"
+    return [Missing(f"{label} {chain} {state}", [layout.add_chain(chain), layout.flush_chain(chain), *rules])]
+
+
 def masq_missing(att: Attachment, table: Table) -> list[Missing]:
     """Missing bridge ipMasq chain/rules, masq-v4/-v6 elements, bridges-set member."""
     if att.masq is None:
         return []
     chain = masq_chain(att)
-    out: list[Missing] = []
-    rules = expected_masq_rules(att)
-    have = table.rule_count(chain)
-    if chain not in table.chains or have < len(rules):
-        state = "missing" if chain not in table.chains else f"has {have} of {len(rules)} rules"
-        out.append(Missing(f"masquerade chain {chain} {state}",
-                           [layout.add_chain(chain), layout.flush_chain(chain), *rules]))
+    out = _chain_missing(table, chain, expected_masq_rules(att), "masquerade chain")
     for name, elems in layout.masq_elements(chain, masq_addresses(att)).items():
         for elem in elems:
             target = table.element_target(name, elem[0])
