@@ -210,6 +210,7 @@ def explain(att: Attachment, target: Target, ctx: Context) -> Report:
     _forward_hop(report, att, ctx)
     _link_hops(report, att, ctx)
     _masq_hop(report, att, focus, ctx)
+    _isolation_hop(report, att, ctx)
     _localhost_hop(report, att, focus, ctx)
     count, problem = conntrack_count(focus)
     if problem:
@@ -392,6 +393,25 @@ def _container_hop(report: Report, att: Attachment) -> None:
         report.add("container", FAIL, f"{att.ifname} in {att.netns} lacks {', '.join(lacking)}")
     else:
         report.add("container", OK, f"{att.ifname} in {att.netns} is up with {', '.join(att.cidrs) or 'no address'}")
+
+
+def _isolation_hop(report: Report, att: Attachment, ctx: Context) -> None:
+    """Bridge `isolate`: the bridge in the isolation sets, and how much the chain dropped."""
+    mode = (att.bridge or {}).get("isolate")
+    bridge = str((att.bridge or {}).get("bridge") or "")
+    if not mode or not bridge:
+        return
+    from portmap import isolation
+
+    missing = [f"bridge {bridge} is missing from set {name}"
+               for name, elems in isolation.elements(bridge, str(mode)).items()
+               for elem in elems if elem not in ctx.table.elements.get(name, [])]
+    if missing:
+        report.add("isolation", FAIL, "; ".join(missing) + " (berth reconcile restores it)")
+        return
+    packets, _ = ctx.table.counters(layout.ISOLATION_CHAIN)
+    report.add("isolation", OK, f"isolate={mode}: {bridge} in the isolation sets; {layout.ISOLATION_CHAIN} "
+               f"dropped {_plural(packets, 'packet')} between networks on this node (allow flows in CNI-ADMIN)")
 
 
 def _masq_hop(report: Report, att: Attachment, focus: list[Mapping], ctx: Context) -> None:

@@ -313,3 +313,14 @@ def test_reconcile_restores_isolation_after_a_flush(topo: harness.Topology) -> N
         assert blocked(a, b, 9100)
     a.delete().ok()
     b.delete().ok()
+
+
+def test_explain_reports_isolation_and_a_missing_set_element(topo: harness.Topology) -> None:
+    node = topo.node
+    a = Pod(topo, net_conf(node, "isoa", "bta", "10.63.0.0/24", isolate=True), "ea").add()
+    out = node.berth("explain", "ea")
+    assert "isolation" in out.stdout and "isolate=isolated: bta in the isolation sets" in out.stdout, out.stdout
+    node.exec(["nft", "delete", "element", "inet", "berth", "isolated", "{ bta }"])
+    out = node.berth("explain", "ea")
+    assert out.returncode == 1 and "bridge bta is missing from set isolated" in out.stdout, out.stdout
+    a.delete().ok()
