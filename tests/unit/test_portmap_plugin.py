@@ -31,7 +31,7 @@ def fake() -> Iterator[nft.Fake]:
 
 
 def args(tmp: Path, command: str, mappings: list[dict[str, Any]] | None, cid: str = "c1",
-         prev: dict[str, Any] | None = PREV, **extra: Any) -> CmdArgs:
+         prev: dict[str, Any] | None = PREV, env: dict[str, str] | None = None, **extra: Any) -> CmdArgs:
     config: dict[str, Any] = {"cniVersion": "1.0.0", "name": "pmnet", "type": "berth-portmap", **extra}
     if mappings is not None:
         config["runtimeConfig"] = {"portMappings": mappings}
@@ -39,7 +39,7 @@ def args(tmp: Path, command: str, mappings: list[dict[str, Any]] | None, cid: st
         config["prevResult"] = prev
     return CmdArgs(command=command, container_id=cid, netns="/run/netns/x", ifname="eth0", args={}, raw_args="",
                    path=[], stdin=json.dumps(config).encode(), config=config, version="1.0.0",
-                   environ={"BERTH_STATE_DIR": str(tmp)})
+                   environ={"BERTH_STATE_DIR": str(tmp), **(env or {})})
 
 
 # --- parsing ---------------------------------------------------------------------

@@ -18,6 +18,7 @@ from cni.errors import CNIError
 from cni.runner import ops_explain
 from cni.skel import CmdArgs
 from portmap import layout, masq, nft, portmap, ports
+from tests.unit.test_portmap_plugin import args as portmap_args
 
 PREV = {
     "cniVersion": "1.0.0",
@@ -38,14 +39,7 @@ def fake() -> Iterator[nft.Fake]:
 
 def args(root: Path, command: str, cid: str = "c1", mappings: list[dict[str, Any]] | None = MAPS,
          prev: dict[str, Any] | None = PREV, env: dict[str, str] | None = None, **extra: Any) -> CmdArgs:
-    config: dict[str, Any] = {"cniVersion": "1.0.0", "name": "pmnet", "type": "berth-portmap", **extra}
-    if mappings is not None:
-        config["runtimeConfig"] = {"portMappings": mappings}
-    if prev is not None:
-        config["prevResult"] = prev
-    return CmdArgs(command=command, container_id=cid, netns="/run/netns/x", ifname="eth0", args={}, raw_args="",
-                   path=[], stdin=json.dumps(config).encode(), config=config, version="1.0.0",
-                   environ={"BERTH_STATE_DIR": str(root), **(env or {})})
+    return portmap_args(root, command, mappings, cid=cid, prev=prev, env=env, **extra)
 
 
 def test_journal_records_mark_settings(tmp_path: Path, fake: nft.Fake) -> None:
