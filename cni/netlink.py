@@ -1,7 +1,11 @@
-"""The one module that talks to the kernel's rtnetlink (through pyroute2).
+"""The one module that talks to the kernel's rtnetlink (pyroute2's messages, cni.rtnl's socket).
 
-pyroute2 is imported lazily inside functions: importing it costs ~150 ms and a
-plugin answering VERSION, or a DEL with nothing to do, must not pay for it.
+Messages are encoded and decoded by pyroute2's classes and sent on a plain
+blocking socket (cni.rtnl): pyroute2's IPRoute/NetNS machinery (an asyncio loop
+per handle, a helper process per foreign namespace) cost more than the kernel
+work of a whole ADD. Only the rarely used bridge VLAN calls still go through
+pyroute2's IPRoute, built on first use. Everything is imported lazily: a plugin
+answering VERSION, or a DEL with nothing to do, loads none of it.
 Callers open at most one handle per namespace per invocation (`open_node()`,
 `open_netns(path)`) and pass it down. Netlink errors are translated here, by
 errno and never by message text, into the typed exceptions below; dump races
@@ -17,7 +21,10 @@ import os
 import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from cni.rtnl import RtnlSocket
 
 T = TypeVar("T")
 
@@ -27,6 +34,12 @@ IFF_PROMISC = 0x100
 IFA_F_NODAD = 0x02
 RT_SCOPE_UNIVERSE = 0
 RT_SCOPE_LINK = 253
+RT_TABLE_MAIN = 254
+RTPROT_STATIC = 4
+RTN_UNICAST = 1
+AF_INET, AF_INET6, AF_BRIDGE = 2, 10, 7
+RTEXT_FILTER_SKIP_STATS = 1 << 3  # link replies without the ~1 KiB of counters
+NLA_F_NESTED = 0x8000
 HOST_VETH_ATTEMPTS = 8
 
 
@@ -59,8 +72,7 @@ class NotANetns(Exception):
     pass
 
 
-def _translate(exc: Exception, what: str) -> NetlinkFailure:
-    code = int(getattr(exc, "code", 0) or 0)
+def _translate(code: int, what: str) -> NetlinkFailure:
     if code == errno.ENODEV:
         return LinkNotFound(code, what)
     if code == errno.EEXIST:
@@ -68,19 +80,30 @@ def _translate(exc: Exception, what: str) -> NetlinkFailure:
     return NetlinkFailure(code, what)
 
 
-def _call(what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """Run one pyroute2 request: retry dump races, translate NetlinkError by errno."""
-    from pyroute2.netlink.exceptions import NetlinkDumpInterrupted, NetlinkError
+def _request(h: Handle, what: str, kind: str, fields: dict[str, Any], attrs: list[Any], msg_type: int,
+             flags: int = 0) -> list[Any]:
+    """One rtnetlink request on h's socket: retry dump races, translate errors by errno."""
+    from cni import rtnl
 
     for attempt in range(DUMP_RETRIES):
         try:
-            return fn(*args, **kwargs)
-        except NetlinkDumpInterrupted as exc:
+            return h.sock.request(rtnl.new(kind, fields, attrs), msg_type, flags)
+        except rtnl.DumpInterrupted:
             if attempt == DUMP_RETRIES - 1:
-                raise _translate(exc, what) from None
-        except NetlinkError as exc:
-            raise _translate(exc, what) from None
+                raise NetlinkFailure(errno.EINTR, f"{what}: the dump kept changing") from None
+        except rtnl.RtnlError as exc:
+            raise _translate(exc.errno or 0, what) from None
     raise AssertionError("unreachable")
+
+
+def _call(what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run one pyroute2 IPRoute request (VLAN calls only): translate NetlinkError by errno."""
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    try:
+        return fn(*args, **kwargs)
+    except NetlinkError as exc:
+        raise _translate(int(getattr(exc, "code", 0) or 0), what) from None
 
 
 # --- namespaces --------------------------------------------------------------
@@ -104,15 +127,32 @@ def check_netns(path: str) -> None:
 
 
 class Handle:
-    """One rtnetlink socket bound to one namespace."""
+    """One rtnetlink socket bound to one namespace (None: the node's, ours)."""
 
-    def __init__(self, ipr: Any, netns: str | None) -> None:
-        self.ipr = ipr
+    def __init__(self, sock: RtnlSocket, netns: str | None) -> None:
+        self.sock = sock
         self.netns = netns
+        self._ipr: Any = None
+
+    @property
+    def ipr(self) -> Any:
+        """pyroute2's IPRoute in the node namespace, for the bridge VLAN calls only."""
+        if self._ipr is None:
+            if self.netns is not None:
+                raise NetlinkFailure(errno.EINVAL, "VLAN calls are made in the node namespace only")
+            from cni import rtnl
+
+            rtnl._register_lazy_package()
+            from pyroute2.iproute.linux import IPRoute
+
+            self._ipr = IPRoute()
+        return self._ipr
 
     def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self.ipr.close()
+        self.sock.close()
+        if self._ipr is not None:
+            with contextlib.suppress(Exception):
+                self._ipr.close()
 
     def __enter__(self) -> Handle:
         return self
@@ -121,68 +161,23 @@ class Handle:
         self.close()
 
 
-def _iproute_class() -> Any:
-    """pyroute2's IPRoute without running pyroute2/__init__.py.
-
-    That __init__ eagerly imports NDB, IPDB, ethtool, wireguard, ... (~35 ms of
-    the ~110 ms import on this machine) which a plugin never uses. The package
-    module is pre-registered with its real __path__ so only the submodules we
-    need load; any other `from pyroute2 import X` later in the process runs the
-    real __init__ into that same module on first use (module __getattr__).
-    """
-    import sys
-
-    if "pyroute2" not in sys.modules:
-        import importlib
-        import importlib.util
-        import types
-
-        spec = importlib.util.find_spec("pyroute2")
-        if spec is not None and spec.loader is not None and spec.submodule_search_locations is not None:
-            module = types.ModuleType("pyroute2")
-            module.__spec__ = spec
-            module.__path__ = list(spec.submodule_search_locations)
-            module.__file__ = spec.origin
-            loader = spec.loader
-            loaded = False
-
-            def full(name: str) -> Any:
-                nonlocal loaded
-                if name.startswith("__"):
-                    raise AttributeError(name)
-                try:  # `from pyroute2 import config` asks for a submodule first
-                    return importlib.import_module(f"pyroute2.{name}")
-                except ModuleNotFoundError as exc:
-                    if exc.name != f"pyroute2.{name}":
-                        raise
-                if loaded:
-                    raise AttributeError(name)
-                loaded = True
-                loader.exec_module(module)
-                return getattr(module, name)
-
-            module.__getattr__ = full  # type: ignore[method-assign]
-            sys.modules["pyroute2"] = module
-    from pyroute2.iproute.linux import IPRoute
-
-    return IPRoute
-
-
 def open_node() -> Handle:
-    return Handle(_iproute_class()(), None)
+    from cni.rtnl import RtnlSocket
+
+    return Handle(RtnlSocket(), None)
 
 
 def open_netns(path: str) -> Handle:
-    """A handle in the namespace at `path`; never creates a namespace (flags=0)."""
-    check_netns(path)
-    iproute = _iproute_class()
+    """A handle in the namespace at `path`: a socket opened while this thread is
+    inside it (sockets keep the namespace they were made in); never creates one."""
+    from cni.rtnl import RtnlSocket
+
     try:
-        ipr = iproute(netns=path, flags=0)
-    except FileNotFoundError:
-        raise NetnsNotFound(path) from None
-    except OSError as exc:
+        with in_netns(path):
+            sock = RtnlSocket()
+    except OSError as exc:  # setns refused: not a namespace after all
         raise NotANetns(f"{path}: {exc.strerror}") from None
-    return Handle(ipr, path)
+    return Handle(sock, path)
 
 
 @contextlib.contextmanager
@@ -244,61 +239,91 @@ def _to_link(msg: Any) -> Link:
     )
 
 
-def link_by_name(h: Handle, name: str) -> Link | None:
+def _link_get(h: Handle, what: str, index: int, attrs: list[Any]) -> Link | None:
+    from cni.rtnl import RTM_GETLINK
+
     try:
-        msgs = _call(f"get link {name}", h.ipr.link, "get", ifname=name)
+        msgs = _request(h, what, "link", {"index": index},
+                        [*attrs, ["IFLA_EXT_MASK", RTEXT_FILTER_SKIP_STATS]], RTM_GETLINK)
     except LinkNotFound:
         return None
     return _to_link(msgs[0]) if msgs else None
+
+
+def link_by_name(h: Handle, name: str) -> Link | None:
+    return _link_get(h, f"get link {name}", 0, [["IFLA_IFNAME", name]])
 
 
 def link_by_index(h: Handle, index: int) -> Link | None:
     if index <= 0:
         return None
     try:
-        msgs = _call(f"get link #{index}", h.ipr.link, "get", index=index)
-    except (LinkNotFound, NetlinkFailure):
+        return _link_get(h, f"get link #{index}", index, [])
+    except NetlinkFailure:
         return None
-    return _to_link(msgs[0]) if msgs else None
+
+
+def _link_set(h: Handle, what: str, index: int, attrs: list[Any], flags: int = 0, change: int = 0) -> None:
+    """Change an existing link (RTM_NEWLINK without CREATE, as iproute2 does)."""
+    from cni.rtnl import RTM_NEWLINK
+
+    _request(h, what, "link", {"index": index, "flags": flags, "change": change}, attrs, RTM_NEWLINK)
+
+
+def _create_link(h: Handle, what: str, attrs: list[Any]) -> None:
+    from cni.rtnl import NLM_F_CREATE, NLM_F_EXCL, RTM_NEWLINK
+
+    _request(h, what, "link", {"index": 0}, attrs, RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL)
+
+
+def _linkinfo(kind: str, data: list[Any]) -> list[Any]:
+    info: list[Any] = [["IFLA_INFO_KIND", kind]]
+    if data:
+        info.append(["IFLA_INFO_DATA", {"attrs": data}])
+    return ["IFLA_LINKINFO", {"attrs": info}]
 
 
 def set_up(h: Handle, index: int, what: str) -> None:
-    _call(f"set {what} up", h.ipr.link, "set", index=index, state="up")
+    _link_set(h, f"set {what} up", index, [], flags=IFF_UP, change=IFF_UP)
 
 
 def set_mtu(h: Handle, index: int, mtu: int, what: str) -> None:
-    _call(f"set mtu {mtu} on {what}", h.ipr.link, "set", index=index, mtu=mtu)
+    _link_set(h, f"set mtu {mtu} on {what}", index, [["IFLA_MTU", mtu]])
 
 
 def ensure_bridge(h: Handle, name: str, mtu: int, vlan_filtering: bool, promisc: bool) -> Link:
     """The bridge `name`, created when missing; a racing creator is fine (EEXIST)."""
     link = link_by_name(h, name)
     if link is None:
-        spec: dict[str, Any] = {"ifname": name, "kind": "bridge"}
+        attrs: list[Any] = [["IFLA_IFNAME", name]]
         if mtu:
-            spec["mtu"] = mtu
-        if vlan_filtering:
-            spec["vlan_filtering"] = 1
+            attrs.append(["IFLA_MTU", mtu])
+        attrs.append(_linkinfo("bridge", [["IFLA_BR_VLAN_FILTERING", 1]] if vlan_filtering else []))
         with contextlib.suppress(AlreadyExists):
-            _call(f"create bridge {name}", h.ipr.link, "add", **spec)
+            _create_link(h, f"create bridge {name}" + (" with vlan_filtering" if vlan_filtering else ""), attrs)
         link = link_by_name(h, name)
         if link is None:
             raise LinkNotFound(errno.ENODEV, f"bridge {name} vanished after creation")
     if link.kind != "bridge":
         raise NotABridge(f"{name!r} already exists but is not a bridge (kind {link.kind or 'unknown'!r})")
+    changed = False
     if vlan_filtering and not link.vlan_filtering:
-        _call(f"enable vlan_filtering on {name}", h.ipr.link, "set", index=link.index, kind="bridge",
-              vlan_filtering=1)
+        _link_set(h, f"enable vlan_filtering on {name}", link.index,
+                  [_linkinfo("bridge", [["IFLA_BR_VLAN_FILTERING", 1]])])
+        changed = True
     if promisc and not link.flags & IFF_PROMISC:
-        _call(f"set promisc on {name}", h.ipr.link, "set", index=link.index, flags=IFF_PROMISC, change=IFF_PROMISC)
+        _link_set(h, f"set promisc on {name}", link.index, [], flags=IFF_PROMISC, change=IFF_PROMISC)
+        changed = True
     if not link.up:
         # the plugin runs in the node netns: no tentative (DAD) link-local on a fresh
         # bridge, so IPv6 through it works as soon as ADD returns
         _write_proc(f"/proc/sys/net/ipv6/conf/{name}/accept_dad", "0")
         set_up(h, link.index, f"bridge {name}")
-    link = link_by_name(h, name) or link
+        changed = True
+    if changed:
+        link = link_by_name(h, name) or link
     if vlan_filtering and not link.vlan_filtering:
-        # pyroute2 drops an attribute the kernel refuses; say so instead of half-working
+        # say so instead of half-working when the kernel ignores the attribute
         raise NetlinkFailure(errno.EOPNOTSUPP, f"enable vlan_filtering on {name} (no bridge VLAN support?)")
     return link
 
@@ -319,15 +344,16 @@ def create_veth(
         raise AlreadyExists(errno.EEXIST, f"container veth name {cont_name!r} already exists")
     with netns_fd(netns_path) as fd:
         for attempt in range(HOST_VETH_ATTEMPTS):
-            peer: dict[str, Any] = {"ifname": cont_name, "net_ns_fd": fd}
-            spec: dict[str, Any] = {"ifname": host_name, "kind": "veth", "peer": peer}
+            peer: list[Any] = [["IFLA_IFNAME", cont_name], ["IFLA_NET_NS_FD", fd]]
+            attrs: list[Any] = [["IFLA_IFNAME", host_name]]
             if mtu:
-                spec["mtu"] = mtu
-                peer["mtu"] = mtu
+                attrs.append(["IFLA_MTU", mtu])
+                peer.append(["IFLA_MTU", mtu])
             if mac:
-                peer["address"] = mac
+                peer.append(["IFLA_ADDRESS", mac])
+            attrs.append(_linkinfo("veth", [["VETH_INFO_PEER", {"attrs": peer}]]))
             try:
-                _call(f"create veth {host_name}/{cont_name}", node.ipr.link, "add", **spec)
+                _create_link(node, f"create veth {host_name}/{cont_name}", attrs)
                 break
             except AlreadyExists:
                 if link_by_name(container, cont_name) is not None or attempt == HOST_VETH_ATTEMPTS - 1:
@@ -345,14 +371,18 @@ def attach_port(
     isolated: bool,
 ) -> None:
     """Enslave the host veth to the bridge, set its port options and bring it up."""
-    _call(f"attach {host.name} to {bridge.name}", node.ipr.link, "set", index=host.index, master=bridge.index)
+    from cni.rtnl import RTM_SETLINK
+
+    _link_set(node, f"attach {host.name} to {bridge.name}", host.index, [["IFLA_MASTER", bridge.index]])
     if hairpin or isolated:
-        opts: dict[str, int] = {}
+        opts: list[Any] = []
         if hairpin:
-            opts["mode"] = 1
+            opts.append(["IFLA_BRPORT_MODE", 1])
         if isolated:
-            opts["isolated"] = 1
-        _call(f"set port options on {host.name}", node.ipr.brport, "set", index=host.index, **opts)
+            opts.append(["IFLA_BRPORT_ISOLATED", 1])
+        # what `bridge link set dev X hairpin on` sends: AF_BRIDGE SETLINK with nested IFLA_PROTINFO
+        _request(node, f"set port options on {host.name}", "link", {"family": AF_BRIDGE, "index": host.index},
+                 [("IFLA_PROTINFO", {"attrs": opts}, NLA_F_NESTED)], RTM_SETLINK)
     if vlan:
         _call(f"add vlan {vlan} to {host.name}", node.ipr.vlan_filter, "add", index=host.index,
               vlan_info={"vid": vlan, "pvid": True})
@@ -364,12 +394,11 @@ def attach_port(
 
 
 def delete_link(h: Handle, name: str) -> bool:
-    """Delete a link by name; False when it was not there."""
-    link = link_by_name(h, name)
-    if link is None:
-        return False
+    """Delete a link by name (one request); False when it was not there."""
+    from cni.rtnl import RTM_DELLINK
+
     try:
-        _call(f"delete link {name}", h.ipr.link, "del", index=link.index)
+        _request(h, f"delete link {name}", "link", {"index": 0}, [["IFLA_IFNAME", name]], RTM_DELLINK)
     except LinkNotFound:
         return False
     return True
@@ -377,8 +406,6 @@ def delete_link(h: Handle, name: str) -> bool:
 
 def port_vlans(h: Handle, index: int) -> list[int]:
     """VLAN ids configured on a bridge port (for CHECK)."""
-    from pyroute2.config import AF_BRIDGE
-
     out: list[int] = []
     msgs = _call("dump bridge vlans", h.ipr.get_links, family=AF_BRIDGE, ext_mask=2)
     for msg in msgs:
@@ -398,33 +425,50 @@ def port_vlans(h: Handle, index: int) -> list[int]:
 def addresses(h: Handle, index: int, version: int = 0) -> list[str]:
     """CIDR strings on a link (both families, link-local included; only IPv`version` if given).
 
-    The dump is node-wide (the index filter is applied in pyroute2), so asking
-    for one family keeps an IPv4 lookup from reading every veth's IPv6 link-local.
+    With NETLINK_GET_STRICT_CHK the kernel dumps only this link's addresses;
+    the filter below covers kernels without it.
     """
+    from cni.rtnl import NLM_F_DUMP, RTM_GETADDR
+
     out = []
-    family = {4: 2, 6: 10}.get(version, 0)
-    for msg in _call(f"dump addresses of #{index}", h.ipr.get_addr, family=family, index=index):
+    family = {4: AF_INET, 6: AF_INET6}.get(version, 0)
+    for msg in _request(h, f"dump addresses of #{index}", "addr", {"family": family, "index": index}, [],
+                        RTM_GETADDR, NLM_F_DUMP):
+        if msg["index"] != index or (family and msg["family"] != family):
+            continue
         addr = msg.get_attr("IFA_ADDRESS") or msg.get_attr("IFA_LOCAL")
         if addr:
             out.append(f"{addr}/{msg['prefixlen']}")
     return out
 
 
+def _addr_message(index: int, cidr: str) -> tuple[dict[str, Any], list[Any], int]:
+    iface = ipaddress.ip_interface(cidr)
+    fields = {"family": AF_INET if iface.version == 4 else AF_INET6, "prefixlen": iface.network.prefixlen,
+              "index": index}
+    attrs: list[Any] = [["IFA_ADDRESS", str(iface.ip)]]
+    if iface.version == 4:
+        attrs.append(["IFA_LOCAL", str(iface.ip)])
+    return fields, attrs, iface.version
+
+
 def add_address(h: Handle, index: int, cidr: str, nodad: bool) -> None:
     """Add an address; already present is fine. IPv6 gets NODAD unless DAD is wanted."""
-    iface = ipaddress.ip_interface(cidr)
-    spec: dict[str, Any] = {"index": index, "address": str(iface.ip), "prefixlen": iface.network.prefixlen}
-    if iface.version == 6 and nodad:
-        spec["flags"] = IFA_F_NODAD
+    from cni.rtnl import NLM_F_CREATE, NLM_F_EXCL, RTM_NEWADDR
+
+    fields, attrs, version = _addr_message(index, cidr)
+    if version == 6 and nodad:
+        fields["flags"] = IFA_F_NODAD
     with contextlib.suppress(AlreadyExists):
-        _call(f"add address {cidr}", h.ipr.addr, "add", **spec)
+        _request(h, f"add address {cidr}", "addr", fields, attrs, RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL)
 
 
 def delete_address(h: Handle, index: int, cidr: str) -> None:
-    iface = ipaddress.ip_interface(cidr)
+    from cni.rtnl import RTM_DELADDR
+
+    fields, attrs, _version = _addr_message(index, cidr)
     try:
-        _call(f"delete address {cidr}", h.ipr.addr, "del", index=index, address=str(iface.ip),
-              prefixlen=iface.network.prefixlen)
+        _request(h, f"delete address {cidr}", "addr", fields, attrs, RTM_DELADDR)
     except NetlinkFailure as exc:
         if exc.code != errno.EADDRNOTAVAIL:
             raise
@@ -440,25 +484,35 @@ class Route:
 
 def add_route(h: Handle, index: int, dst: str, gw: str | None) -> None:
     """Add a route on the link; an identical route already there is fine."""
+    from cni.rtnl import NLM_F_CREATE, NLM_F_EXCL, RTM_NEWROUTE
+
     net = ipaddress.ip_network(dst, strict=False)
-    spec: dict[str, Any] = {"dst": str(net.network_address), "dst_len": net.prefixlen, "oif": index,
-                            "family": 2 if net.version == 4 else 10}
+    fields = {"family": AF_INET if net.version == 4 else AF_INET6, "dst_len": net.prefixlen,
+              "table": RT_TABLE_MAIN, "proto": RTPROT_STATIC, "type": RTN_UNICAST,
+              "scope": RT_SCOPE_UNIVERSE if gw else RT_SCOPE_LINK}
+    attrs: list[Any] = [["RTA_DST", str(net.network_address)], ["RTA_OIF", index]]
     if gw:
-        spec["gateway"] = gw
-    else:
-        spec["scope"] = RT_SCOPE_LINK
+        attrs.append(["RTA_GATEWAY", gw])
     with contextlib.suppress(AlreadyExists):
-        _call(f"add route {dst} via {gw or 'link'}", h.ipr.route, "add", **spec)
+        _request(h, f"add route {dst} via {gw or 'link'}", "route", fields, attrs, RTM_NEWROUTE,
+                 NLM_F_CREATE | NLM_F_EXCL)
 
 
 def routes(h: Handle, index: int) -> list[Route]:
     """Main-table unicast routes leaving through link `index`."""
+    from cni.rtnl import NLM_F_DUMP, RTM_GETROUTE
+
     out = []
-    for family in (2, 10):
-        for msg in _call("dump routes", h.ipr.get_routes, family=family, table=254):
-            if msg.get_attr("RTA_OIF") != index or msg["type"] != 1:
+    for family in (AF_INET, AF_INET6):
+        msgs = _request(h, "dump routes", "route", {"family": family, "table": RT_TABLE_MAIN},
+                        [["RTA_OIF", index]], RTM_GETROUTE, NLM_F_DUMP)
+        for msg in msgs:
+            if msg.get_attr("RTA_OIF") != index or msg["type"] != RTN_UNICAST:
                 continue
-            dst = msg.get_attr("RTA_DST") or ("0.0.0.0" if family == 2 else "::")
+            table = msg.get_attr("RTA_TABLE") or msg["table"]
+            if table != RT_TABLE_MAIN:
+                continue
+            dst = msg.get_attr("RTA_DST") or ("0.0.0.0" if family == AF_INET else "::")
             out.append(Route(f"{dst}/{msg['dst_len']}", msg.get_attr("RTA_GATEWAY")))
     return out
 
