@@ -517,6 +517,45 @@ def routes(h: Handle, index: int) -> list[Route]:
     return out
 
 
+# --- the node agent ----------------------------------------------------------
+
+def warm_up() -> None:
+    """Load and prepare, once, everything a plugin call uses here, so the node
+    agent's forked children inherit it: the message modules, pyroute2's NLA
+    tables of every message shape we send or read (compiled on first use),
+    libc for setns, and one real round trip."""
+    from cni import rtnl
+
+    peer = [["IFLA_IFNAME", "eth0"], ["IFLA_NET_NS_FD", 0], ["IFLA_MTU", 1500], ["IFLA_ADDRESS", "02:00:00:00:00:01"]]
+    shapes: list[tuple[str, dict[str, Any], list[Any]]] = [
+        ("link", {"index": 1}, [["IFLA_IFNAME", "b"], ["IFLA_MTU", 1500], ["IFLA_MASTER", 1],
+                                _linkinfo("veth", [["VETH_INFO_PEER", {"attrs": peer}]])]),
+        ("link", {"index": 1}, [_linkinfo("bridge", [["IFLA_BR_VLAN_FILTERING", 1]])]),
+        ("link", {"family": AF_BRIDGE, "index": 1},
+         [("IFLA_PROTINFO", {"attrs": [["IFLA_BRPORT_MODE", 1], ["IFLA_BRPORT_ISOLATED", 1]]}, NLA_F_NESTED)]),
+        ("addr", {"family": AF_INET, "prefixlen": 24, "index": 1},
+         [["IFA_ADDRESS", "10.0.0.1"], ["IFA_LOCAL", "10.0.0.1"]]),
+        ("addr", {"family": AF_INET6, "prefixlen": 64, "index": 1}, [["IFA_ADDRESS", "fd00::1"]]),
+        ("route", {"family": AF_INET, "dst_len": 0, "table": RT_TABLE_MAIN},
+         [["RTA_DST", "0.0.0.0"], ["RTA_OIF", 1], ["RTA_GATEWAY", "10.0.0.1"]]),
+        ("route", {"family": AF_INET6, "dst_len": 0, "table": RT_TABLE_MAIN},
+         [["RTA_DST", "::"], ["RTA_OIF", 1], ["RTA_GATEWAY", "fd00::1"]]),
+    ]
+    for kind, fields, attrs in shapes:
+        msg = rtnl.new(kind, fields, attrs)
+        msg.encode()
+        echo = type(msg)(msg.data)
+        echo.decode()
+        echo.get_attr("IFLA_LINKINFO")
+    with open_node() as node:
+        lo = link_by_name(node, "lo")
+        if lo is not None:
+            addresses(node, lo.index)
+            routes(node, lo.index)
+    with in_netns("/proc/self/ns/net"):
+        pass
+
+
 # --- sysctls -------------------------------------------------------------------
 
 def sysctl_path(key: str) -> str:
@@ -541,20 +580,25 @@ def ensure_sysctl(key: str, value: str) -> bool:
 CLONE_NEWNET = 0x40000000
 
 
-def _setns(fd: int) -> None:
-    import ctypes  # lazy: only the DAD path needs it
+_libc: Any = None
 
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.setns(fd, CLONE_NEWNET) != 0:
+
+def _setns(fd: int) -> None:
+    global _libc
+    import ctypes  # lazy: os.setns is Python 3.12+
+
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    if _libc.setns(fd, CLONE_NEWNET) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
 
 
 @contextlib.contextmanager
 def in_netns(path: str) -> Iterator[None]:
-    """Run the body with this (single-threaded) process inside netns `path`:
-    /proc/sys/net shows the netns of the caller, netlink sockets cannot reach
-    it. The only setns in berth; the original netns is always restored."""
+    """Run the body with this thread inside netns `path`: /proc/sys/net and new
+    sockets belong to the caller's netns. The only setns in berth; the original
+    netns is always restored."""
     check_netns(path)
     own = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     try:
