@@ -243,6 +243,54 @@ def test_calls_over_max_workers_wait_their_turn(topo: harness.Topology, agent: A
     assert journals(node) == [] and leases(node, "mw") == []
 
 
+def workers(agent: AgentProc) -> set[int]:
+    """The agent's children: its spare and busy workers (and a reconciler, if one runs)."""
+    assert agent.proc is not None
+    pid = agent.proc.pid
+    try:
+        return {int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
+    except OSError:
+        return set()
+
+
+def gone(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def test_spare_workers_are_bounded_replaced_after_a_crash_and_leave_with_the_agent(
+        topo: harness.Topology, agent: AgentProc) -> None:
+    node = topo.node
+    agent.kill()
+    agent.start("--max-workers", "3", "--spare-workers", "5", "--check-interval", "0")
+    assert "3 spare / 3 max workers" in agent.log()
+    assert harness.wait_for(lambda: len(workers(agent)) == 3, timeout=15), workers(agent)
+    first = workers(agent)
+    for pid in first:  # spare workers that crash (or are killed) before taking a call
+        os.kill(pid, 9)
+    assert harness.wait_for(lambda: len(workers(agent)) == 3 and not workers(agent) & first, timeout=15)
+    conf = harness.bridge_conf("sp", "10.92.0.0/24")
+    conf["ipam"]["dataDir"] = str(node.data_dir)
+    netns = topo.container()
+    node.plugin("berth-bridge", "ADD", conf, container_id="sp1", netns=netns.path).ok()
+    node.plugin("berth-bridge", "DEL", conf, container_id="sp1", netns=netns.path).ok()
+    assert agent.served("ADD", "sp1") == 1 and agent.served("DEL", "sp1") == 1  # served, not fallen back
+    assert harness.wait_for(lambda: len(workers(agent)) == 3, timeout=15)  # each served call was replaced
+    spare = workers(agent)
+    assert agent.proc is not None
+    agent.proc.terminate()
+    assert agent.proc.wait(10) == 0
+    assert harness.wait_for(lambda: all(gone(pid) for pid in spare), timeout=10)  # no worker outlives it
+    agent.start("--check-interval", "0")
+    assert harness.wait_for(lambda: len(workers(agent)) == 2, timeout=15)  # the default: 2 spare
+    spare = workers(agent)
+    agent.kill()  # kill -9: the spare workers see the parent's pipe close and leave too
+    assert harness.wait_for(lambda: all(gone(pid) for pid in spare), timeout=10)
+    assert journals(node) == [] and leases(node, "sp") == []
+
+
 def _raw(sock: Path, payload: bytes, close_write: bool = True) -> bytes:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
         conn.settimeout(15)
