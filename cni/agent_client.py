@@ -1,6 +1,7 @@
 """The thin side of the node agent: forward one plugin call to `berth agent`.
 
-Runs on every plugin exec, so it imports only os and the C `_socket` module:
+Runs on every plugin exec, so it imports only os and the C `_socket` module
+(not cni.skel, nor __future__: the annotations that name typing-only types are strings):
 `socket` (enum) and `json` (re) would each cost about as much as the
 interpreter's own start-up on a busy node. The rules (issue #10):
 - no agent (no socket file, connection refused, cannot connect in time): the
@@ -16,18 +17,15 @@ frame `berth-agent/1 NUL plugin NUL self-path NUL netns NUL K=V NUL K=V...`
 Answer: three frames, `rc NUL <n>` or `fallback NUL <reason>`, stdout, stderr.
 """
 
-from __future__ import annotations
-
 import _socket
 import os
-
-from cni.skel import MAX_STDIN_BYTES
 
 TYPE_CHECKING = False  # mypy treats this name as True; typing stays out of the hot path
 if TYPE_CHECKING:
     from collections.abc import Mapping
     from typing import IO
 
+MAX_STDIN_BYTES = 4 * 1024 * 1024  # cni.skel's limit (a test keeps them equal): skel stays off this path
 MAGIC = b"berth-agent/1"
 DEFAULT_SOCKET = "/run/berth/agent.sock"
 CONNECT_TIMEOUT = 1.0  # a listening Unix socket accepts at once; longer means a full backlog
@@ -50,11 +48,11 @@ class Answer:
         self.fallback = fallback
 
 
-def socket_path(environ: Mapping[str, str]) -> str:
+def socket_path(environ: "Mapping[str, str]") -> str:
     return environ.get("BERTH_AGENT_SOCKET") or DEFAULT_SOCKET
 
 
-def forwarded_env(environ: Mapping[str, str]) -> dict[str, str]:
+def forwarded_env(environ: "Mapping[str, str]") -> dict[str, str]:
     """Only what a plugin may read: CNI_*, BERTH_* and PATH (for exec'd delegates)."""
     return {k: v for k, v in environ.items() if k.startswith(FORWARDED_PREFIXES) or k == "PATH"}
 
@@ -73,7 +71,7 @@ def frame(payload: bytes) -> bytes:
     return len(payload).to_bytes(4, "big") + payload
 
 
-def encode_request(plugin: str, environ: Mapping[str, str], self_path: str, netns: str) -> bytes:
+def encode_request(plugin: str, environ: "Mapping[str, str]", self_path: str, netns: str) -> bytes:
     fields = [MAGIC, _b(plugin), _b(self_path), _b(netns)]
     fields += [_b(f"{k}={v}") for k, v in forwarded_env(environ).items()]
     return b"\0".join(fields)
@@ -113,7 +111,7 @@ def recv_answer(sock: _socket.socket) -> Answer:
     return Answer(int(value), out, err)
 
 
-def _timeout(environ: Mapping[str, str]) -> float:
+def _timeout(environ: "Mapping[str, str]") -> float:
     try:
         value = float(environ.get("BERTH_AGENT_TIMEOUT") or DEFAULT_TIMEOUT)
     except ValueError:
@@ -134,7 +132,7 @@ def connect(path: str) -> _socket.socket | None:
 
 
 def forward(
-    plugin: str, environ: Mapping[str, str], stdin: IO[bytes], stdout: IO[str], stderr: IO[str],
+    plugin: str, environ: "Mapping[str, str]", stdin: "IO[bytes]", stdout: "IO[str]", stderr: "IO[str]",
     self_path: str,
 ) -> tuple[int | None, bytes | None]:
     """(rc, None) when the agent answered; (None, stdin-bytes-or-None) to run in-process."""
@@ -170,7 +168,7 @@ def forward(
     return answer.rc, None
 
 
-def _try_again(plugin: str, path: str, exc: BaseException, data: bytes, stdout: IO[str], stderr: IO[str]) -> int:
+def _try_again(plugin: str, path: str, exc: BaseException, data: bytes, stdout: "IO[str]", stderr: "IO[str]") -> int:
     from cni import errors, skel
 
     what = "timed out" if isinstance(exc, TimeoutError) else "failed"

@@ -297,7 +297,7 @@ def test_journals_exist(tmp_path: Path) -> None:
 
 HEAVY = ("pyroute2", "nftables", "asyncio", "cni.bridge", "ipam", "portmap", "cni.netlink", "cni.state",
          "cni.invoke", "cni.agent", "dataclasses", "typing", "struct", "subprocess", "socket", "json", "re",
-         "enum")
+         "enum", "cni.skel", "cni.spec", "cni.errors", "__future__", "ctypes")
 
 
 def test_forwarding_plugin_imports_nothing_heavy(fake: Any, tmp_path: Path) -> None:
@@ -305,14 +305,81 @@ def test_forwarding_plugin_imports_nothing_heavy(fake: Any, tmp_path: Path) -> N
         fa.read_request(conn)
         conn.sendall(encode_answer(Answer(0, "{}\n", "")))
 
-    fa = fake(behave)
-    proc = subprocess.run(
-        [sys.executable, "-X", "importtime", "-m", "cni", "plugin", "berth-bridge"], input=CONF,
-        capture_output=True, env={**ENV, "BERTH_AGENT_SOCKET": fa.path, "PYTHONPATH": str(ROOT)}, cwd=str(ROOT),
-        timeout=60, check=False,
-    )
+    proc = run_thin(fake(behave), importtime=True)
     assert proc.returncode == 0 and proc.stdout == b"{}\n", proc.stderr[-2000:]
     modules = [line.split("|")[-1].strip() for line in proc.stderr.decode().splitlines() if "import time:" in line]
     heavy = sorted({m for m in modules if m.split(".")[0] in HEAVY or m in HEAVY})
     assert not heavy, heavy
     assert "cni.agent_client" in modules
+
+
+def test_thin_client_keeps_skels_stdin_limit() -> None:
+    from cni import skel
+
+    assert agent_client.MAX_STDIN_BYTES == skel.MAX_STDIN_BYTES  # a copy, so skel stays off the thin path
+
+
+def run_thin(fa: FakeAgent, env: dict[str, str] | None = None, importtime: bool = False,
+             ) -> subprocess.CompletedProcess[bytes]:
+    """The plugin as a process, started as the bundle's entry starts it (thin calls end with os._exit)."""
+    entry = "import sys; from cni.main import main; sys.exit(main(fast_exit=True))"
+    return subprocess.run(
+        [sys.executable, *(["-X", "importtime"] if importtime else []), "-c", entry, "plugin", "berth-bridge"],
+        input=CONF, capture_output=True, cwd=str(ROOT), timeout=60, check=False,
+        env={**ENV, **(env or {}), "BERTH_AGENT_SOCKET": fa.path, "PYTHONPATH": str(ROOT)},
+    )
+
+
+def test_forwarded_call_exits_fast_with_all_output_flushed(fake: Any) -> None:
+    def behave(fa: FakeAgent, conn: socket.socket) -> None:
+        fa.read_request(conn)
+        conn.sendall(encode_answer(Answer(3, '{"code": 7}\n' + "x" * 100_000 + "\n", "berth-bridge: warned\n")))
+
+    proc = run_thin(fake(behave))
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    assert proc.stdout == b'{"code": 7}\n' + b"x" * 100_000 + b"\n"
+    assert proc.stderr == b"berth-bridge: warned\n"
+
+
+def test_code_11_after_a_hang_up_is_flushed_too(fake: Any) -> None:
+    def behave(fa: FakeAgent, conn: socket.socket) -> None:
+        fa.read_request(conn)  # and hang up without an answer
+
+    proc = run_thin(fake(behave))
+    assert proc.returncode == 1 and json.loads(proc.stdout)["code"] == 11, proc
+
+
+def test_version_exits_fast_with_its_output(fake: Any) -> None:
+    fa = fake(lambda fa, conn: None)
+    proc = run_thin(fa, {"CNI_COMMAND": "VERSION"})
+    assert proc.returncode == 0 and "supportedVersions" in json.loads(proc.stdout), proc
+    assert fa.requests == []
+
+
+def test_lazy_ctypes_hook_runs_pyinstallers_hooks_on_first_import() -> None:
+    """pyi_lazy_ctypes (the bundle's pyimod03_ctypes) defers PyInstaller's hooks to `import ctypes`."""
+    script = """
+import sys, types
+calls = []
+eager = types.ModuleType("pyimod03_ctypes_eager")
+def install():
+    import ctypes
+    calls.append(ctypes.__name__)
+    ctypes.CDLL.patched = True
+eager.install = install
+sys.modules["pyimod03_ctypes_eager"] = eager
+import pyi_lazy_ctypes
+pyi_lazy_ctypes.install()
+assert "ctypes" not in sys.modules and calls == []
+import json  # other imports are not touched
+assert calls == []
+import ctypes
+assert calls == ["ctypes"] and ctypes.CDLL.patched and ctypes.sizeof(ctypes.c_int) == 4
+import ctypes.util
+assert calls == ["ctypes"]  # once
+assert not any(type(f).__name__ == "_CtypesFinder" for f in sys.meta_path)
+print("ok")
+"""
+    proc = subprocess.run([sys.executable, "-S", "-c", script], capture_output=True, text=True, cwd=str(ROOT),
+                          env={"PYTHONPATH": str(ROOT)}, timeout=60, check=False)
+    assert proc.returncode == 0 and proc.stdout == "ok\n", proc.stderr
