@@ -340,8 +340,6 @@ def create_veth(
     A host-name clash (another pod drew the same random name) is retried with a
     fresh name; a clash in the container is reported, as upstream does.
     """
-    if link_by_name(container, cont_name) is not None:
-        raise AlreadyExists(errno.EEXIST, f"container veth name {cont_name!r} already exists")
     with netns_fd(netns_path) as fd:
         for attempt in range(HOST_VETH_ATTEMPTS):
             peer: list[Any] = [["IFLA_IFNAME", cont_name], ["IFLA_NET_NS_FD", fd]]
@@ -356,7 +354,10 @@ def create_veth(
                 _create_link(node, f"create veth {host_name}/{cont_name}", attrs)
                 break
             except AlreadyExists:
-                if link_by_name(container, cont_name) is not None or attempt == HOST_VETH_ATTEMPTS - 1:
+                # either end's name may clash: the container's is the caller's to fix
+                if link_by_name(container, cont_name) is not None:
+                    raise AlreadyExists(errno.EEXIST, f"container veth name {cont_name!r} already exists") from None
+                if attempt == HOST_VETH_ATTEMPTS - 1:
                     raise
                 host_name = random_veth_name()
     host = link_by_name(node, host_name)
@@ -370,10 +371,12 @@ def attach_port(
     node: Handle, host: Link, bridge: Link, hairpin: bool, vlan: int, preserve_default_vlan: bool,
     isolated: bool,
 ) -> None:
-    """Enslave the host veth to the bridge, set its port options and bring it up."""
+    """Enslave the host veth to the bridge and bring it up (one request: the
+    kernel applies IFLA_MASTER before the flags), then set its port options."""
     from cni.rtnl import RTM_SETLINK
 
-    _link_set(node, f"attach {host.name} to {bridge.name}", host.index, [["IFLA_MASTER", bridge.index]])
+    _link_set(node, f"attach {host.name} to {bridge.name}", host.index, [["IFLA_MASTER", bridge.index]],
+              flags=IFF_UP, change=IFF_UP)
     if hairpin or isolated:
         opts: list[Any] = []
         if hairpin:
@@ -390,7 +393,6 @@ def attach_port(
             with contextlib.suppress(NetlinkFailure):
                 _call(f"remove vlan 1 from {host.name}", node.ipr.vlan_filter, "del", index=host.index,
                       vlan_info={"vid": 1})
-    set_up(node, host.index, host.name)
 
 
 def delete_link(h: Handle, name: str) -> bool:
