@@ -90,6 +90,7 @@ def warm_up() -> list[str]:
     try:
         with netlink.open_node() as node:  # loads pyroute2's lazily imported pieces too
             netlink.link_by_name(node, "lo")
+        netlink.warm_up()  # message modules and NLA tables, compiled once here instead of in every child
     except Exception as exc:
         problems.append(f"pyroute2: {exc}")
     try:
