@@ -58,8 +58,15 @@ class AgentProc:
     def log(self) -> str:
         return self.logpath.read_text() if self.logpath.exists() else ""
 
-    def served(self, verb: str, container: str) -> int:
-        return sum(1 for line in self.log().splitlines() if f" {verb} " in line and f"container={container} " in line)
+    def served(self, verb: str, container: str, wait: int = 0) -> int:
+        """Calls the log shows; a worker logs just after answering (off the caller's clock),
+        so `wait` for that many lines first (up to 10 s)."""
+        def count() -> int:
+            return sum(1 for line in self.log().splitlines()
+                       if f" {verb} " in line and f"container={container} " in line)
+
+        harness.wait_for(lambda: count() >= wait, timeout=10)
+        return count()
 
 
 def use_socket(node: harness.Node, monkeypatch: pytest.MonkeyPatch, sock: Path) -> None:
@@ -131,7 +138,8 @@ def test_chain_add_traffic_check_del_idempotent(topo: harness.Topology, mode: Ag
     assert journals(node) == [] and leases(node) == []
     assert pod.netns.links() == ["lo"]
     if mode is not None:
-        assert mode.served("ADD", "c1") == 2 and mode.served("DEL", "c1") == 6 and mode.served("CHECK", "c1") == 2
+        assert mode.served("ADD", "c1", 2) == 2 and mode.served("DEL", "c1", 6) == 6
+        assert mode.served("CHECK", "c1", 2) == 2
 
 
 def test_bad_input_is_the_same_error_and_changes_nothing(topo: harness.Topology, mode: AgentProc | None) -> None:
@@ -148,7 +156,7 @@ def test_bad_input_is_the_same_error_and_changes_nothing(topo: harness.Topology,
     assert netns.links() == ["lo"] and journals(node) == []
     assert "bt0" not in node.links()
     if mode is not None:
-        assert mode.served("ADD", "c1") == 2 and mode.log().count("error 7") == 1
+        assert mode.served("ADD", "c1", 2) == 2 and mode.log().count("error 7") == 1
 
 
 def test_concurrent_adds_get_distinct_addresses(topo: harness.Topology, mode: AgentProc | None) -> None:
@@ -179,7 +187,7 @@ def test_kill_9_then_calls_fall_back_and_a_restart_serves_again(topo: harness.To
     node = topo.node
     pod = Pod(topo, "k1", [{"hostPort": 8081, "containerPort": 80}])
     pod.add().ok()
-    assert agent.served("ADD", "k1") == 2
+    assert agent.served("ADD", "k1", 2) == 2
     agent.kill()
     assert agent.sock.exists()  # stale: connection refused -> in-process
     with pod.netns.server(80, "tcp", banner="web"):
@@ -190,7 +198,7 @@ def test_kill_9_then_calls_fall_back_and_a_restart_serves_again(topo: harness.To
     pod2.add().ok()
     agent.start("--check-interval", "0")  # over the stale socket file
     pod2.delete()
-    assert agent.served("ADD", "k2") == 0 and agent.served("DEL", "k2") == 2
+    assert agent.served("ADD", "k2") == 0 and agent.served("DEL", "k2", 2) == 2
     assert "CNI-DN-" not in node.nft_text() and journals(node) == []
     # a second agent on the same socket refuses to start; SIGTERM stops cleanly and removes the socket
     second = node.exec([str(node.bin_dir / "berth"), "agent", "--socket", str(agent.sock)], check=False,
@@ -216,7 +224,7 @@ def test_a_call_that_crashes_kills_only_its_child(topo: harness.Topology, agent:
     assert journals(node) == [] and leases(node, "crash") == [] and netns.links() == ["lo"]
     node.plugin("berth-bridge", "ADD", conf, container_id="x2", netns=netns.path).ok()
     node.plugin("berth-bridge", "DEL", conf, container_id="x2", netns=netns.path).ok()
-    assert agent.served("ADD", "x2") == 1
+    assert agent.served("ADD", "x2", 1) == 1
 
 
 def test_calls_over_max_workers_wait_their_turn(topo: harness.Topology, agent: AgentProc) -> None:
@@ -237,7 +245,7 @@ def test_calls_over_max_workers_wait_their_turn(topo: harness.Topology, agent: A
     for t in threads:
         t.join()
     assert len({results[cid].ok()["ips"][0]["address"] for cid, _ in pods}) == 4
-    assert sum(agent.served("ADD", cid) for cid, _ in pods) == 4  # all through the agent, none fell back
+    assert harness.wait_for(lambda: sum(agent.served("ADD", cid) for cid, _ in pods) == 4, timeout=10)  # none fell back
     for cid, netns in pods:
         node.plugin("berth-bridge", "DEL", conf, container_id=cid, netns=netns.path).ok()
     assert journals(node) == [] and leases(node, "mw") == []
@@ -276,7 +284,7 @@ def test_spare_workers_are_bounded_replaced_after_a_crash_and_leave_with_the_age
     netns = topo.container()
     node.plugin("berth-bridge", "ADD", conf, container_id="sp1", netns=netns.path).ok()
     node.plugin("berth-bridge", "DEL", conf, container_id="sp1", netns=netns.path).ok()
-    assert agent.served("ADD", "sp1") == 1 and agent.served("DEL", "sp1") == 1  # served, not fallen back
+    assert agent.served("ADD", "sp1", 1) == 1 and agent.served("DEL", "sp1", 1) == 1  # served, not fallen back
     assert harness.wait_for(lambda: len(workers(agent)) == 3, timeout=15)  # each served call was replaced
     spare = workers(agent)
     assert agent.proc is not None
@@ -333,7 +341,7 @@ def test_hostile_requests_do_not_kill_it(topo: harness.Topology, agent: AgentPro
     pod = Pod(topo, "h2", [{"hostPort": 8083, "containerPort": 80}])
     pod.add().ok()
     pod.delete()
-    assert agent.alive() and agent.served("ADD", "h2") == 2
+    assert agent.alive() and agent.served("ADD", "h2", 2) == 2
     assert agent.log().count("bad request") >= 8, agent.log()
 
 
