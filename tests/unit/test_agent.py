@@ -383,3 +383,15 @@ print("ok")
     proc = subprocess.run([sys.executable, "-S", "-c", script], capture_output=True, text=True, cwd=str(ROOT),
                           env={"PYTHONPATH": str(ROOT)}, timeout=60, check=False)
     assert proc.returncode == 0 and proc.stdout == "ok\n", proc.stderr
+
+
+def test_prewarm_runs_the_dispatch_without_side_effects(tmp_path: Path) -> None:
+    """A spare worker runs VERSION through every plugin's dispatch before it waits: nothing
+    is written, nothing printed (it replaces os.environ, so it runs in a process of its own)."""
+    script = ("import sys; from cni import agent; agent.prewarm('1:2'); "
+              "sys.__stdout__.write('ok ' + ','.join(sorted(__import__('os').environ)))")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=str(tmp_path),
+                          env={"PYTHONPATH": str(ROOT), "BERTH_STATE_DIR": str(tmp_path / "state"),
+                               "HOME": str(tmp_path)}, timeout=60, check=False)
+    assert proc.returncode == 0 and proc.stdout == "ok CNI_COMMAND" and proc.stderr == "", proc
+    assert list(tmp_path.iterdir()) == []
