@@ -7,8 +7,9 @@ and one per-attachment chain holds both families' rules.
 
     prerouting (nat, -100)  : fib daddr type local -> CNI-HOSTPORT-DNAT
     output     (nat, -100)  : fib daddr type local -> CNI-HOSTPORT-DNAT
-    CNI-HOSTPORT-DNAT       : daddr . l4proto . dport vmap @hostports-v4/-v6 (a hostIP)
-                              l4proto . dport vmap @hostports (any local address)
+    CNI-HOSTPORT-DNAT       : daddr . l4proto . dport vmap @hostport-v4, @hostports-v4 (v4 hostIP)
+                              daddr . l4proto . dport vmap @hostport-v6, @hostports-v6 (v6 hostIP)
+                              l4proto . dport vmap @hostport, @hostports (any local address)
     CNI-DN-<hash>           : the attachment's DNAT rules + hairpin/localhost marks
     CNI-HOSTPORT-SETMARK    : meta mark |= markMasqBit
     postrouting (nat, 100)  : -> CNI-HOSTPORT-MASQ; saddr vmap @masq-v4/-v6 (bridge ipMasq)
@@ -19,6 +20,13 @@ and one per-attachment chain holds both families' rules.
     CNI-ISOLATION           : bridge `isolate`: replies/DNAT/same bridge return, else drop between
                               isolated bridges and from any berth bridge into a strict one (portmap/isolation.py)
     guard (filter, -300)    : drop 127.0.0.0/8 not arriving on lo (CVE-2020-8558)
+
+hostPort dispatch: a single port (the common case) is an element of the hash
+maps hostport/-v4/-v6 (no `interval` flag: libnftables adds and deletes their
+elements without fetching the map), a port range one of the interval maps
+hostports/-v4/-v6. berth before journal layout 2 put single ports in the
+interval maps too; those elements stay where they are until their attachment
+goes (Mapping.map_name(exact=False), portmap_layout_exact()).
 
 The static part is re-asserted by every ADD (add is a no-op when present, static
 chains are add+flush+refill) so its cost never depends on how many attachments
@@ -41,9 +49,19 @@ MASQ_CHAIN = "CNI-HOSTPORT-MASQ"
 ADMIN_CHAIN = "CNI-ADMIN"
 GUARD_CHAIN = "guard"
 
+# single ports: exact-match (hash) verdict maps
+HOSTPORT_MAP = "hostport"
+HOSTPORT_V4_MAP = "hostport-v4"
+HOSTPORT_V6_MAP = "hostport-v6"
+# port ranges (and single ports of attachments made before layout 2): interval maps
 HOSTPORTS_MAP = "hostports"
 HOSTPORTS_V4_MAP = "hostports-v4"
 HOSTPORTS_V6_MAP = "hostports-v6"
+# every hostPort dispatch map, hostIP-specific ones first (the DNAT chain's lookup order)
+HOSTPORT_MAPS = (HOSTPORT_V4_MAP, HOSTPORTS_V4_MAP, HOSTPORT_V6_MAP, HOSTPORTS_V6_MAP, HOSTPORT_MAP, HOSTPORTS_MAP)
+# the portmap journal's "layout": 2 = single ports in the hostport* maps; absent
+# (berth before it) = every mapping in the hostports* interval maps
+PORTMAP_LAYOUT = 2
 MASQ_V4_MAP = "masq-v4"
 MASQ_V6_MAP = "masq-v6"
 BRIDGES_SET = "bridges"
@@ -77,8 +95,11 @@ SETS: tuple[tuple[str, list[str] | str], ...] = (
     (SELF_SET, ["ifname", "ifname"]),
 )
 
-# name -> key type; every map is a verdict map
+# name -> key type, interval flag; every map is a verdict map
 MAPS: tuple[tuple[str, list[str] | str, bool], ...] = (
+    (HOSTPORT_MAP, ["inet_proto", "inet_service"], False),
+    (HOSTPORT_V4_MAP, ["ipv4_addr", "inet_proto", "inet_service"], False),
+    (HOSTPORT_V6_MAP, ["ipv6_addr", "inet_proto", "inet_service"], False),
     (HOSTPORTS_MAP, ["inet_proto", "inet_service"], True),
     (HOSTPORTS_V4_MAP, ["ipv4_addr", "inet_proto", "inet_service"], True),
     (HOSTPORTS_V6_MAP, ["ipv6_addr", "inet_proto", "inet_service"], True),
@@ -228,19 +249,14 @@ def base_layout(external_setmark: str | None = None) -> list[Cmd]:
         cmds += [add_chain(name, (kind, prio, hook)), flush_chain(name)]
 
     local = match({"fib": {"result": "type", "flags": ["daddr"]}}, "local")
-    dport = payload("th", "dport")
     cmds += [
         add_rule(GUARD_CHAIN, match(meta("iifname"), "lo", "!="),
                  match(payload("ip", "daddr"), prefix(V4_LOOPBACK)), COUNTER, {"drop": None}),
         add_rule("prerouting", local, jump(DNAT_CHAIN)),
         add_rule("output", local, jump(DNAT_CHAIN)),
-        # a specific hostIP wins over "any local address"
-        add_rule(DNAT_CHAIN, {"vmap": {"key": {"concat": [payload("ip", "daddr"), meta("l4proto"), dport]},
-                                       "data": "@" + HOSTPORTS_V4_MAP}}),
-        add_rule(DNAT_CHAIN, {"vmap": {"key": {"concat": [payload("ip6", "daddr"), meta("l4proto"), dport]},
-                                       "data": "@" + HOSTPORTS_V6_MAP}}),
-        add_rule(DNAT_CHAIN, {"vmap": {"key": {"concat": [meta("l4proto"), dport]},
-                                       "data": "@" + HOSTPORTS_MAP}}),
+        # a specific hostIP wins over "any local address"; a port lives in one
+        # map of each pair (ports.py refuses overlaps), so no vmap shadows another
+        *hostport_rules(),
         add_rule("postrouting", jump(MASQ_CHAIN)),
         add_rule("postrouting", {"vmap": {"key": payload("ip", "saddr"), "data": "@" + MASQ_V4_MAP}}),
         add_rule("postrouting", {"vmap": {"key": payload("ip6", "saddr"), "data": "@" + MASQ_V6_MAP}}),
@@ -252,6 +268,16 @@ def base_layout(external_setmark: str | None = None) -> list[Cmd]:
         add_rule("forward", match({"ct": {"key": "status"}}, "dnat", "in"), {"accept": None}),
     ]
     return cmds
+
+
+def hostport_rules() -> list[Cmd]:
+    """CNI-HOSTPORT-DNAT: one vmap rule per map of HOSTPORT_MAPS, in its order."""
+    dport = payload("th", "dport")
+    keys = {4: [payload("ip", "daddr"), meta("l4proto"), dport], 6: [payload("ip6", "daddr"), meta("l4proto"), dport],
+            None: [meta("l4proto"), dport]}
+    versions = {HOSTPORT_V4_MAP: 4, HOSTPORTS_V4_MAP: 4, HOSTPORT_V6_MAP: 6, HOSTPORTS_V6_MAP: 6}
+    return [add_rule(DNAT_CHAIN, {"vmap": {"key": {"concat": keys[versions.get(name)]}, "data": "@" + name}})
+            for name in HOSTPORT_MAPS]
 
 
 def add_sets() -> list[Cmd]:
@@ -312,7 +338,12 @@ class Mapping:
         """A v4 hostIP only maps to v4 container addresses and vice versa."""
         return self.host_version in (None, version)
 
-    def map_name(self) -> str:
+    def map_name(self, exact: bool = True) -> str:
+        """The verdict map holding this mapping's element: a single port goes to
+        the hash maps (hostport*), a range to the interval maps (hostports*).
+        exact=False: the layout before 2, every mapping in the interval maps."""
+        if exact and self.host_lo == self.host_hi:
+            return {None: HOSTPORT_MAP, 4: HOSTPORT_V4_MAP, 6: HOSTPORT_V6_MAP}[self.host_version]
         return {None: HOSTPORTS_MAP, 4: HOSTPORTS_V4_MAP, 6: HOSTPORTS_V6_MAP}[self.host_version]
 
     def map_key(self) -> Any:
@@ -397,11 +428,19 @@ def portmap_add(chain: str, mappings: list[Mapping], addresses: list[str], *, sn
                              external_setmark=external_setmark, note=note))
 
 
-def elements_by_map(chain: str, mappings: list[Mapping]) -> dict[str, list[Any]]:
+def elements_by_map(chain: str, mappings: list[Mapping], exact: bool = True) -> dict[str, list[Any]]:
     out: dict[str, list[Any]] = {}
     for m in mappings:
-        out.setdefault(m.map_name(), []).append(verdict_elem(m.map_key(), chain))
+        out.setdefault(m.map_name(exact), []).append(verdict_elem(m.map_key(), chain))
     return out
+
+
+def portmap_layout_exact(record: dict[str, Any] | None) -> bool:
+    """Did the ADD that wrote this portmap journal record put single ports in the
+    hash maps (layout 2)? A record without "layout" comes from an older berth,
+    whose elements all live in the interval maps; DEL/CHECK/reconcile look there."""
+    value = (record or {}).get("layout")
+    return isinstance(value, int) and not isinstance(value, bool) and value >= PORTMAP_LAYOUT
 
 
 def portmap_del(chain: str, elements: dict[str, list[Any]]) -> list[Cmd]:

@@ -276,7 +276,10 @@ def cmd_add(args: CmdArgs) -> Result:
                   "mappings": [m.to_json() for m in conf.mappings], "snat": conf.snat,
                   # what `berth reconcile` needs to rebuild the mark chains as this ADD did
                   "markMasqBit": conf.mark_bit, "masqAll": conf.masq_all,
-                  "externalSetMarkChain": conf.external_setmark, "boot": ports.boot_id()}
+                  "externalSetMarkChain": conf.external_setmark, "boot": ports.boot_id(),
+                  # where the elements go (layout.Mapping.map_name): DEL/CHECK of a journal
+                  # an older berth wrote look in the interval maps instead
+                  "layout": layout.PORTMAP_LAYOUT}
         journal.put(SECTION, record)
         try:
             _step_done("portmap-journal", args.environ)
@@ -287,7 +290,7 @@ def cmd_add(args: CmdArgs) -> Result:
         # a re-ADD of this attachment: drop its old elements first
         if prior:
             old = [Mapping.from_json(m) for m in prior.get("mappings") or []]
-            cmds += _delete_owned(root, me, str(prior.get("chain") or chain), old, keep=conf.mappings)
+            cmds += _delete_owned(root, me, str(prior.get("chain") or chain), old, prior, keep=conf.mappings)
         for t in takeovers:  # last-wins or stale owners: remove their element
             cmds += [layout.add_chain(t.claim.chain),
                      layout.add_elements(t.claim.map_name, [layout.verdict_elem(t.claim.key, t.claim.chain)]),
@@ -337,17 +340,32 @@ def _undo_add(root: str, me: ports.Owner, chain: str, mappings: list[Mapping], j
         journal.drop(SECTION)
 
 
-def _delete_owned(root: str, me: ports.Owner, chain: str, mappings: list[Mapping],
+def _delete_owned(root: str, me: ports.Owner, chain: str, mappings: list[Mapping], record: dict[str, Any],
                   keep: list[Mapping] | None = None) -> list[layout.Cmd]:
-    """add-then-delete of the elements of `mappings` that are still ours."""
+    """add-then-delete of the elements of `mappings` (made by the ADD that wrote
+    `record`) that are still ours. A kept mapping whose element already sits in
+    the map this ADD uses is left alone (the ADD re-adds it, a no-op)."""
+    same_layout = layout.portmap_layout_exact(record) and record.get("state") == "done"
+    owned = [m for m in mappings if not (keep and m in keep and same_layout) and ports.owns_all(root, me, m)]
     cmds: list[layout.Cmd] = []
-    for m in mappings:
-        if keep and m in keep:
-            continue
-        if ports.owns_all(root, me, m):
-            elem = layout.verdict_elem(m.map_key(), chain)
-            cmds += [layout.add_elements(m.map_name(), [elem]), layout.delete_elements(m.map_name(), [m.map_key()])]
+    for name, elems in recorded_elements(chain, owned, record).items():
+        cmds += [layout.add_elements(name, elems), layout.delete_elements(name, [e[0] for e in elems])]
     return cmds
+
+
+def recorded_elements(chain: str, mappings: list[Mapping], record: dict[str, Any]) -> dict[str, list[Any]]:
+    """The verdict-map elements of `mappings` where the ADD that wrote `record`
+    put them: the hash maps for single ports (layout 2), the interval maps for a
+    journal of an older berth. An ADD that did not finish may have been a re-ADD
+    of an older journal's attachment, interrupted on either side of its commit:
+    then look in both (add-then-delete tolerates the absent ones)."""
+    exact = layout.portmap_layout_exact(record)
+    out = layout.elements_by_map(chain, mappings, exact)
+    if record.get("state") != "done":
+        for name, elems in layout.elements_by_map(chain, mappings, not exact).items():
+            have = out.setdefault(name, [])
+            have += [e for e in elems if e not in have]
+    return out
 
 
 def remove_attachment(root: str, journal: state.Journal) -> None:
@@ -366,12 +384,12 @@ def remove_attachment(root: str, journal: state.Journal) -> None:
             # port files: unclaimed ports are ours to remove too
             owned += [m for m in mappings if m not in owned and ports.unclaimed(root, m)]
         try:
-            nft.apply(layout.portmap_del(chain, layout.elements_by_map(chain, owned)))
+            nft.apply(layout.portmap_del(chain, recorded_elements(chain, owned, record)))
         except CNIError:
             strict = [m for m in owned if ports.owns_all(root, me, m)]
             if strict == owned:
                 raise
-            nft.apply(layout.portmap_del(chain, layout.elements_by_map(chain, strict)))
+            nft.apply(layout.portmap_del(chain, recorded_elements(chain, strict, record)))
         ports.release(root, me, mappings)
         journal.drop(SECTION)
     if conntrack.needs_flush(mappings):
@@ -398,13 +416,13 @@ def _asks_for_mappings(config: dict[str, Any]) -> bool:
 
 def remove_derived(root: str, me: ports.Owner) -> None:
     """DEL without a journal: the chain CNI-DN-<hash> (derived, as upstream does),
-    the hostports* elements whose verdict jumps to it, and the port files that
+    the hostport*/hostports* elements whose verdict jumps to it, and the port files that
     name this attachment."""
     from portmap import masq
 
     chain = layout.dnat_chain_name(me.network, me.container_id, me.ifname)
     with ports.locked(root):
-        found = masq.jumping_to(chain, (layout.HOSTPORTS_MAP, layout.HOSTPORTS_V4_MAP, layout.HOSTPORTS_V6_MAP))
+        found = masq.jumping_to(chain, layout.HOSTPORT_MAPS)
         if found is not None:
             nft.apply(layout.portmap_del(chain, found))
         ports.release_owner(root, me)
@@ -434,7 +452,7 @@ def check_record(record: dict[str, Any]) -> list[str]:
     if chain not in chains:
         problems.append(f"nftables chain {chain} is missing")
     mappings = [Mapping.from_json(m) for m in record.get("mappings") or []]
-    for name, elems in layout.elements_by_map(chain, mappings).items():
+    for name, elems in layout.elements_by_map(chain, mappings, layout.portmap_layout_exact(record)).items():
         for elem in elems:
             if elem not in elements.get(name, []):
                 problems.append(f"{name} element {elem[0]} -> {chain} is missing")

@@ -277,15 +277,16 @@ def _table_hops(report: Report, att: Attachment, focus: list[Mapping], ctx: Cont
     chain = att.dn_chain
     bad = []
     for m in focus:
-        target = table.element_target(m.map_name(), m.map_key())
+        name = att.map_name(m)
+        target = table.element_target(name, m.map_key())
         if target is None:
-            bad.append(f"map {m.map_name()} has no element {_key_text(m)} (berth reconcile restores it)")
+            bad.append(f"map {name} has no element {_key_text(m)} (berth reconcile restores it)")
         elif target != chain:
-            bad.append(f"map {m.map_name()} element {_key_text(m)} jumps to {target}, not {chain}")
+            bad.append(f"map {name} element {_key_text(m)} jumps to {target}, not {chain}")
     if bad:
         report.add("hostport", FAIL, "; ".join(bad))
     else:
-        report.add("hostport", OK, ", ".join(f"{m.map_name()}: {_key_text(m)} -> {chain}" for m in focus))
+        report.add("hostport", OK, ", ".join(f"{att.map_name(m)}: {_key_text(m)} -> {chain}" for m in focus))
     want = len(ops_state.expected_dn_rules(att))
     have = table.rule_count(chain)
     if chain not in table.chains:

@@ -69,6 +69,11 @@ class Attachment:
                 continue  # a hand-edited journal: skip what cannot be read
         return out
 
+    def map_name(self, m: Mapping) -> str:
+        """The verdict map the ADD put the mapping's element in (a journal of a
+        berth before layout 2: the interval maps, single ports included)."""
+        return m.map_name(layout.portmap_layout_exact(self.portmap))
+
     @property
     def dn_chain(self) -> str:
         return str((self.portmap or {}).get("chain")
@@ -298,10 +303,11 @@ def portmap_missing(att: Attachment, table: Table, owned: list[Mapping]) -> list
     chain = att.dn_chain
     out = _chain_missing(table, chain, expected_dn_rules(att), "chain")
     for m in owned:
-        target = table.element_target(m.map_name(), m.map_key())
+        name = att.map_name(m)
+        target = table.element_target(name, m.map_key())
         if target is None:
-            out.append(Missing(f"{m.map_name()} element {format_mapping(m)} -> {chain} is missing",
-                               [layout.add_elements(m.map_name(), [layout.verdict_elem(m.map_key(), chain)])],
+            out.append(Missing(f"{name} element {format_mapping(m)} -> {chain} is missing",
+                               [layout.add_elements(name, [layout.verdict_elem(m.map_key(), chain)])],
                                [m] if m.protocol in ("udp", "sctp") else []))
     return out
 

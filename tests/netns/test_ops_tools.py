@@ -130,7 +130,7 @@ def test_nft_damage_is_named_and_reconciled(pod: Attached, damage: str) -> None:
     node = pod.node
     chain = pod.journal["portmap"]["chain"]
     if damage == "element":
-        nft(node, "delete", "element", "inet", "berth", "hostports", "{ tcp . 8080 }")
+        nft(node, "delete", "element", "inet", "berth", "hostport", "{ tcp . 8080 }")
         expect = "hostport"
     elif damage == "chain":
         nft(node, "flush", "chain", "inet", "berth", chain)

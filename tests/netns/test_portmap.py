@@ -43,6 +43,14 @@ def test_ipv6_and_port_range(topo: harness.Topology) -> None:
                            {"hostPort": 31000, "containerPort": 31000, "range": 2, "protocol": "udp"}],
               subnets=("10.88.0.0/24", "fd00:88::/64"))
     pod.add().ok()
+    # a single port is an element of the hash map hostport, a range of the interval map hostports
+    table = topo.node.nft_table()
+    assert table is not None
+    maps = {o["map"]["name"]: o["map"] for o in table["nftables"] if "map" in o}
+    assert "flags" not in maps["hostport"] and maps["hostports"]["flags"] == ["interval"]
+    assert [e[0] for e in maps["hostport"]["elem"]] == [{"concat": ["tcp", 8080]}]
+    assert sorted(str(e[0]) for e in maps["hostports"]["elem"]) == sorted(
+        [str({"concat": ["tcp", {"range": [30000, 30002]}]}), str({"concat": ["udp", {"range": [31000, 31001]}]})])
     with pod.netns.server(80, "tcp", "6", banner="web6"), pod.netns.server(7001, "tcp", banner="r1"), \
             pod.netns.server(31001, "udp", banner="u1"):
         # the first v6 packets can wait on neighbour discovery while link-locals are tentative
@@ -132,9 +140,9 @@ def test_check_reports_missing_chain(topo: harness.Topology) -> None:
     pod = Pod(topo, "c1", [{"hostPort": 8080, "containerPort": 80}])
     pod.add().ok()
     pod.portmap("CHECK").ok()
-    topo.node.exec(["nft", "delete", "element", "inet", "berth", "hostports", "{ tcp . 8080 }"])
+    topo.node.exec(["nft", "delete", "element", "inet", "berth", "hostport", "{ tcp . 8080 }"])
     res = pod.portmap("CHECK")
-    assert res.rc != 0 and res.json["code"] == 106 and "hostports" in res.json["details"]
+    assert res.rc != 0 and res.json["code"] == 106 and "hostport element" in res.json["details"]
     pod.delete()
     assert "CNI-DN-" not in topo.node.nft_text()
 

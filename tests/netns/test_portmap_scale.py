@@ -1,4 +1,4 @@
-"""One more ADD with 0 vs 1,000 attachments (x 2 mappings) present: figures, not asserts.
+"""One more ADD and DEL with 0 vs 1,000 attachments (x 2 mappings) present: figures, not asserts.
 
 The 1,000 are made straight through the builders in one transaction (what 1,000
 ADDs would leave behind); the timed ADD is the real plugin exec'd in the node.
@@ -38,11 +38,18 @@ def _timed_add(topo: harness.Topology, cid: str, port: int) -> tuple[float, Pod]
     return (time.monotonic() - start) * 1000, pod
 
 
+def _timed_del(pod: Pod) -> float:
+    start = time.monotonic()
+    pod.portmap("DEL").ok()
+    return (time.monotonic() - start) * 1000
+
+
 def test_add_cost_does_not_grow_with_attachments(topo: harness.Topology) -> None:
-    empty = []
+    empty, empty_del = [], []
     for i in range(3):
         ms, pod = _timed_add(topo, f"e{i}", 8000 + 2 * i)
         empty.append(ms)
+        empty_del.append(_timed_del(pod))
     python = str(harness.ROOT / ".venv" / "bin" / "python")
     start = time.monotonic()
     topo.node.exec([python, "-c", FILL, "1000"], cwd=str(harness.ROOT),
@@ -51,14 +58,18 @@ def test_add_cost_does_not_grow_with_attachments(topo: harness.Topology) -> None
     table = topo.node.nft_table()
     assert table is not None
     chains = [o for o in table["nftables"] if "chain" in o and o["chain"]["name"].startswith("CNI-DN-")]
-    assert len(chains) == 1003
-    full = []
+    assert len(chains) == 1000
+    full, pods = [], []
     for i in range(3):
         ms, pod = _timed_add(topo, f"f{i}", 9000 + 2 * i)
         full.append(ms)
+        pods.append(pod)
     with pod.netns.server(80, "tcp", banner="last"):
         assert topo.outside.connect(harness.Topology.NODE_V4, 9004) == f"last {harness.Topology.OUTSIDE_V4}"
+    full_del = [_timed_del(p) for p in pods]
+    assert "9004" not in topo.node.nft_text()
     figures = {"add_ms_empty": [round(x, 1) for x in empty], "add_ms_1000": [round(x, 1) for x in full],
                "median_empty": round(statistics.median(empty), 1), "median_1000": round(statistics.median(full), 1),
+               "del_ms_empty": [round(x, 1) for x in empty_del], "del_ms_1000": [round(x, 1) for x in full_del],
                "fill_1000_attachments_s": round(fill_s, 2)}
     print("\nPORTMAP-SCALE " + json.dumps(figures))

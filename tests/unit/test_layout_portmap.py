@@ -42,7 +42,7 @@ def test_attachment_add_golden() -> None:
             setmark]}}},
         {"add": {"rule": {**T, "chain": CHAIN, "expr": [
             *base, {"counter": None}, {"dnat": {"family": "ip", "addr": "10.88.0.5", "port": 80}}]}}},
-        {"add": {"element": {**T, "name": "hostports", "elem": [
+        {"add": {"element": {**T, "name": "hostport", "elem": [
             [{"concat": ["tcp", 8080]}, {"jump": {"target": CHAIN}}]]}}},
     ]
 
@@ -76,6 +76,30 @@ def test_base_layout_never_flushes_admin_and_is_size_independent() -> None:
     # one ADD's transaction is a fixed size however many attachments exist
     one = layout.portmap_add(CHAIN, [Mapping(8080, 8080, 80, "tcp")], ["10.88.0.5"])
     assert len(one) == len(cmds) + len(layout.mark_layout()) + 6
+
+
+def test_single_ports_go_to_hash_maps_ranges_to_interval_maps() -> None:
+    single, ranged = Mapping(8080, 8080, 80, "tcp"), Mapping(30000, 30002, 7000, "udp", "fd00:5::1")
+    v4 = Mapping(53, 53, 53, "udp", "198.51.100.1")
+    assert [m.map_name() for m in (single, ranged, v4)] == ["hostport", "hostports-v6", "hostport-v4"]
+    # the layout before 2 (a journal without "layout"): everything in the interval maps
+    assert [m.map_name(exact=False) for m in (single, ranged, v4)] == ["hostports", "hostports-v6", "hostports-v4"]
+    assert layout.portmap_layout_exact({"layout": 2}) and not layout.portmap_layout_exact({})
+    assert not layout.portmap_layout_exact(None) and not layout.portmap_layout_exact({"layout": True})
+    declared = {c["add"]["map"]["name"]: c["add"]["map"].get("flags") for c in layout.base_layout()
+                if "map" in c.get("add", {})}
+    assert {k: v for k, v in declared.items() if k.startswith("hostport")} == {
+        "hostport": None, "hostport-v4": None, "hostport-v6": None,
+        "hostports": ["interval"], "hostports-v4": ["interval"], "hostports-v6": ["interval"]}
+
+
+def test_dnat_chain_looks_up_specific_host_ips_first() -> None:
+    rules = [c["add"]["rule"]["expr"][0]["vmap"] for c in layout.base_layout()
+             if c.get("add", {}).get("rule", {}).get("chain") == "CNI-HOSTPORT-DNAT"]
+    assert [r["data"] for r in rules] == ["@hostport-v4", "@hostports-v4", "@hostport-v6", "@hostports-v6",
+                                          "@hostport", "@hostports"]
+    daddr = [r["key"]["concat"][0].get("payload", {}).get("protocol") for r in rules]
+    assert daddr == ["ip", "ip", "ip6", "ip6", None, None]
 
 
 def test_mark_bit_and_external_chain() -> None:

@@ -54,7 +54,7 @@ def listing(commands: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def journal(root: Path, cid: str, mappings: list[Mapping], *, ip: str = "10.88.0.2", masq: bool = True,
-            state: str = "done", veth: str = "veth1") -> dict[str, Any]:
+            state: str = "done", veth: str = "veth1", legacy: bool = False) -> dict[str, Any]:
     chain = layout.dnat_chain_name(NET, cid, "eth0")
     data: dict[str, Any] = {
         "containerID": cid, "ifname": "eth0", "network": NET, "created": 1000.0,
@@ -65,6 +65,8 @@ def journal(root: Path, cid: str, mappings: list[Mapping], *, ip: str = "10.88.0
         "portmap": {"chain": chain, "addresses": [ip], "bridge": "bt0", "state": state, "snat": True,
                     "mappings": [m.to_json() for m in mappings]},
     }
+    if not legacy:  # a journal of a berth before layout 2 has no "layout"
+        data["portmap"]["layout"] = layout.PORTMAP_LAYOUT
     (root / NET).mkdir(parents=True, exist_ok=True)
     (root / NET / f"{cid}-eth0.json").write_text(json.dumps(data))
     return data
@@ -131,14 +133,32 @@ def test_healthy_table_has_nothing_missing(tmp_path: Path) -> None:
 
 def test_missing_element_and_flushed_chain_are_planned_back(tmp_path: Path) -> None:
     chain = layout.dnat_chain_name(NET, "c1", "eth0")
-    root, atts, table = setup(tmp_path, [layout.delete_elements(layout.HOSTPORTS_MAP, [M8080.map_key()]),
+    root, atts, table = setup(tmp_path, [layout.delete_elements(layout.HOSTPORT_MAP, [M8080.map_key()]),
                                          layout.flush_chain(chain)])
     result = ops_reconcile.plan(root, atts, table, set())
     whats = [m.what for _, m in result.fixes]
-    assert any("has 0 of 3 rules" in w for w in whats) and any("hostports element" in w for w in whats)
-    damage = [layout.delete_elements(layout.HOSTPORTS_MAP, [M8080.map_key()]), layout.flush_chain(chain)]
+    assert any("has 0 of 3 rules" in w for w in whats) and any("hostport element" in w for w in whats)
+    damage = [layout.delete_elements(layout.HOSTPORT_MAP, [M8080.map_key()]), layout.flush_chain(chain)]
     repaired = Table.from_objects(listing([*healthy(), *damage, *result.commands()]))
     assert ops_reconcile.plan(root, atts, repaired, set()).fixes == []
+
+
+def test_journal_of_an_older_berth_is_checked_and_restored_in_the_interval_map(tmp_path: Path) -> None:
+    """Before layout 2 single ports lived in the interval map hostports: a journal
+    without "layout" is compared with (and restored into) that map."""
+    journal(tmp_path, "c1", [M8080], legacy=True)
+    claim(tmp_path, "c1", [M8080])
+    chain = layout.dnat_chain_name(NET, "c1", "eth0")
+    old_element = layout.add_elements(layout.HOSTPORTS_MAP, [layout.verdict_elem(M8080.map_key(), chain)])
+    healthy_old = [c for c in healthy() if c.get("add", {}).get("element", {}).get("name") != layout.HOSTPORT_MAP]
+    root = str(tmp_path)
+    atts = ops_state.load_attachments(root)
+    view = ops_state.PortView(root, atts)
+    table = Table.from_objects(listing([*healthy_old, old_element]))
+    assert ops_state.portmap_missing(atts[0], table, view.owned(atts[0])) == []
+    result = ops_reconcile.plan(root, atts, Table.from_objects(listing(healthy_old)), set())
+    assert [m.what for _, m in result.fixes] == [f"hostports element 8080->80/tcp -> {chain} is missing"]
+    assert result.commands() == [old_element]
 
 
 def test_whole_table_gone_restores_static_marks_dnat_and_masq(tmp_path: Path) -> None:
@@ -190,13 +210,13 @@ def test_journal_options_shape_the_rebuilt_chain(tmp_path: Path) -> None:
 # --- rendering ---------------------------------------------------------------------------------------
 
 def test_list_rows_and_text(tmp_path: Path) -> None:
-    root, _atts, table = setup(tmp_path, [layout.delete_elements(layout.HOSTPORTS_MAP, [M8080.map_key()])])
+    root, _atts, table = setup(tmp_path, [layout.delete_elements(layout.HOSTPORT_MAP, [M8080.map_key()])])
     rows = ops_list.entries(root, table, now=1000.0 + 3700)
     assert rows[0]["age"] == "1h" and rows[0]["ports"] == ["8080->80/tcp"] and rows[0]["rules"] == "partial"
     text = ops_list.render(rows)
     assert text.splitlines()[0].split() == ["NETWORK", "CONTAINER", "IFNAME", "NETNS", "ADDRESSES", "PORTS", "AGE",
                                             "RULES"]
-    assert "hostports element" in text
+    assert "hostport element" in text
     assert ops_list.render([]) == "no attachments\n"
 
 

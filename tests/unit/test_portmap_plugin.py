@@ -120,14 +120,14 @@ def test_add_del_one_transaction_each(tmp_path: Path, fake: nft.Fake) -> None:
     assert out["ips"] == PREV["ips"]
     chain = layout.dnat_chain_name("pmnet", "c1")
     assert len(fake.transactions) == 1 and chain in fake.chains
-    assert fake.elements["hostports"] == [[{"concat": ["tcp", 8080]}, {"jump": {"target": chain}}]]
+    assert fake.elements["hostport"] == [[{"concat": ["tcp", 8080]}, {"jump": {"target": chain}}]]
     journal = json.loads((tmp_path / "pmnet" / "c1-eth0.json").read_text())["portmap"]
     assert journal["state"] == "done" and journal["addresses"] == ["10.88.0.5", "fd00:88::5"]
     assert (tmp_path / "ports" / "any_tcp_8080").exists()
     portmap.cmd_check(args(tmp_path, "CHECK", m))
     # DEL from the journal: no portMappings, no prevResult
     portmap.cmd_del(args(tmp_path, "DEL", None, prev=None))
-    assert len(fake.transactions) == 2 and chain not in fake.chains and fake.elements["hostports"] == []
+    assert len(fake.transactions) == 2 and chain not in fake.chains and fake.elements["hostport"] == []
     assert not (tmp_path / "ports" / "any_tcp_8080").exists()
     assert not (tmp_path / "pmnet" / "c1-eth0.json").exists()
     portmap.cmd_del(args(tmp_path, "DEL", None, prev=None))  # repeated DEL: nothing to do
@@ -151,10 +151,10 @@ def test_conflict_names_owner_then_last_wins_and_stale(tmp_path: Path, fake: nft
     assert err.value.code == errors.PORT_CONFLICT and "first" in err.value.msg
     portmap.cmd_add(args(tmp_path, "ADD", m, cid="third", conflictPolicy="last-wins"))
     third = layout.dnat_chain_name("pmnet", "third")
-    assert fake.elements["hostports"] == [[{"concat": ["tcp", 8080]}, {"jump": {"target": third}}]]
+    assert fake.elements["hostport"] == [[{"concat": ["tcp", 8080]}, {"jump": {"target": third}}]]
     # the loser's DEL leaves the winner's element alone
     portmap.cmd_del(args(tmp_path, "DEL", None, cid="first", prev=None))
-    assert fake.elements["hostports"] == [[{"concat": ["tcp", 8080]}, {"jump": {"target": third}}]]
+    assert fake.elements["hostport"] == [[{"concat": ["tcp", 8080]}, {"jump": {"target": third}}]]
     # a stale owner (journal gone) is taken over without the option
     (tmp_path / "pmnet" / "third-eth0.json").unlink()
     portmap.cmd_add(args(tmp_path, "ADD", m, cid="fourth"))
@@ -175,10 +175,62 @@ def test_gc_removes_unlisted(tmp_path: Path, fake: nft.Fake) -> None:
 def test_check_reports_missing(tmp_path: Path, fake: nft.Fake) -> None:
     m = [{"hostPort": 8080, "containerPort": 80}]
     portmap.cmd_add(args(tmp_path, "ADD", m))
-    fake.elements["hostports"].clear()
+    fake.elements["hostport"].clear()
     with pytest.raises(CNIError) as err:
         portmap.cmd_check(args(tmp_path, "CHECK", m))
-    assert err.value.code == errors.CHECK_FAILED and "hostports" in err.value.details
+    assert err.value.code == errors.CHECK_FAILED and "hostport " in err.value.details
+
+
+def _make_legacy(tmp_path: Path, fake: nft.Fake, cid: str = "c1") -> str:
+    """Turn an attachment ADDed now into what berth before layout 2 left: its
+    elements in the interval maps, no "layout" in the journal, port files naming
+    the interval maps."""
+    journal = tmp_path / "pmnet" / f"{cid}-eth0.json"
+    data = json.loads(journal.read_text())
+    del data["portmap"]["layout"]
+    journal.write_text(json.dumps(data))
+    for name in ("hostport", "hostport-v4", "hostport-v6"):
+        fake.elements.setdefault(name.replace("hostport", "hostports"), []).extend(fake.elements.pop(name, []))
+    for path in (tmp_path / "ports").glob("*_*_*"):
+        claim = json.loads(path.read_text())
+        claim["map"] = claim["map"].replace("hostport", "hostports")
+        path.write_text(json.dumps(claim))
+    return layout.dnat_chain_name("pmnet", cid)
+
+
+def test_journal_of_an_older_berth_is_checked_and_deleted_in_the_interval_maps(tmp_path: Path,
+                                                                                fake: nft.Fake) -> None:
+    m = [{"hostPort": 8080, "containerPort": 80}, {"hostPort": 53, "containerPort": 53, "hostIP": "10.0.0.1"}]
+    portmap.cmd_add(args(tmp_path, "ADD", m))
+    chain = _make_legacy(tmp_path, fake)
+    portmap.cmd_check(args(tmp_path, "CHECK", m))
+    portmap.cmd_del(args(tmp_path, "DEL", None, prev=None))
+    assert chain not in fake.chains and all(elems == [] for elems in fake.elements.values())
+    deleted = {c["delete"]["element"]["name"] for c in fake.transactions[-1] if "element" in c.get("delete", {})}
+    assert deleted == {"hostports", "hostports-v4"}  # the hash maps are not where these live
+    assert not list((tmp_path / "ports").glob("*_*_*"))
+
+
+def test_re_add_of_an_older_berths_attachment_moves_its_elements(tmp_path: Path, fake: nft.Fake) -> None:
+    m = [{"hostPort": 8080, "containerPort": 80}]
+    portmap.cmd_add(args(tmp_path, "ADD", m))
+    chain = _make_legacy(tmp_path, fake)
+    portmap.cmd_add(args(tmp_path, "ADD", m))
+    assert fake.elements["hostports"] == []
+    assert fake.elements["hostport"] == [[{"concat": ["tcp", 8080]}, {"jump": {"target": chain}}]]
+    assert json.loads((tmp_path / "ports" / "any_tcp_8080").read_text())["map"] == "hostport"
+    portmap.cmd_del(args(tmp_path, "DEL", None, prev=None))
+    assert chain not in fake.chains and all(elems == [] for elems in fake.elements.values())
+
+
+def test_last_wins_over_an_older_berths_attachment(tmp_path: Path, fake: nft.Fake) -> None:
+    m = [{"hostPort": 8080, "containerPort": 80}]
+    portmap.cmd_add(args(tmp_path, "ADD", m, cid="old"))
+    _make_legacy(tmp_path, fake, "old")
+    portmap.cmd_add(args(tmp_path, "ADD", m, cid="new", conflictPolicy="last-wins"))
+    assert fake.elements["hostports"] == []
+    new = layout.dnat_chain_name("pmnet", "new")
+    assert fake.elements["hostport"] == [[{"concat": ["tcp", 8080]}, {"jump": {"target": new}}]]
 
 
 def test_container_addresses_only_sandbox() -> None:
@@ -199,7 +251,7 @@ def test_del_after_half_done_add(tmp_path: Path, fake: nft.Fake) -> None:
     journal.write_text(json.dumps(data))
     (tmp_path / "ports" / "any_tcp_8080").unlink()
     portmap.cmd_del(args(tmp_path, "DEL", None, prev=None))
-    assert fake.elements["hostports"] == [] and layout.dnat_chain_name("pmnet", "c1") not in fake.chains
+    assert fake.elements["hostport"] == [] and layout.dnat_chain_name("pmnet", "c1") not in fake.chains
     assert not journal.exists()
 
 

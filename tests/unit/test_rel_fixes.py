@@ -60,9 +60,9 @@ def test_del_without_journal_removes_derived_chain_elements_and_port_files(tmp_p
     (tmp_path / "pmnet" / "c1-eth0.json").unlink()  # the journal is lost
     portmap.cmd_del(args(tmp_path, "DEL", prev=None))
     assert mine not in fake.chains
-    assert fake.elements["hostports"] == [[{"concat": ["tcp", 9090]},
-                                           {"jump": {"target": layout.dnat_chain_name("pmnet", "other")}}]]
-    assert fake.elements["hostports-v4"] == []
+    assert fake.elements["hostport"] == [[{"concat": ["tcp", 9090]},
+                                          {"jump": {"target": layout.dnat_chain_name("pmnet", "other")}}]]
+    assert fake.elements["hostport-v4"] == []
     assert [p.name for p in (tmp_path / "ports").glob("*_*_*")] == ["any_tcp_9090"]
     portmap.cmd_del(args(tmp_path, "DEL", prev=None))  # idempotent
 
