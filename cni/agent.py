@@ -201,6 +201,31 @@ def prewarm(own_netns: str) -> None:
                 outcome(answer)
 
 
+# what the agent runs: (device, inode, size, mtime) of its executable, set at start
+OWN_BUILD: tuple[int, int, int, int] | None = None
+
+
+def build_identity(path: str) -> tuple[int, int, int, int] | None:
+    try:
+        st = os.stat(os.path.realpath(path))
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def own_executable() -> str:
+    return sys.executable if getattr(sys, "frozen", False) else sys.argv[0]
+
+
+def other_build(self_path: str) -> bool:
+    """Is the caller another berth build than ours (an upgrade installed since
+    the agent started)? Then it runs its own code in-process: an old agent must
+    not write the old build's rules for new plugins."""
+    if not self_path or OWN_BUILD is None:
+        return False
+    return build_identity(self_path) != OWN_BUILD
+
+
 def serve_connection(conn: socket.socket, own_netns: str) -> None:
     """In the child: read one request, run it, answer; never raises."""
     started = time.monotonic()
@@ -217,6 +242,9 @@ def serve_connection(conn: socket.socket, own_netns: str) -> None:
             req = parsed
             if req.netns != own_netns:
                 answer = Answer(fallback="caller is in another network namespace")
+            elif other_build(req.self_path):
+                answer = Answer(fallback="caller is another berth build than the agent's (restart the agent "
+                                         "after an upgrade)")
             else:
                 answer = run_call(req, data)
     except (BadRequest, EOFError, ValueError, OSError) as exc:
@@ -565,6 +593,8 @@ def main(command: str, argv: list[str]) -> int:
         parser.error("a socket path, --max-workers >= 1 and --spare-workers >= 1 are required")
     root = args.state_dir or state.state_root()
     started = time.monotonic()
+    global OWN_BUILD
+    OWN_BUILD = build_identity(own_executable())
     problems = warm_up()
     for problem in problems:
         log(f"warm-up: {problem}")

@@ -14,6 +14,7 @@ import copy
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import threading
@@ -396,6 +397,26 @@ def test_caller_in_another_netns_runs_in_process(topo: harness.Topology, agent: 
                           preexec_fn=lambda: harness.setns_net(topo.outside.path), timeout=60, check=False)
     assert proc.returncode == 0, proc
     assert "DEL berth-bridge container=o1" in agent.log() and "fallback (caller is in another network" in agent.log()
+
+
+def test_caller_of_another_build_runs_in_process(topo: harness.Topology, agent: AgentProc, tmp_path: Path) -> None:
+    """After an upgrade the old agent must not do the new build's work: the new plugin runs in-process."""
+    bin_dir = topo.node.bin_dir
+    other = tmp_path / "upgraded"
+    if (bin_dir / "_internal").is_dir():  # the bundle: the executable needs its libraries beside it
+        shutil.copytree(bin_dir, other, symlinks=True)
+    else:
+        other.mkdir()
+        shutil.copy2(os.path.realpath(bin_dir / "berth"), other / "berth")
+        (other / "berth-bridge").symlink_to("berth")
+    env = {**topo.node.env(), "BERTH_AGENT_SOCKET": str(agent.sock), "CNI_COMMAND": "DEL", "CNI_CONTAINERID": "u1",
+           "CNI_IFNAME": "eth0", "CNI_NETNS": "", "CNI_PATH": topo.node.cni_path}
+    conf = json.dumps(harness.bridge_conf("upgradenet")).encode()
+    proc = subprocess.run([str(other / "berth-bridge")], input=conf, capture_output=True, env=env,
+                          preexec_fn=lambda: harness.setns_net(topo.node.path), timeout=60, check=False)
+    assert proc.returncode == 0, proc
+    assert harness.wait_for(lambda: "fallback (caller is another berth build" in agent.log()), agent.log()
+    assert agent.alive()
 
 
 def test_flush_is_repaired_from_the_journals(topo: harness.Topology, agent: AgentProc) -> None:
