@@ -142,7 +142,7 @@ class Handle:
                 raise NetlinkFailure(errno.EINVAL, "VLAN calls are made in the node namespace only")
             from cni import rtnl
 
-            rtnl._register_lazy_package()
+            rtnl.lazy_pyroute2()
             from pyroute2.iproute.linux import IPRoute
 
             self._ipr = IPRoute()

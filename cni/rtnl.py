@@ -12,7 +12,7 @@ keeps that namespace for its life.
 pyroute2's package __init__ eagerly imports NDB, IPDB, asyncio, ethtool, ...
 (~160 ms on this machine); `messages()` loads only the message modules, with
 the package pre-registered so its __init__ runs only if something else asks for
-a name from it (see `_register_lazy_package`).
+a name from it (see `lazy_pyroute2`).
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ class DumpInterrupted(Exception):
     """The dumped table changed while it was read (NLM_F_DUMP_INTR): ask again."""
 
 
-def _register_lazy_package() -> None:
+def lazy_pyroute2() -> None:
     """Make `pyroute2.x.y` importable without running pyroute2/__init__.py.
 
     The package module is registered with its real __path__; a later
@@ -101,7 +101,7 @@ class Messages:
     """pyroute2's rtnetlink message classes, imported once per process."""
 
     def __init__(self) -> None:
-        _register_lazy_package()
+        lazy_pyroute2()
         from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
         from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
         from pyroute2.netlink.rtnl.rtmsg import rtmsg

@@ -155,7 +155,10 @@ def conntrack_count(mappings: list[Mapping]) -> tuple[int, str | None]:
     if not mappings:
         return 0, None
     try:
-        from pyroute2 import Conntrack
+        from cni.rtnl import lazy_pyroute2
+
+        lazy_pyroute2()
+        from pyroute2.conntrack import Conntrack
         from pyroute2.netlink.nfnetlink.nfctsocket import NFCTAttrTuple
     except ImportError as exc:
         return 0, f"conntrack unavailable: {exc}"
