@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from cni import errors
 from cni.errors import CNIError
 from ipam.ranges import IPAddress, Range, RangeSet
-from ipam.store import Owner, Store, owner_matches
+from ipam.store import Owner, Store
 
 
 @dataclass(frozen=True)
@@ -30,8 +30,9 @@ class Allocation:
 
 
 def held_by(store: Store, container_id: str, ifname: str) -> list[IPAddress]:
-    return sorted((a for a, o in store.leases().items() if owner_matches(o, container_id, ifname)),
-                  key=lambda a: (a.version, int(a)))
+    """What (container_id, ifname) holds, legacy ID-only leases included; the disk store answers from
+    its hints without reading every lease (ipam/store.py)."""
+    return store.held_by(container_id, ifname)
 
 
 def _describe(owner: Owner | None) -> str:

@@ -47,7 +47,9 @@ def test_add_writes_upstream_bytes_and_modes(tmp_path: Path) -> None:
     assert res == {"cniVersion": "1.1.0", "dns": {}, "ips": [
         {"address": "10.22.0.2/28", "gateway": "10.22.0.1"}, {"address": "fd00:22::2/120", "gateway": "fd00:22::1"}]}
     on_disk = files(tmp_path)
-    assert on_disk == {"10.22.0.2": b"abc\r\neth0", "fd00:22::2": b"abc\r\neth0", "lock": b"",
+    # the lock's content is berth's seal over its hints (ipam/store.py); upstream never reads or writes it
+    assert on_disk.pop("lock").startswith(b"berth-ipam-index 1 ")
+    assert on_disk == {"10.22.0.2": b"abc\r\neth0", "fd00:22::2": b"abc\r\neth0",
                        "last_reserved_ip.0": b"10.22.0.2", "last_reserved_ip.1": b"fd00:22::2"}
     assert stat.S_IMODE((tmp_path / NET).stat().st_mode) == 0o700
     assert stat.S_IMODE((tmp_path / NET / "10.22.0.2").stat().st_mode) == 0o600
