@@ -61,18 +61,18 @@ class Counting:
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.scans = 0
         self.reads = 0
-        real_scan, real_owner = DiskStore._scan, DiskStore.owner
+        real_scan, real_owner = DiskStore._scan_named, DiskStore._read_owner
 
         def scan(s: DiskStore) -> Any:
             self.scans += 1
             return real_scan(s)
 
-        def owner(s: DiskStore, addr: Any) -> Any:
+        def owner(s: DiskStore, name: str) -> Any:
             self.reads += 1
-            return real_owner(s, addr)
+            return real_owner(s, name)
 
-        monkeypatch.setattr(DiskStore, "_scan", scan)
-        monkeypatch.setattr(DiskStore, "owner", owner)
+        monkeypatch.setattr(DiskStore, "_scan_named", scan)
+        monkeypatch.setattr(DiskStore, "_read_owner", owner)
 
     def reset(self) -> None:
         self.scans = self.reads = 0
