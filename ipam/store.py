@@ -47,7 +47,7 @@ every system call of ADD and DEL and checks H on disk).
 Others can break H: the reference host-local, an old berth, a crash across a reboot
 (hints are not fsync'ed), an operator. So H is trusted only under a seal, written in
 the lock file at the end of every locked operation (still under the lock):
-  "berth-ipam-index 1 <boot_id> <dev> <ino> <mtime_ns> <hints ino> <hints mtime_ns> <fine|coarse>"
+  "berth-ipam-index 1 <boot_id> <dev> <ino> <mtime_ns> <hints ino> <hints mtime_ns> backdated"
 Every lease created or removed, by anyone, changes the network directory's mtime, so
 at the next locked operation a seal that still matches (one stat of each directory)
 means nobody but us created or removed a lease since H last held. Anything else (no
@@ -59,18 +59,15 @@ also cleans hints. So the reference writing a lease into a sealed directory cost
 next berth operation one scan, and is then found like any other; the same holds for
 the reference releasing an address and handing the same file name to someone else.
 
-The mtime is only a witness if no later change can get the same timestamp. Linux
-stamps changes with the coarse clock (one tick, 1-10 ms) unless the file system has
-multigrain timestamps (6.13+: after a stat the next change gets a fine-grained, later
-stamp). Sealing, after our stat gave M: if M is behind the coarse clock, any later
-change is stamped later; if M is ahead of it, only fine-grained (multigrain) stamping
-can explain it, the seal says "fine", and our stat guarantees the next change a new
-stamp; if M equals the coarse clock and this directory was never seen stamping finely
-in this boot, we hold the lock until the clock ticks past M (at most one tick; on this
-machine's 6.18 ext4 it never happens). An mtime that is a whole millisecond is taken for
-a coarse-grained file system (FAT, ext4 with 128-byte inodes): no seal, always the scan.
+The mtime is only a witness if no later change can get the same timestamp: a change
+in the same clock tick as ours could. So the seal first sets both directories' mtimes
+BACKDATE_SECONDS into the past (utimensat; upstream never looks at them) and records
+those: every later change, by anyone, is stamped with the current time, coarse or
+fine-grained, and truncated to the file system's granularity (≤ 2 s, FAT) it is still
+later than the backdated stamp, so it shows. No waiting for the clock, whatever the
+file system's timestamp granularity.
 Residual risks, accepted: a lease created by hand without the lock while we hold it,
-a clock stepped back onto exactly M, an operator deleting single hint files.
+a clock stepped back by more than BACKDATE_SECONDS, an operator deleting single hint files.
 
 Cost of ADD and DEL: two stats, one pread and one pwrite of the seal, one listdir of
 the owner's hint directory (two with the legacy ID-only key), one read per hinted
@@ -104,8 +101,8 @@ DEFAULT_DATA_DIR = "/var/lib/cni/networks"
 MAX_LEASE_BYTES = 4096
 HINTS_DIR = ".berth-ipam-hints"  # <dataDir>/.berth-ipam-hints/<network>/: never a valid network name
 SEAL_MAGIC = "berth-ipam-index 1"
-SEAL_WAIT_SECONDS = 0.05  # longer than any tick; past it we leave no seal (the next operation scans)
-CLOCK_REALTIME_COARSE = 5  # linux/time.h; not exported by the time module
+BACKDATE_SECONDS = 10  # past any file system's timestamp granularity (FAT: 2 s)
+SEAL_SUFFIX = "backdated\n"
 LOCK_TIMEOUT_SECONDS = 30.0  # then CNI code 11, try again later
 
 Owner = tuple[str, str]  # (containerID, ifname); ifname "" for legacy leases holding only the ID
@@ -240,7 +237,6 @@ class DiskStore:
         self._locked = False
         self._lock_fd: int | None = None
         self._seal_read = b""
-        self._fine = False  # this file system stamps fine-grained (multigrain) times: seen in this boot
         self._trusted = False  # invariant H holds on disk, as far as this operation knows
         self._all: dict[IPAddress, Owner] | None = None  # every lease, when this operation scanned
 
@@ -295,10 +291,7 @@ class DiskStore:
             self._seal_read = os.pread(self._lock_fd, 512, 0)
         stamp = self._stamp()
         if stamp is not None:
-            body, _, grain = self._seal_read.decode("ascii", "replace").rpartition(" ")
-            self._trusted = body == stamp[0] and grain in ("fine\n", "coarse\n")
-            # an earlier seal of this directory, in this boot, saw fine-grained stamps: so will we
-            self._fine = grain == "fine\n" and body.split(" ")[:4] == stamp[0].split(" ")[:4]
+            self._trusted = self._seal_read.decode("ascii", "replace") == f"{stamp[0]} {SEAL_SUFFIX}"
         if not self._trusted:
             self._sweep_temporaries()
             self._rebuild()
@@ -320,23 +313,15 @@ class DiskStore:
             self._reset()
 
     def _seal_record(self) -> bytes:
-        """The seal to leave, or b"" when a later change might not show in the mtime (module docstring)."""
-        stamp = self._stamp()  # this stat is also the query after which a multigrain kernel stamps finely
-        if stamp is None:
-            return b""
-        record, mtime = stamp
-        if mtime % 1_000_000 == 0:
-            return b""  # coarse-grained timestamps: the mtime is no witness
-        coarse = time.clock_gettime_ns(CLOCK_REALTIME_COARSE)
-        if mtime > coarse:
-            self._fine = True  # only fine-grained stamps run ahead of the coarse clock
-        elif mtime == coarse and not self._fine:
-            deadline = time.monotonic() + SEAL_WAIT_SECONDS
-            while time.clock_gettime_ns(CLOCK_REALTIME_COARSE) == mtime:
-                if time.monotonic() > deadline:
-                    return b""
-                time.sleep(0.0005)
-        return f"{record} {'fine' if self._fine else 'coarse'}\n".encode()
+        """The seal to leave after backdating both directories' mtimes (module docstring), or b""."""
+        back = time.time_ns() - BACKDATE_SECONDS * 1_000_000_000
+        try:
+            for path in (self.directory, self.hint_dir):
+                os.utime(path, ns=(back, back))
+        except OSError:
+            return b""  # no seal: the next operation scans
+        stamp = self._stamp()
+        return f"{stamp[0]} {SEAL_SUFFIX}".encode() if stamp is not None else b""
 
     # --- hints: <hint_dir>/<owner key>/<ip>, empty files -----------------------------
 

@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -153,16 +154,25 @@ def test_stale_and_foreign_hints_are_harmless(tmp_path: Path) -> None:
     assert hints(tmp_path) == expected_hints(tmp_path)
 
 
-def test_seal_is_withheld_when_the_mtime_could_not_witness(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_seal_backdates_so_a_change_in_the_same_tick_still_shows(tmp_path: Path) -> None:
     hostlocal.add(conf(tmp_path), "c1", "eth0")
-    mtime = os.stat(tmp_path / NET).st_mtime_ns
-    monkeypatch.setattr(store, "SEAL_WAIT_SECONDS", 0.01)
-    monkeypatch.setattr(store.time, "clock_gettime_ns", lambda clock: os.stat(tmp_path / NET).st_mtime_ns)
+    sealed = os.stat(tmp_path / NET).st_mtime_ns
+    assert sealed < time.time_ns() - (store.BACKDATE_SECONDS - 1) * 1_000_000_000
+    (tmp_path / NET / "10.33.0.77").write_bytes(b"ref\r\neth0")  # at once, as the reference would
+    assert os.stat(tmp_path / NET).st_mtime_ns > sealed
+
+
+def test_seal_is_withheld_when_the_mtimes_cannot_be_set(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    hostlocal.add(conf(tmp_path), "c1", "eth0")
+
+    def refuse(*_args: object, **_kw: object) -> None:
+        raise PermissionError(1, "read-only")
+
+    monkeypatch.setattr(store.os, "utime", refuse)
     s = DiskStore(str(tmp_path), NET)
     with s.lock(create=False):
-        s._fine = False  # a kernel without multigrain timestamps: the coarse clock has not ticked past the mtime
+        pass
     assert (tmp_path / NET / "lock").read_bytes() == b""  # no seal: the next operation scans
-    assert os.stat(tmp_path / NET).st_mtime_ns == mtime
     monkeypatch.undo()
     count = Counting(monkeypatch)
     hostlocal.delete(conf(tmp_path), "c1", "eth0")
