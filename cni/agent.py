@@ -199,6 +199,14 @@ def prewarm(own_netns: str) -> None:
                 encode_answer(answer)
                 describe(req, b"{}")
                 outcome(answer)
+    # the kernel-facing code paths too: netlink message codecs (and one round
+    # trip), this child's own libnftables context, which the call then uses
+    with contextlib.suppress(Exception):
+        from cni import netlink
+        from portmap import nft
+
+        netlink.warm_up()
+        nft.prepare()
 
 
 # what the agent runs: (device, inode, size, mtime) of its executable, set at start
