@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.chain import Mode, ensure_links
-from bench.report import REF, goals, markdown
+from bench.report import REF, goals, goals_agent, markdown
 from bench.run import Bench, Plan
 from bench.stats import ratio
 from bench.topo import Registry, stale_namespaces
@@ -201,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     errors = "".join(f"- {e['mode']} {e['phase']} (x{e['count']}): {e['error']}\n" for e in fig.get("errors", []))
     if REF in info["modes"]:
         table += "".join("\n" + goals(fig, m.name) for m in modes if m.name != REF)
+        table += "\n" + goals_agent(fig)
     text = head + table + (f"\nErrors (distinct, first {len(fig['errors'])}):\n\n{errors}" if errors else "")
     (args.out / f"{stamp}.md").write_text(text)
     print(text)

@@ -88,6 +88,48 @@ def markdown(fig: dict[str, Any], modes: list[str], labels: dict[str, str]) -> s
     return "\n".join(lines) + "\n"
 
 
+def _verdict(value: Any, bound: float, how: str) -> str:
+    if value is None:
+        return "not measured"
+    met = value <= bound if how == "le" else value >= bound
+    return ("met" if met else "missed") + f" ({_fmt(value)})"
+
+
+def goals_agent(fig: dict[str, Any]) -> str:
+    """Issue #10's goal figures (the node agent, and standalone at scale): reported, never enforced."""
+    lv = fig.get("levels", {})
+    levels = sorted(lv, key=int)
+    hi = levels[-1] if levels else "0"
+
+    def p50(level: str, m: str, verb: str) -> Any:
+        return _get(lv, level, m, verb, "p50_ms")
+
+    agent, standalone = "berth-agent", "berth"
+    lines = ["Goals (issue #10):", ""]
+    if agent in lv.get("0", {}):
+        checks = [
+            ("berth-agent chain ADD p50 <= 0.5x reference (@ 0)", ratio(p50("0", agent, "add"), p50("0", REF, "add")),
+             0.5, "le"),
+            ("berth-agent chain DEL p50 <= 0.3x reference (@ 0)", ratio(p50("0", agent, "del"), p50("0", REF, "del")),
+             0.3, "le"),
+            (f"berth-agent ADD p50 @ {hi} <= 1.1x ADD p50 @ 0", ratio(p50(hi, agent, "add"), p50("0", agent, "add")),
+             1.1, "le"),
+            ("thin plugin exec (VERSION) <= 2x `python3 -c pass`",
+             ratio(_get(fig, "startup", agent, "p50_ms"), _get(fig, "startup", "python3 -c pass", "p50_ms")), 2.0,
+             "le"),
+        ]
+        lines += [f"- {label}: {_verdict(value, bound, how)}" for label, value, bound, how in checks]
+    big = [level for level in levels if int(level) >= 200 and standalone in lv[level]]
+    for level in big:
+        lines.append(f"- berth (standalone) chain ADD p50 < reference @ {level}: "
+                     + _verdict(ratio(p50(level, standalone, "add"), p50(level, REF, "add")), 1.0, "le"))
+    if not big:
+        lines.append("- berth (standalone) faster than the reference from 200 up: not measured (`--levels 0,200`)")
+    if int(hi) < 1000:
+        lines.append(f"- (agent growth measured up to {hi} existing attachments; `--full` goes to 1,000)")
+    return "\n".join(lines) + "\n"
+
+
 def goals(fig: dict[str, Any], mode: str) -> str:
     """Issue #7's goal figures for one berth mode: reported, never enforced."""
     lv = fig.get("levels", {})
@@ -107,13 +149,7 @@ def goals(fig: dict[str, Any], mode: str) -> str:
         ("32 concurrent ADDs: 0 errors", _get(fig, "burst", mode, "errors"), 0, "le"),
     ]
     lines = [f"Goals (issue #7) for {mode}:", ""]
-    for label, value, bound, how in checks:
-        if value is None:
-            verdict = "not measured"
-        else:
-            met = value <= bound if how == "le" else value >= bound
-            verdict = ("met" if met else "missed") + f" ({_fmt(value)})"
-        lines.append(f"- {label}: {verdict}")
+    lines += [f"- {label}: {_verdict(value, bound, how)}" for label, value, bound, how in checks]
     if hi == "0" or int(hi) < 1000:
         lines.append(f"- (growth measured up to {hi} existing attachments; `--full` goes to 1,000)")
     return "\n".join(lines) + "\n"
