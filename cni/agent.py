@@ -4,18 +4,23 @@ One process per node keeps pyroute2, the libnftables binding and the plugin
 modules imported, and serves plugin calls forwarded by the thin executables
 (cni.agent_client) on a root-only Unix socket.
 
-Each request runs in a forked child that serves exactly that one call and
-exits: the warm imports are inherited, file locks (flock on journal, IPAM and
-ports files) behave exactly as with one exec per call, a crash in one request
-kills only that child, and the request's environment becomes the child's whole
-os.environ, never the agent's own. The child runs cni.skel.run, the very code
-path of an exec'd plugin; only the transport differs.
+Requests run in forked worker children, one call at a time each: the warm
+imports are inherited, file locks (flock on journal, IPAM and ports files) are
+taken and released by each call exactly as with one exec per call, a crash in
+one request kills only that worker, and the request's environment becomes the
+worker's whole os.environ, never the agent's own. The worker runs cni.skel.run,
+the very code path of an exec'd plugin; only the transport differs. A worker
+serves up to CALLS_PER_WORKER calls (its pages stay warm: a fresh fork pays
+copy-on-write faults on every page a call touches) and leaves after any call
+that did not go normally, so no failure's leftovers meet the next call.
 
 The children are forked ahead of the calls (a pool of `--spare-workers`, default
 2: a chain call nests one plugin call in another): each spare child waits on
 the listening socket itself, pre-faults the pages a call touches, accepts one
 connection, checks the peer's uid, tells the parent it is busy (the parent
-forks a replacement, keeping at most `--max-workers` children) and serves. So
+forks a replacement, keeping at most `--max-workers` children) and serves; then
+it tells the parent it is free again, and the parent keeps it as a spare or, with
+enough spares waiting, retires it (SIGUSR1: it leaves once idle). So
 neither fork (~1.5 ms for the ~30 MiB parent, with its page-table copy) nor the
 first call's copy-on-write faults are on a caller's clock.
 
@@ -51,6 +56,8 @@ from cni.skel import MAX_ID_LENGTH, MAX_IFNAME_LENGTH, MAX_NAME_LENGTH, MAX_STDI
 READ_TIMEOUT = 10.0  # a client sends its whole request at once; slower is hostile or dead
 DEFAULT_CHECK_INTERVAL = 2.0
 MAX_CHECK_BACKOFF = 60.0
+CALLS_PER_WORKER = 64  # then the worker leaves and a fresh fork takes its place (bounds any slow leak)
+IDLE_POLL_SECONDS = 1.0  # how soon an idle worker the parent retired notices
 DEFAULT_MAX_WORKERS = 16  # each in-flight call is a child with ~8-9 MiB of private pages
 DEFAULT_SPARE_WORKERS = 2  # children forked ahead, waiting for a call (a chain call nests two)
 MAX_ENV_ENTRIES = 256
@@ -234,8 +241,11 @@ def other_build(self_path: str) -> bool:
     return build_identity(self_path) != OWN_BUILD
 
 
-def serve_connection(conn: socket.socket, own_netns: str) -> None:
-    """In the child: read one request, run it, answer; never raises."""
+def serve_connection(conn: socket.socket, own_netns: str) -> bool:
+    """In the child: read one request, run it, answer; never raises. True when
+    the call went normally (answered rc 0 or a fallback), so the worker may
+    serve another; after anything else it leaves, taking whatever state the
+    failure may have left behind with it."""
     started = time.monotonic()
     req: Request | None = None
     data = b""
@@ -257,13 +267,14 @@ def serve_connection(conn: socket.socket, own_netns: str) -> None:
                 answer = run_call(req, data)
     except (BadRequest, EOFError, ValueError, OSError) as exc:
         log(f"bad request: {type(exc).__name__}: {str(exc)[:200]}")
-        return
+        return False
     try:
         conn.settimeout(READ_TIMEOUT)
         conn.sendall(encode_answer(answer))
     except OSError as exc:  # the caller gave up (its timeout): the work is done all the same
         log(f"{describe(req, data)}: caller gone before the answer ({exc.strerror or exc})")
     log(f"{describe(req, data)} {(time.monotonic() - started) * 1000:.1f} ms {outcome(answer)}")
+    return answer.fallback is not None or answer.rc == 0
 
 
 # --- the listening socket -------------------------------------------------------
@@ -463,13 +474,23 @@ class Agent:
         self.children.add(pid)
 
     def read_busy(self) -> None:
-        """Spare children that took a call say so (their pid, 4 bytes): no longer spare."""
+        """Workers say when they take a call (pid, 4 bytes: no longer spare) and when
+        they are free again (-pid): spare again, or retired (SIGUSR1: it leaves once
+        idle) when enough others wait."""
         try:
             data = os.read(self.busy_r, 4096)
         except BlockingIOError:
             return
         for i in range(0, len(data) - 3, 4):
-            self.spare.discard(int.from_bytes(data[i:i + 4], "little"))
+            value = int.from_bytes(data[i:i + 4], "little", signed=True)
+            if value > 0:
+                self.spare.discard(value)
+            elif -value in self.children:
+                if len(self.spare) < self.spare_workers:
+                    self.spare.add(-value)
+                else:
+                    with contextlib.suppress(OSError):
+                        os.kill(-value, signal.SIGUSR1)
 
     def replenish(self, listener: socket.socket) -> None:
         """Keep `spare_workers` children waiting, within `max_workers` children in all."""
@@ -491,16 +512,31 @@ class Agent:
             self.spare.add(pid)
 
     def serve_one(self, listener: socket.socket) -> None:
-        """In a spare child: wait for a root caller, serve its one call, return (to exit)."""
+        """In a worker: wait for a root caller, serve its call, and wait again, one
+        call at a time, until CALLS_PER_WORKER calls, a call that did not go
+        normally, the parent's retirement signal, or the parent's end (then return,
+        to exit). Reusing a worker keeps its pages and caches warm (a fresh fork
+        pays copy-on-write faults on every page a call touches); each call still
+        takes and releases its own file locks, as an exec would."""
+        retired = False
+
+        def retire(_sig: int, _frame: object) -> None:
+            nonlocal retired
+            retired = True
+
+        signal.signal(signal.SIGUSR1, retire)
         prewarm(self.own_netns)
-        while True:
+        served = 0
+        while not retired and served < CALLS_PER_WORKER:
             try:
                 watched: list[Any] = [listener, self.alive_r]
-                ready, _, _ = select.select(watched, [], [])
+                ready, _, _ = select.select(watched, [], [], IDLE_POLL_SECONDS)
             except InterruptedError:
                 continue
             if self.alive_r in ready:  # the parent stopped or died: take no new call
                 return
+            if listener not in ready:
+                continue
             try:
                 conn, _ = listener.accept()
             except (BlockingIOError, InterruptedError, ConnectionAbortedError):
@@ -509,9 +545,13 @@ class Agent:
                 if not admit(conn):
                     continue  # refused: nothing was run, wait for the next caller
                 with contextlib.suppress(OSError):  # a full pipe: the parent learns it from the exit
-                    os.write(self.busy_w, os.getpid().to_bytes(4, "little"))
-                serve_connection(conn, self.own_netns)
-                return
+                    os.write(self.busy_w, os.getpid().to_bytes(4, "little", signed=True))
+                if not serve_connection(conn, self.own_netns):
+                    return
+            served += 1
+            if served < CALLS_PER_WORKER and not retired:
+                with contextlib.suppress(OSError):
+                    os.write(self.busy_w, (-os.getpid()).to_bytes(4, "little", signed=True))
 
     def run(self) -> int:
         lock_fd = take_lock(self.path)

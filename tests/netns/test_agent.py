@@ -300,6 +300,34 @@ def test_spare_workers_are_bounded_replaced_after_a_crash_and_leave_with_the_age
     assert journals(node) == [] and leases(node, "sp") == []
 
 
+def serving_pids(agent: AgentProc, container: str) -> list[int]:
+    """The workers that logged a call for `container`, in order."""
+    return [int(m.group(1)) for m in re.finditer(rf"berth-agent\[(\d+)\]: \S+ \S+ container={container} ",
+                                                  agent.log())]
+
+
+def test_a_worker_serves_calls_in_turn_and_leaves_after_a_failed_one(
+        topo: harness.Topology, agent: AgentProc) -> None:
+    node = topo.node
+    conf = {"cniVersion": "1.0.0", "name": "wk", "type": "berth-host-local",
+            "ipam": {"type": "berth-host-local", "ranges": [[{"subnet": "10.93.0.0/24"}]],
+                     "dataDir": str(node.data_dir)}}
+    for i in range(6):
+        node.plugin("berth-host-local", "DEL", conf, container_id="wk1").ok()
+        assert agent.served("DEL", "wk1", i + 1) == i + 1  # served by the agent, one log line each
+    pids = serving_pids(agent, "wk1")
+    assert len(pids) == 6 and len(set(pids)) < 6, pids  # workers are reused between calls
+    bad = node.plugin("berth-host-local", "ADD", {**conf, "ipam": {"type": "berth-host-local"}},
+                      container_id="wk2")
+    assert bad.rc != 0 and bad.json["code"] in (4, 7)
+    assert harness.wait_for(lambda: len(serving_pids(agent, "wk2")) == 1)
+    failed = serving_pids(agent, "wk2")[0]
+    assert harness.wait_for(lambda: gone(failed), timeout=10)  # that worker left; a fresh one serves on
+    node.plugin("berth-host-local", "DEL", conf, container_id="wk3").ok()
+    assert harness.wait_for(lambda: len(serving_pids(agent, "wk3")) == 1)
+    assert serving_pids(agent, "wk3")[0] != failed and agent.alive()
+
+
 def _raw(sock: Path, payload: bytes, close_write: bool = True) -> bytes:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
         conn.settimeout(15)
