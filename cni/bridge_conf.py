@@ -10,7 +10,6 @@ the gateway on a `<bridge>.<vlan>` sub-interface).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 from typing import Any
 
 from cni import errors
@@ -37,27 +36,34 @@ _BOOL_FIELDS = {
 }
 
 
-@dataclass
 class BridgeConf:
-    network: str
-    bridge: str = DEFAULT_BRIDGE
-    is_gateway: bool = False
-    is_default_gateway: bool = False
-    force_address: bool = False
-    ip_masq: bool = False
-    ip_masq_backend: str = ""
-    mtu: int = 0
-    hairpin: bool = False
-    promisc: bool = False
-    vlan: int = 0
-    preserve_default_vlan: bool = True  # upstream's default
-    enable_dad: bool = False
-    mac_spoof_check: bool = False
-    disable_container_interface: bool = False
-    port_isolation: bool = False
-    isolate: str = ""  # "" | "isolated" | "strict" (portmap/isolation.py)
-    ipam: dict[str, Any] = field(default_factory=dict)
-    mac: str | None = None
+    """A parsed bridge config: parse() builds it and fills the fields in. A plain
+    class, not a dataclass: dataclasses (which pulls inspect) would cost every exec."""
+
+    __slots__ = ("bridge", "disable_container_interface", "enable_dad", "force_address", "hairpin", "ip_masq",
+                 "ip_masq_backend", "ipam", "is_default_gateway", "is_gateway", "isolate", "mac", "mac_spoof_check",
+                 "mtu", "network", "port_isolation", "preserve_default_vlan", "promisc", "vlan")
+
+    def __init__(self, network: str) -> None:
+        self.network = network
+        self.bridge = DEFAULT_BRIDGE
+        self.is_gateway = False
+        self.is_default_gateway = False
+        self.force_address = False
+        self.ip_masq = False
+        self.ip_masq_backend = ""
+        self.mtu = 0
+        self.hairpin = False
+        self.promisc = False
+        self.vlan = 0
+        self.preserve_default_vlan = True  # upstream's default
+        self.enable_dad = False
+        self.mac_spoof_check = False
+        self.disable_container_interface = False
+        self.port_isolation = False
+        self.isolate = ""  # "" | "isolated" | "strict" (portmap/isolation.py)
+        self.ipam: dict[str, Any] = {}
+        self.mac: str | None = None
 
     @property
     def ipam_type(self) -> str:

@@ -20,8 +20,7 @@ import ipaddress
 import os
 import stat
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 if TYPE_CHECKING:
     from cni.rtnl import RtnlSocket
@@ -192,19 +191,28 @@ def netns_fd(path: str) -> Iterator[int]:
 
 # --- links -------------------------------------------------------------------
 
-@dataclass
 class Link:
-    index: int
-    name: str
-    kind: str
-    mac: str
-    mtu: int
-    master: int
-    flags: int
-    peer_index: int  # IFLA_LINK: for a veth, the peer's ifindex (in the peer's netns)
-    promiscuity: int
-    vlan_filtering: int | None = None
-    hairpin: int | None = None
+    """One link as the kernel reported it. Plain classes and NamedTuples here, not
+    dataclasses: importing dataclasses (it pulls inspect) would cost every exec."""
+
+    __slots__ = ("flags", "hairpin", "index", "kind", "mac", "master", "mtu", "name", "peer_index", "promiscuity",
+                 "vlan_filtering")
+
+    def __init__(
+        self, index: int, name: str, kind: str, mac: str, mtu: int, master: int, flags: int, peer_index: int,
+        promiscuity: int, vlan_filtering: int | None = None, hairpin: int | None = None,
+    ) -> None:
+        self.index = index
+        self.name = name
+        self.kind = kind
+        self.mac = mac
+        self.mtu = mtu
+        self.master = master
+        self.flags = flags
+        self.peer_index = peer_index  # IFLA_LINK: for a veth, the peer's ifindex (in the peer's netns)
+        self.promiscuity = promiscuity
+        self.vlan_filtering = vlan_filtering
+        self.hairpin = hairpin
 
     @property
     def up(self) -> bool:
@@ -478,8 +486,7 @@ def delete_address(h: Handle, index: int, cidr: str) -> None:
 
 # --- routes --------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class Route:
+class Route(NamedTuple):
     dst: str  # CIDR
     gw: str | None
 

@@ -15,7 +15,6 @@ import json
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 from cni import errors
@@ -82,12 +81,17 @@ def flocked(path: str, timeout: float = LOCK_TIMEOUT_SECONDS) -> Iterator[None]:
         os.close(fd)  # closing releases the lock; a dead holder never wedges us
 
 
-@dataclass(frozen=True)
 class Journal:
-    root: str
-    network: str
-    container_id: str
-    ifname: str
+    """One attachment's journal file. A plain class, not a dataclass: importing
+    dataclasses (it pulls inspect) would cost every exec; nothing compares journals."""
+
+    __slots__ = ("container_id", "ifname", "network", "root")
+
+    def __init__(self, root: str, network: str, container_id: str, ifname: str) -> None:
+        self.root = root
+        self.network = network
+        self.container_id = container_id
+        self.ifname = ifname
 
     @property
     def directory(self) -> str:

@@ -10,7 +10,7 @@ nothing. A static request for a different address than the one held is refused.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from cni import errors
 from cni.errors import CNIError
@@ -18,8 +18,7 @@ from ipam.ranges import IPAddress, Range, RangeSet
 from ipam.store import Owner, Store
 
 
-@dataclass(frozen=True)
-class Allocation:
+class Allocation(NamedTuple):  # not a dataclass: importing dataclasses (it pulls inspect) would cost every exec
     range_set: int
     range: Range
     address: IPAddress

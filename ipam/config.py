@@ -8,7 +8,6 @@ Accepts `ranges` (list of range sets), the legacy single range at the ipam level
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, field
 from typing import Any
 
 from cni import errors
@@ -21,14 +20,22 @@ MAX_RESOLV_BYTES = 64 * 1024
 _ROUTE_INT_FIELDS = ("mtu", "advmss", "priority", "table", "scope")
 
 
-@dataclass
 class IPAMConfig:
-    network: str
-    range_sets: list[RangeSet]
-    data_dir: str = DEFAULT_DATA_DIR
-    routes: list[dict[str, Any]] = field(default_factory=list)
-    dns: dict[str, Any] = field(default_factory=dict)
-    requested: list[IPAddress] = field(default_factory=list)
+    """A plain class, not a dataclass: importing dataclasses (it pulls inspect) would cost every exec."""
+
+    __slots__ = ("data_dir", "dns", "network", "range_sets", "requested", "routes")
+
+    def __init__(
+        self, network: str, range_sets: list[RangeSet], data_dir: str = DEFAULT_DATA_DIR,
+        routes: list[dict[str, Any]] | None = None, dns: dict[str, Any] | None = None,
+        requested: list[IPAddress] | None = None,
+    ) -> None:
+        self.network = network
+        self.range_sets = range_sets
+        self.data_dir = data_dir
+        self.routes: list[dict[str, Any]] = [] if routes is None else routes
+        self.dns: dict[str, Any] = {} if dns is None else dns
+        self.requested: list[IPAddress] = [] if requested is None else requested
 
 
 def _routes(raw: object) -> list[dict[str, Any]]:

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from cni import errors
 
@@ -59,8 +58,9 @@ def parse_subnet(value: object, what: str = "subnet") -> IPNetwork:
     return net
 
 
-@dataclass(frozen=True)
-class Range:
+# Range and RangeSet are NamedTuples, not frozen dataclasses: importing dataclasses
+# (it pulls inspect) would cost every exec.
+class Range(NamedTuple):
     subnet: IPNetwork
     start: IPAddress
     end: IPAddress
@@ -125,8 +125,7 @@ def parse_range(raw: object, where: str) -> Range:
     return rng
 
 
-@dataclass(frozen=True)
-class RangeSet:
+class RangeSet(NamedTuple):
     ranges: tuple[Range, ...]
 
     @property

@@ -35,10 +35,9 @@ exist; CNI-ADMIN is only ever `add`ed, never flushed.
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
-from dataclasses import dataclass
-from typing import Any
+from _sha512 import sha512  # builtin: hashlib would import OpenSSL (~3 ms) on every exec
+from typing import Any, NamedTuple
 
 FAMILY = "inet"
 TABLE = "berth"
@@ -125,7 +124,7 @@ def hash_input(network: str, container_id: str, ifname: str) -> str:
 
 def format_chain_name(prefix: str, to_hash: str) -> str:
     """upstream utils.MustFormatHashWithPrefix(28, prefix, toHash)."""
-    digest = hashlib.sha512(to_hash.encode()).hexdigest()
+    digest = sha512(to_hash.encode()).hexdigest()
     return (prefix + digest)[:CHAIN_NAME_LENGTH]
 
 
@@ -316,9 +315,10 @@ def mark_layout(mark_bit: int = DEFAULT_MASQ_BIT) -> list[Cmd]:
 
 # --- port mappings -------------------------------------------------------------
 
-@dataclass(frozen=True)
-class Mapping:
-    """One validated portMapping; ports are inclusive ranges (lo == hi for one port)."""
+class Mapping(NamedTuple):
+    """One validated portMapping; ports are inclusive ranges (lo == hi for one port).
+    A NamedTuple, not a frozen dataclass: importing dataclasses (it pulls inspect)
+    would cost every exec."""
 
     host_lo: int
     host_hi: int

@@ -14,8 +14,7 @@ import contextlib
 import json
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from cni import errors, state
 from cni.errors import CNIError
@@ -24,8 +23,9 @@ from portmap.layout import Mapping
 PORTS_DIR = "ports"
 
 
-@dataclass(frozen=True)
-class Owner:
+# NamedTuples and a plain class, not dataclasses: importing dataclasses (it pulls
+# inspect) would cost every exec.
+class Owner(NamedTuple):
     network: str
     container_id: str
     ifname: str
@@ -34,8 +34,7 @@ class Owner:
         return f"container {self.container_id} (network {self.network}, interface {self.ifname})"
 
 
-@dataclass(frozen=True)
-class Claim:
+class Claim(NamedTuple):
     """A port file's content: the owner and the map element its port lives in."""
 
     owner: Owner
@@ -105,10 +104,12 @@ def is_live(root: str, owner: Owner) -> bool:
     return not (made_in and boot_id() and made_in != boot_id())
 
 
-@dataclass
 class Takeover:
-    claim: Claim
-    live: bool
+    __slots__ = ("claim", "live")
+
+    def __init__(self, claim: Claim, live: bool) -> None:
+        self.claim = claim
+        self.live = live
 
 
 def check(root: str, me: Owner, mappings: list[Mapping], last_wins: bool) -> list[Takeover]:
