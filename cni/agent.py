@@ -406,6 +406,8 @@ class Agent:
         self.spare_workers = max(1, min(spare_workers, max_workers))
         self.children: set[int] = set()  # every child: spare, busy, reconciler
         self.spare: set[int] = set()  # forked ahead, waiting for a call
+        self.busy: set[int] = set()  # serving a call; back to spare (or retired) after it
+        self.fresh: set[int] = set()  # spare workers that have not served yet (cold pages)
         self.reconciler: int | None = None
         self.next_check = 0.0
         self.backoff = check_interval
@@ -439,6 +441,8 @@ class Agent:
                 return
             self.children.discard(pid)
             self.spare.discard(pid)
+            self.busy.discard(pid)
+            self.fresh.discard(pid)
             if pid == self.reconciler:
                 self.reconciler = None
 
@@ -474,27 +478,50 @@ class Agent:
         self.children.add(pid)
 
     def read_busy(self) -> None:
-        """Workers say when they take a call (pid, 4 bytes: no longer spare) and when
-        they are free again (-pid): spare again, or retired (SIGUSR1: it leaves once
-        idle) when enough others wait."""
+        """Workers say when they take a call (pid, 4 bytes) and when they are free
+        again (-pid). A free worker is kept as a spare while fewer than
+        `spare_workers` wait, in place of a spare that never served (its pages are
+        cold) if need be; otherwise it is retired (SIGUSR1: it leaves once idle)."""
         try:
             data = os.read(self.busy_r, 4096)
         except BlockingIOError:
             return
         for i in range(0, len(data) - 3, 4):
             value = int.from_bytes(data[i:i + 4], "little", signed=True)
+            pid = abs(value)
             if value > 0:
-                self.spare.discard(value)
-            elif -value in self.children:
-                if len(self.spare) < self.spare_workers:
-                    self.spare.add(-value)
-                else:
-                    with contextlib.suppress(OSError):
-                        os.kill(-value, signal.SIGUSR1)
+                self.spare.discard(pid)
+                self.fresh.discard(pid)
+                self.busy.add(pid)
+                continue
+            self.busy.discard(pid)
+            if pid not in self.children:
+                continue
+            retire = pid
+            if len(self.spare) < self.spare_workers:
+                retire = 0
+            elif self.fresh & self.spare:
+                retire = min(self.fresh & self.spare)
+                self.spare.discard(retire)
+                self.fresh.discard(retire)
+            if retire != pid:
+                self.spare.add(pid)
+            if retire:
+                with contextlib.suppress(OSError):
+                    os.kill(retire, signal.SIGUSR1)
+
+    def wanted(self) -> bool:
+        """Fork another worker? When none waits (calls would queue), or when spare and
+        busy ones together are fewer than `spare_workers` (one crashed or left):
+        a busy worker comes back as a spare, so a sequential stream of calls is
+        served by the same warm workers, without a fork per call."""
+        if self.stop or len(self.children) >= self.max_workers:
+            return False
+        return not self.spare or len(self.spare) + len(self.busy) < self.spare_workers
 
     def replenish(self, listener: socket.socket) -> None:
-        """Keep `spare_workers` children waiting, within `max_workers` children in all."""
-        while not self.stop and len(self.spare) < self.spare_workers and len(self.children) < self.max_workers:
+        """Fork workers while wanted(), within `max_workers` children in all."""
+        while self.wanted():
             try:
                 pid = self.fork(self.parent_fds)
             except OSError as exc:  # EAGAIN/ENOMEM: calls wait in the backlog; try again next turn
@@ -510,6 +537,7 @@ class Agent:
                     os._exit(code)
             self.children.add(pid)
             self.spare.add(pid)
+            self.fresh.add(pid)
 
     def serve_one(self, listener: socket.socket) -> None:
         """In a worker: wait for a root caller, serve its call, and wait again, one

@@ -316,7 +316,7 @@ def test_a_worker_serves_calls_in_turn_and_leaves_after_a_failed_one(
         node.plugin("berth-host-local", "DEL", conf, container_id="wk1").ok()
         assert agent.served("DEL", "wk1", i + 1) == i + 1  # served by the agent, one log line each
     pids = serving_pids(agent, "wk1")
-    assert len(pids) == 6 and len(set(pids)) < 6, pids  # workers are reused between calls
+    assert len(pids) == 6 and len(set(pids)) <= 2, pids  # the same warm workers serve a stream of calls
     bad = node.plugin("berth-host-local", "ADD", {**conf, "ipam": {"type": "berth-host-local"}},
                       container_id="wk2")
     assert bad.rc != 0 and bad.json["code"] in (4, 7)
