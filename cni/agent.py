@@ -17,10 +17,12 @@ that did not go normally, so no failure's leftovers meet the next call.
 The children are forked ahead of the calls (a pool of `--spare-workers`, default
 2: a chain call nests one plugin call in another): each spare child waits on
 the listening socket itself, pre-faults the pages a call touches, accepts one
-connection, checks the peer's uid, tells the parent it is busy (the parent
-forks a replacement, keeping at most `--max-workers` children) and serves; then
+connection, checks the peer's uid, tells the parent it is busy and serves; then
 it tells the parent it is free again, and the parent keeps it as a spare or, with
-enough spares waiting, retires it (SIGUSR1: it leaves once idle). So
+enough spares waiting, retires it or a never-used spare (SIGUSR1: it leaves once
+idle). The parent forks only when no spare waits (a burst; at most
+`--max-workers` children) or when spare and busy workers are fewer than
+`--spare-workers` (one crashed or left). So
 neither fork (~1.5 ms for the ~30 MiB parent, with its page-table copy) nor the
 first call's copy-on-write faults are on a caller's clock.
 
