@@ -92,6 +92,8 @@ def _request(h: Handle, what: str, kind: str, fields: dict[str, Any], attrs: lis
                 raise NetlinkFailure(errno.EINTR, f"{what}: the dump kept changing") from None
         except rtnl.RtnlError as exc:
             raise _translate(exc.errno or 0, what) from None
+        except TimeoutError:
+            raise NetlinkFailure(errno.ETIMEDOUT, f"{what}: no answer from the kernel") from None
     raise AssertionError("unreachable")
 
 

@@ -43,6 +43,7 @@ RTM_NEWROUTE, RTM_GETROUTE = 24, 26
 
 HEADER = struct.Struct("=IHHII")  # struct nlmsghdr
 RECV_BYTES = 1 << 20
+REPLY_TIMEOUT_SECONDS = 30.0  # the kernel answers at once; a stuck reply must not hang a pod's ADD forever
 
 
 class RtnlError(OSError):
@@ -139,6 +140,7 @@ class RtnlSocket:
         self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_ROUTE)
         self.seq = 0
         try:
+            self.sock.settimeout(REPLY_TIMEOUT_SECONDS)
             self.sock.bind((0, 0))
             for option in (NETLINK_EXT_ACK, NETLINK_GET_STRICT_CHK):
                 try:

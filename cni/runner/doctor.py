@@ -42,7 +42,8 @@ def report() -> dict[str, Any]:
         "bundle_dir": getattr(sys, "_MEIPASS", None),
     }
     # A diagnostic is the one exception to "only portmap/nft.py imports nftables,
-    # only cni/netlink.py imports pyroute2": it checks the imports themselves.
+    # only cni/rtnl.py (and the conntrack flush) imports pyroute2": it checks the
+    # imports themselves.
     try:
         import nftables
 

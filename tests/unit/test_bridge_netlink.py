@@ -45,6 +45,9 @@ def test_errno_translation() -> None:
     with pytest.raises(netlink.NetlinkFailure) as err:
         netlink.set_mtu(handle(rtnl.RtnlError(errno.EINVAL, "text that must not matter")), 7, 1400, "eth0")
     assert err.value.code == errno.EINVAL and "set mtu 1400 on eth0" in str(err.value)
+    with pytest.raises(netlink.NetlinkFailure) as err:
+        netlink.set_up(handle(TimeoutError()), 7, "eth0")
+    assert err.value.code == errno.ETIMEDOUT and "no answer from the kernel" in str(err.value)
     assert netlink.link_by_name(handle(rtnl.RtnlError(errno.ENODEV, "x")), "gone") is None
     assert netlink.delete_link(handle(rtnl.RtnlError(errno.ENODEV, "x")), "gone") is False
 
