@@ -338,46 +338,10 @@ def journals_exist(root: str) -> bool:
     return False
 
 
-# nfnetlink constants (linux/netfilter/nfnetlink.h, nf_tables.h)
-NETLINK_NETFILTER = 12
-NFT_MSG_GETTABLE = (10 << 8) | 1  # NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_GETTABLE
-NFT_MSG_NEWTABLE = (10 << 8) | 0
-NLMSG_ERROR = 2
-NFTA_TABLE_NAME = 1
-NFPROTO = {"inet": 1, "ip": 2, "ip6": 10}
+def table_exists() -> bool | None:
+    from portmap import nft
 
-
-def table_exists(family: str = "", name: str = "") -> bool | None:
-    """Does berth's table exist? One NFT_MSG_GETTABLE for that one table.
-
-    Listing the table through libnftables costs ~130 ms at 1,000 attachments
-    (nft 1.0.6 caches the whole table) and would stall this loop every check;
-    this asks the kernel about one object in microseconds. None: cannot tell.
-    """
-    from portmap import layout
-
-    family, name = family or layout.FAMILY, name or layout.TABLE
-    raw_name = name.encode() + b"\0"
-    attr = struct.pack("HH", 4 + len(raw_name), NFTA_TABLE_NAME) + raw_name
-    attr += b"\0" * (-len(attr) % 4)
-    body = struct.pack("BBH", NFPROTO[family], 0, 0) + attr
-    msg = struct.pack("IHHII", 16 + len(body), NFT_MSG_GETTABLE, 1, 1, 0) + body  # NLM_F_REQUEST
-    try:
-        with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER) as nl:
-            nl.settimeout(2.0)
-            nl.send(msg)
-            reply = nl.recv(65536)
-    except OSError:
-        return None
-    if len(reply) < 16:
-        return None
-    _length, kind = struct.unpack_from("IH", reply)
-    if kind == NFT_MSG_NEWTABLE:
-        return True
-    if kind == NLMSG_ERROR and len(reply) >= 20:
-        (code,) = struct.unpack_from("i", reply, 16)
-        return False if -code == errno.ENOENT else None
-    return None
+    return nft.kernel_table_exists()
 
 
 def reconcile_child(root: str) -> int:

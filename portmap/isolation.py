@@ -139,7 +139,8 @@ def release(network: str, container_id: str, ifname: str, bridge: str, mode: str
         in_use = modes_in_use(root, network, bridge, (network, container_id, ifname),
                               enough=lambda found: mode != STRICT and bool(found))
         drop = sets_to_drop(mode, in_use)
-        nft.apply(remove_commands(bridge, drop))
+        if nft.table_exists() is not False:  # no table: nothing to take out (and none to create)
+            nft.apply(remove_commands(bridge, drop))
     return drop
 
 

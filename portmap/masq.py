@@ -54,6 +54,8 @@ def teardown(journal_masq: dict[str, Any] | None, network: str, container_id: st
     addresses = [str(a) for a in data.get("addresses") or []]
     nft.prepare()  # loaded outside the lock below
     with ports.locked(state.state_root(environ)):
+        if nft.table_exists() is False:
+            return  # flushed or never made: nothing of ours exists, and a DEL must not create the table
         if addresses:
             _teardown(chain, layout.masq_elements(chain, addresses))
         else:

@@ -6,7 +6,10 @@ nothing to do must not pay for it. Only berth's own table is ever listed.
 
 from __future__ import annotations
 
+import errno
 import json
+import socket
+import struct
 import threading
 from typing import Any, Protocol
 
@@ -25,6 +28,8 @@ class Backend(Protocol):
     def apply(self, commands: list[dict[str, Any]]) -> None: ...
 
     def list_table(self) -> list[dict[str, Any]] | None: ...
+
+    def table_exists(self) -> bool | None: ...
 
 
 def _nft() -> Any:
@@ -83,6 +88,9 @@ class NFT:
             return None
         return [o for o in (out or {}).get("nftables", []) if "metainfo" not in o]
 
+    def table_exists(self) -> bool | None:
+        return kernel_table_exists()
+
     def check(self, commands: list[dict[str, Any]]) -> str | None:
         """Dry run (libnftables check mode); the error text or None."""
         handle = _nft()
@@ -125,6 +133,9 @@ class Fake:
                         key = elem[0] if isinstance(elem, list) else elem
                         elems[:] = [e for e in elems if (e[0] if isinstance(e, list) else e) != key]
 
+    def table_exists(self) -> bool | None:
+        return None  # "cannot tell": the plugins then send their DEL transactions, as they always did
+
     def list_table(self) -> list[dict[str, Any]] | None:
         if not self.transactions:
             return None
@@ -156,6 +167,11 @@ def apply(commands: list[dict[str, Any]]) -> None:
 
 def list_table() -> list[dict[str, Any]] | None:
     return backend().list_table()
+
+
+def table_exists() -> bool | None:
+    """Does berth's table exist (None: cannot tell)? Cheap: see kernel_table_exists."""
+    return backend().table_exists()
 
 
 def prepare() -> None:
@@ -191,3 +207,42 @@ def table_names(objects: list[dict[str, Any]] | None) -> tuple[set[str], dict[st
 
 def dump(commands: list[dict[str, Any]]) -> str:
     return json.dumps(wrap(commands), indent=1)
+
+
+# nfnetlink constants (linux/netfilter/nfnetlink.h, nf_tables.h)
+NETLINK_NETFILTER = 12
+NFT_MSG_GETTABLE = (10 << 8) | 1  # NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_GETTABLE
+NFT_MSG_NEWTABLE = (10 << 8) | 0
+NLMSG_ERROR = 2
+NFTA_TABLE_NAME = 1
+NFPROTO = {"inet": 1, "ip": 2, "ip6": 10}
+
+
+def kernel_table_exists(family: str = "", name: str = "") -> bool | None:
+    """Does berth's table exist? One NFT_MSG_GETTABLE for that one table,
+    without libnftables (which would cache the whole table: ~130 ms at 1,000
+    attachments): microseconds. None: cannot tell. The agent's flush watcher
+    asks it every few seconds; DEL asks it so that it never creates the table
+    just to delete nothing from it."""
+    family, name = family or layout.FAMILY, name or layout.TABLE
+    raw_name = name.encode() + b"\0"
+    attr = struct.pack("HH", 4 + len(raw_name), NFTA_TABLE_NAME) + raw_name
+    attr += b"\0" * (-len(attr) % 4)
+    body = struct.pack("BBH", NFPROTO[family], 0, 0) + attr
+    msg = struct.pack("IHHII", 16 + len(body), NFT_MSG_GETTABLE, 1, 1, 0) + body  # NLM_F_REQUEST
+    try:
+        with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER) as nl:
+            nl.settimeout(2.0)
+            nl.send(msg)
+            reply = nl.recv(65536)
+    except OSError:
+        return None
+    if len(reply) < 16:
+        return None
+    _length, kind = struct.unpack_from("IH", reply)
+    if kind == NFT_MSG_NEWTABLE:
+        return True
+    if kind == NLMSG_ERROR and len(reply) >= 20:
+        (code,) = struct.unpack_from("i", reply, 16)
+        return False if -code == errno.ENOENT else None
+    return None

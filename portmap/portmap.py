@@ -383,13 +383,15 @@ def remove_attachment(root: str, journal: state.Journal) -> None:
             # a half-done ADD may have committed its elements without writing the
             # port files: unclaimed ports are ours to remove too
             owned += [m for m in mappings if m not in owned and ports.unclaimed(root, m)]
-        try:
-            nft.apply(layout.portmap_del(chain, recorded_elements(chain, owned, record)))
-        except CNIError:
-            strict = [m for m in owned if ports.owns_all(root, me, m)]
-            if strict == owned:
-                raise
-            nft.apply(layout.portmap_del(chain, recorded_elements(chain, strict, record)))
+        # no table (flushed, or a reboot): nothing of ours is in it, and DEL must not create it
+        if nft.table_exists() is not False:
+            try:
+                nft.apply(layout.portmap_del(chain, recorded_elements(chain, owned, record)))
+            except CNIError:
+                strict = [m for m in owned if ports.owns_all(root, me, m)]
+                if strict == owned:
+                    raise
+                nft.apply(layout.portmap_del(chain, recorded_elements(chain, strict, record)))
         ports.release(root, me, mappings)
         journal.drop(SECTION)
     if conntrack.needs_flush(mappings):

@@ -141,3 +141,17 @@ def test_reboot_gc_frees_the_rest_and_new_adds_work(topo: harness.Topology) -> N
     gc_all(node, conf)
     assert leftovers(node) == []
     assert json.dumps(node.nft_table()).count("CNI-DN-") == 0
+
+
+def test_del_after_a_flush_leaves_no_table_behind(topo: harness.Topology) -> None:
+    """The pods go after a firewall reload: their DELs clean up and do not re-create berth's (empty) table."""
+    node, ns = topo.node, topo.container()
+    conf = bridge_conf(node, isolate=True)
+    br, pm = add_pod(node, ns, "c1", conf)
+    assert pm is not None, br.stdout
+    pm.ok()
+    node.exec(["nft", "flush", "ruleset"])
+    assert node.nft_table() is None
+    del_pod(node, ns.path, "c1", conf)
+    assert node.nft_table() is None, node.nft_text()
+    assert leftovers(node) == []
