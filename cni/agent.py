@@ -338,12 +338,6 @@ def journals_exist(root: str) -> bool:
     return False
 
 
-def table_exists() -> bool | None:
-    from portmap import nft
-
-    return nft.kernel_table_exists()
-
-
 def reconcile_child(root: str) -> int:
     try:
         from cni.runner.ops_reconcile import reconcile
@@ -425,7 +419,9 @@ class Agent:
         if self.check_interval <= 0 or now < self.next_check or self.reconciler is not None:
             return
         self.next_check = now + self.check_interval
-        exists = table_exists()
+        from portmap import nft
+
+        exists = nft.kernel_table_exists()
         if exists is None:
             return
         if exists:

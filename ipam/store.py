@@ -271,8 +271,8 @@ class DiskStore:
 
     # --- the seal ----------------------------------------------------------------
 
-    def _stamp(self) -> tuple[str, int] | None:
-        """The seal (without its last field) for the directories' current state, and the lease dir's mtime."""
+    def _stamp(self) -> bytes | None:
+        """The seal line for the directories' current state (None: no boot id or directory)."""
         boot = boot_id()
         if not boot:
             return None
@@ -281,7 +281,7 @@ class DiskStore:
         except OSError:
             return None
         return (f"{SEAL_MAGIC} {boot} {net.st_dev} {net.st_ino} {net.st_mtime_ns} "
-                f"{hints.st_ino} {hints.st_mtime_ns}", net.st_mtime_ns)
+                f"{hints.st_ino} {hints.st_mtime_ns} {SEAL_SUFFIX}").encode()
 
     def _begin(self) -> None:
         self._reset()
@@ -290,8 +290,7 @@ class DiskStore:
             self._lock_fd = os.open(self._path(LOCK_NAME), os.O_RDWR | os.O_CLOEXEC)
             self._seal_read = os.pread(self._lock_fd, 512, 0)
         stamp = self._stamp()
-        if stamp is not None:
-            self._trusted = self._seal_read.decode("ascii", "replace") == f"{stamp[0]} {SEAL_SUFFIX}"
+        self._trusted = stamp is not None and self._seal_read == stamp
         if not self._trusted:
             self._sweep_temporaries()
             self._rebuild()
@@ -320,8 +319,7 @@ class DiskStore:
                 os.utime(path, ns=(back, back))
         except OSError:
             return b""  # no seal: the next operation scans
-        stamp = self._stamp()
-        return f"{stamp[0]} {SEAL_SUFFIX}".encode() if stamp is not None else b""
+        return self._stamp() or b""
 
     # --- hints: <hint_dir>/<owner key>/<ip>, empty files -----------------------------
 
