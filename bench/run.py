@@ -4,7 +4,9 @@ Phases: start-up (VERSION execs), then for each level of existing attachments
 chain ADD/DEL samples (with the per-plugin split and IPAM on its own), rules
 per attachment, connection rate with 1 and ~1,000 mappings, 32 concurrent ADDs.
 Samples alternate between modes (and flip the order each round) so drift in
-the machine's load hits both sides alike.
+the machine's load hits both sides alike. At the highest level, an empty node
+of each mode (`<mode>@empty`, its own agent) takes part in the same rounds: the
+growth figure compares the two side by side, not runs minutes apart.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 
 from bench import stats
 from bench.chain import Chain, ChainOutcome, Exec, Mode, addresses, mappings_for, python_pass
+from bench.report import EMPTY
 from bench.topo import NODE_V4, Registry, call, link_node
 from tests.harness import Netns
 
@@ -41,6 +44,9 @@ class Plan:
     filler_containers: int = 10
     filler_mappings: int = 100  # per filler container: 10 x 100 = 1,000 mappings
     burst_del: bool = True  # time 32 concurrent DELs too (else the 32 stay as existing attachments)
+    # at the highest level > 0, also sample an empty node of each mode in the same rounds:
+    # growth measured side by side, so drift in the machine's load hits both alike
+    empty_baseline: bool = True
     phases: tuple[str, ...] = ("startup", "levels", "rules", "conn", "burst")
 
 
@@ -82,6 +88,7 @@ class Bench:
     def __init__(self, reg: Registry, plan: Plan, modes: list[Mode], log: Any = print) -> None:
         self.reg, self.plan, self.modes, self.log = reg, plan, modes, log
         self.sides: dict[str, Side] = {}
+        self.baselines: dict[str, Side] = {}  # "<mode>@empty" -> an empty node of that mode (level_targets)
         self.errors: list[dict[str, Any]] = []
         self.error_count: dict[str, int] = {m.name: 0 for m in modes}
         self.figures: dict[str, Any] = {}
@@ -207,74 +214,96 @@ class Bench:
             times["python3 -c pass"].append(call(first.pool, python_pass).seconds)
         self.figures["startup"] = {k: stats.summary(v) for k, v in times.items()}
 
+    def level_targets(self, level: int) -> dict[str, Side]:
+        """Figure name -> side sampled at this level: each mode's node, and at the
+        highest level > 0 also each mode's empty baseline node (made once, kept empty)."""
+        targets = dict(self.sides)
+        if self.plan.empty_baseline and level > 0 and level == max(self.plan.levels):
+            for mode in self.modes:
+                name = mode.name + EMPTY
+                if name not in self.baselines:
+                    self.baselines[name] = self.make_side(mode, "-e")
+                targets[name] = self.baselines[name]
+        return targets
+
     def phase_level(self, level: int) -> None:
         for side in self.sides.values():
             took = self.populate(side, level)
             if took:
                 self.log(f"level {level}: {side.mode.name} populated in {took:.1f}s")
-        # one untimed ADD/DEL per mode first: one-time set-up (table, bridge) and cold caches
+        targets = self.level_targets(level)
+        names = list(targets)
+
+        def order(round_no: int) -> list[tuple[str, Side]]:
+            pairs = [(n, targets[n]) for n in names]
+            return pairs if round_no % 2 == 0 else pairs[::-1]
+
+        # one untimed ADD/DEL per side first: one-time set-up (table, bridge) and cold caches
         # (page cache, a new agent's workers) are not what a node that runs pods pays per pod
-        for side in self.sides.values():
+        for _name, side in order(0):
             netns = self.containers(side, 1)[0]
             att, out = self.add(side, "w", netns, mappings_for(side.ports(2)), f"warm-{level}")
             if out.ok:
                 self.delete(side, att, f"warm-{level}")
             self.reg.remove_namespaces([netns.name])
-        self.log(f"level {level}: {self.plan.samples} chain ADD/DEL samples per mode")
+        self.log(f"level {level}: {self.plan.samples} chain ADD/DEL samples per mode"
+                 + (" (and per empty baseline node)" if len(names) > len(self.modes) else ""))
         keys = ("add", "del", "bridge_add", "portmap_add", "portmap_del", "bridge_del", "ipam_add", "ipam_del")
-        samples: dict[str, dict[str, list[float]]] = {m.name: {k: [] for k in keys} for m in self.modes}
+        samples: dict[str, dict[str, list[float]]] = {n: {k: [] for k in keys} for n in names}
         errors_before = dict(self.error_count)
         rules: dict[str, Any] = {}
         for i in range(self.plan.samples):
-            nets = {side.mode.name: self.containers(side, 1)[0] for side in self.sides.values()}
+            nets = {n: self.containers(side, 1)[0] for n, side in order(0)}
             added: dict[str, Attachment] = {}
-            for side in self.order(i):
+            for name, side in order(i):
                 # the second sample, as ever (the untimed warm-up made the base chains and table)
-                want_rules = i == min(1, self.plan.samples - 1) and "rules" in self.plan.phases
+                want_rules = (i == min(1, self.plan.samples - 1) and "rules" in self.plan.phases
+                              and not name.endswith(EMPTY))
                 before = call(side.pool, stats.snapshot_rules) if want_rules else None
-                att, out = self.add(side, "s", nets[side.mode.name], mappings_for(side.ports(2)), f"add-{level}")
+                att, out = self.add(side, "s", nets[name], mappings_for(side.ports(2)), f"add-{level}")
                 if before is not None and out.ok:
-                    rules[side.mode.name] = stats.delta(before, call(side.pool, stats.snapshot_rules))
+                    rules[name] = stats.delta(before, call(side.pool, stats.snapshot_rules))
                 if out.ok:
-                    s = samples[side.mode.name]
+                    s = samples[name]
                     s["add"].append(out.seconds)
                     for plugin, key in ((side.mode.bridge, "bridge_add"), (side.mode.portmap, "portmap_add")):
                         t = out.plugin_seconds(plugin)
                         if t is not None:
                             s[key].append(t)
-                    added[side.mode.name] = att
-            for side in self.order(i + 1):
-                victim = added.get(side.mode.name)
+                    added[name] = att
+            for name, side in order(i + 1):
+                victim = added.get(name)
                 if victim is None:
                     continue
                 out = self.delete(side, victim, f"del-{level}")
                 if out.ok:
-                    s = samples[side.mode.name]
+                    s = samples[name]
                     s["del"].append(out.seconds)
                     for plugin, key in ((side.mode.bridge, "bridge_del"), (side.mode.portmap, "portmap_del")):
                         t = out.plugin_seconds(plugin)
                         if t is not None:
                             s[key].append(t)
             # IPAM on its own, as a runtime would exec it
-            for side in self.order(i):
+            for name, side in order(i):
                 cid = side.cid("ipam")
-                ns = nets[side.mode.name].path
+                ns = nets[name].path
                 ex = call(side.pool, side.chain.ipam, "ADD", cid, ns)
                 if ex.ok:
-                    samples[side.mode.name]["ipam_add"].append(ex.seconds)
+                    samples[name]["ipam_add"].append(ex.seconds)
                 else:
                     self.error(side, f"ipam-add-{level}", ex.error_text())
                 ex = call(side.pool, side.chain.ipam, "DEL", cid, ns)
                 if ex.ok:
-                    samples[side.mode.name]["ipam_del"].append(ex.seconds)
+                    samples[name]["ipam_del"].append(ex.seconds)
                 else:
                     self.error(side, f"ipam-del-{level}", ex.error_text())
             self.reg.remove_namespaces([n.name for n in nets.values()])
         fig: dict[str, dict[str, Any]] = {name: {k: stats.summary(v) for k, v in s.items()}
                                           for name, s in samples.items()}
         for name in fig:
-            fig[name]["errors"] = self.error_count[name] - errors_before[name]
-            fig[name]["existing"] = len(self.sides[name].live)
+            mode = targets[name].mode.name
+            fig[name]["errors"] = self.error_count[mode] - errors_before[mode]
+            fig[name]["existing"] = len(targets[name].live)
         self.figures.setdefault("levels", {})[str(level)] = fig
         if rules:
             self.figures.setdefault("rules_per_attachment", {})[str(level)] = rules
