@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import json
+from typing import Any
 
 from portmap import layout
 from portmap.layout import Mapping
@@ -24,27 +26,44 @@ def test_chain_names_match_upstream_algorithm() -> None:
 
 
 def test_attachment_add_golden() -> None:
-    cmds = layout.attachment_add(CHAIN, [Mapping(8080, 8080, 80, "tcp")], ["10.88.0.5"])
-    base = [
-        {"match": {"op": "==", "left": {"meta": {"key": "nfproto"}}, "right": "ipv4"}},
-        {"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": "tcp"}},
-        {"match": {"op": "==", "left": {"payload": {"protocol": "th", "field": "dport"}}, "right": 8080}},
-    ]
+    cmds = layout.attachment_add(CHAIN, [Mapping(8080, 8080, 80, "tcp"), Mapping(9090, 9090, 90, "udp")],
+                                 ["10.88.0.5"])
+    v4 = {"match": {"op": "==", "left": {"meta": {"key": "nfproto"}}, "right": "ipv4"}}
+
+    def port(proto: str, number: int) -> list[dict[str, Any]]:
+        return [v4, {"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": proto}},
+                {"match": {"op": "==", "left": {"payload": {"protocol": "th", "field": "dport"}}, "right": number}}]
+
     setmark = {"jump": {"target": "CNI-HOSTPORT-SETMARK"}}
     saddr = {"payload": {"protocol": "ip", "field": "saddr"}}
+    # the marks once per address (the chain is only entered through this attachment's
+    # own ports), then a DNAT per mapping
     assert cmds == [
         {"add": {"chain": {**T, "name": CHAIN}}},
         {"flush": {"chain": {**T, "name": CHAIN}}},
         {"add": {"rule": {**T, "chain": CHAIN, "expr": [
-            *base, {"match": {"op": "==", "left": saddr, "right": "10.88.0.5"}}, setmark]}}},
+            v4, {"match": {"op": "==", "left": saddr, "right": "10.88.0.5"}}, setmark]}}},
         {"add": {"rule": {**T, "chain": CHAIN, "expr": [
-            *base, {"match": {"op": "==", "left": saddr, "right": {"prefix": {"addr": "127.0.0.0", "len": 8}}}},
+            v4, {"match": {"op": "==", "left": saddr, "right": {"prefix": {"addr": "127.0.0.0", "len": 8}}}},
             setmark]}}},
         {"add": {"rule": {**T, "chain": CHAIN, "expr": [
-            *base, {"counter": None}, {"dnat": {"family": "ip", "addr": "10.88.0.5", "port": 80}}]}}},
+            *port("tcp", 8080), {"counter": None}, {"dnat": {"family": "ip", "addr": "10.88.0.5", "port": 80}}]}}},
+        {"add": {"rule": {**T, "chain": CHAIN, "expr": [
+            *port("udp", 9090), {"counter": None}, {"dnat": {"family": "ip", "addr": "10.88.0.5", "port": 90}}]}}},
         {"add": {"element": {**T, "name": "hostport", "elem": [
-            [{"concat": ["tcp", 8080]}, {"jump": {"target": CHAIN}}]]}}},
+            [{"concat": ["tcp", 8080]}, {"jump": {"target": CHAIN}}],
+            [{"concat": ["udp", 9090]}, {"jump": {"target": CHAIN}}]]}}},
     ]
+
+
+def test_marks_follow_the_families_the_mappings_apply_to() -> None:
+    """masqAll: one unconditional mark per family; a v4-only hostIP leaves the v6 address unmarked."""
+    cmds = layout.dnat_rules(CHAIN, [Mapping(80, 81, 80, "tcp"), Mapping(90, 90, 90, "udp")],
+                             ["10.88.0.5", "10.88.0.6", "fd00::5"], masq_all=True)
+    marks = [c["add"]["rule"]["expr"] for c in cmds if "jump" in json.dumps(c)]
+    assert [len(e) for e in marks] == [2, 2]  # nfproto ipv4 / ipv6 + jump: no per-address or per-port copies
+    only_v4 = layout.dnat_rules(CHAIN, [Mapping(80, 80, 80, "tcp", "198.51.100.1")], ["10.88.0.5", "fd00::5"])
+    assert "ip6" not in json.dumps(only_v4) and len(only_v4) == 3
 
 
 def test_del_golden_is_absence_tolerant() -> None:
