@@ -176,8 +176,8 @@ def _add(
     }
     if conf.ip_masq:
         # intent before any nft change, in the first journal write (no second one after
-        # IPAM): {} means "addresses not known", so after a crash masq.teardown derives
-        # the chain and finds its map elements by their verdict
+        # IPAM): {} means "addresses not known", so after a crash masq.teardown finds the
+        # map elements by the attachment's tag (and a chain of an older berth by its name)
         record["masq"] = {}
     if conf.isolate:
         record["isolate"] = conf.isolate  # journaled first: a racing DEL counts this attachment

@@ -12,9 +12,12 @@ and one per-attachment chain holds both families' rules.
                               l4proto . dport vmap @hostport, @hostports (any local address)
     CNI-DN-<hash>           : the attachment's hairpin/localhost marks, then its DNAT rules
     CNI-HOSTPORT-SETMARK    : meta mark |= markMasqBit
-    postrouting (nat, 100)  : -> CNI-HOSTPORT-MASQ; saddr vmap @masq-v4/-v6 (bridge ipMasq)
+    postrouting (nat, 100)  : -> CNI-HOSTPORT-MASQ; -> CNI-IPMASQ; saddr vmap @masq-v4/-v6 (ipMasq before layout 2)
     CNI-HOSTPORT-MASQ       : marked -> masquerade
-    CNI-<hash>              : the attachment's ipMasq rules
+    CNI-IPMASQ              : bridge ipMasq, one rule per pod subnet: saddr in map @ipmasq-<subnet>
+                              (the subnet's attached addresses), daddr outside the subnet and not
+                              multicast -> masquerade. Added once per subnet, never flushed
+    CNI-<hash>              : an attachment's ipMasq rules, for attachments made before layout 2
     forward (filter, 0)     : -> CNI-ADMIN (operator's, never written); oifname @isolated -> CNI-ISOLATION;
                               bridges + ct dnat accept
     CNI-ISOLATION           : bridge `isolate`: replies/DNAT/same bridge return, else drop between
@@ -46,6 +49,10 @@ DNAT_CHAIN = "CNI-HOSTPORT-DNAT"
 SETMARK_CHAIN = "CNI-HOSTPORT-SETMARK"
 MASQ_CHAIN = "CNI-HOSTPORT-MASQ"
 ADMIN_CHAIN = "CNI-ADMIN"
+IPMASQ_CHAIN = "CNI-IPMASQ"  # one masquerade rule per pod subnet (bridge ipMasq)
+IPMASQ_PREFIX = "ipmasq-"  # + the subnet: the map of that subnet's attached addresses
+# the bridge journal's masq "layout": 2 = per-subnet maps and rules; absent = a CNI-<hash> chain per attachment
+IPMASQ_LAYOUT = 2
 GUARD_CHAIN = "guard"
 
 # single ports: exact-match (hash) verdict maps
@@ -240,6 +247,7 @@ def base_layout(external_setmark: str | None = None) -> list[Cmd]:
     cmds += add_sets()
     # user chains before the base chains that jump to them
     cmds.append(add_chain(ADMIN_CHAIN))  # operator-owned: add only, never flush
+    cmds.append(add_chain(IPMASQ_CHAIN))  # its rules are added once per subnet: never flushed either
     if external_setmark:
         cmds.append(add_chain(external_setmark))  # operator-owned as well
     cmds += [add_chain(SETMARK_CHAIN), add_chain(MASQ_CHAIN), add_chain(DNAT_CHAIN), flush_chain(DNAT_CHAIN)]
@@ -257,6 +265,7 @@ def base_layout(external_setmark: str | None = None) -> list[Cmd]:
         # map of each pair (ports.py refuses overlaps), so no vmap shadows another
         *hostport_rules(),
         add_rule("postrouting", jump(MASQ_CHAIN)),
+        add_rule("postrouting", jump(IPMASQ_CHAIN)),
         add_rule("postrouting", {"vmap": {"key": payload("ip", "saddr"), "data": "@" + MASQ_V4_MAP}}),
         add_rule("postrouting", {"vmap": {"key": payload("ip6", "saddr"), "data": "@" + MASQ_V6_MAP}}),
         add_rule("forward", jump(ADMIN_CHAIN)),
@@ -476,6 +485,92 @@ def portmap_del(chain: str, elements: dict[str, list[Any]]) -> list[Cmd]:
 
 
 # --- bridge ipMasq -------------------------------------------------------------
+#
+# Per pod subnet (since IPMASQ_LAYOUT): a map of the subnet's attached addresses,
+# each with its attachment's tag as data, and one rule in CNI-IPMASQ. An ADD
+# whose subnet already has both only adds its element: no rule, no jump, so
+# the kernel does not re-validate the ruleset and the transaction costs the
+# same with 1 or 1,000 attachments. The tag makes a DEL delete only its own
+# element (add {addr: tag} fails when another attachment holds the address).
+# Upstream's ipMasq matches the same packets: from the container's address, to
+# anything outside that address's subnet and not multicast.
+
+def ipmasq_map_name(subnet: str) -> str:
+    """`ipmasq-10.88.0.0-16`, `ipmasq-fd00.88..-64`: readable, and a plain nft identifier."""
+    net = ipaddress.ip_network(subnet, strict=False)
+    return IPMASQ_PREFIX + f"{net.network_address}-{net.prefixlen}".replace(":", ".")
+
+
+def ipmasq_tag(network: str, container_id: str, ifname: str = DEFAULT_IFNAME) -> int:
+    """The attachment's 32-bit tag (the map elements' data): from the same hash as its chain names."""
+    return int(sha512(hash_input(network, container_id, ifname).encode()).hexdigest()[:8], 16)
+
+
+def ipmasq_map(subnet: str) -> Cmd:
+    version = ipaddress.ip_network(subnet, strict=False).version
+    key = "ipv4_addr" if version == 4 else "ipv6_addr"
+    return {"add": _obj("map", name=ipmasq_map_name(subnet), type=key, map="mark")}
+
+
+def ipmasq_rule(subnet: str) -> Cmd:
+    net = ipaddress.ip_network(subnet, strict=False)
+    fam = ip_proto(net.version)
+    mcast = V4_MULTICAST if net.version == 4 else V6_MULTICAST
+    return add_rule(IPMASQ_CHAIN, match(payload(fam, "saddr"), "@" + ipmasq_map_name(subnet)),
+                    match(payload(fam, "daddr"), prefix(str(net)), "!="),
+                    match(payload(fam, "daddr"), prefix(mcast), "!="), COUNTER, {"masquerade": None},
+                    note=ipmasq_note(str(net)))
+
+
+def ipmasq_note(subnet: str) -> str:
+    return f"ipMasq {subnet}"
+
+
+def ipmasq_subnets(cidrs: list[str]) -> list[str]:
+    """The subnets of the attachment's addresses (prefix length as given), in order, once each."""
+    out: list[str] = []
+    for cidr in cidrs:
+        subnet = str(ipaddress.ip_interface(cidr).network)
+        if subnet not in out:
+            out.append(subnet)
+    return out
+
+
+def ipmasq_elements(cidrs: list[str], tag: int) -> dict[str, list[Any]]:
+    """Map name -> [address, tag] elements of the attachment's addresses."""
+    out: dict[str, list[Any]] = {}
+    for cidr in cidrs:
+        iface = ipaddress.ip_interface(cidr)
+        out.setdefault(ipmasq_map_name(str(iface.network)), []).append([str(iface.ip), tag])
+    return out
+
+
+def ipmasq_add(cidrs: list[str], tag: int, bridge: str | None, new_subnets: list[str]) -> list[Cmd]:
+    """The ADD transaction: for subnets that have no map yet (a first attachment,
+    or after a flush) the static layout, the map and its rule; then the elements."""
+    cmds: list[Cmd] = []
+    if new_subnets:
+        cmds += base_layout()
+        for subnet in new_subnets:
+            cmds += [ipmasq_map(subnet), ipmasq_rule(subnet)]
+    for name, elems in ipmasq_elements(cidrs, tag).items():
+        cmds.append(add_elements(name, elems))
+    if bridge:
+        cmds.append(add_elements(BRIDGES_SET, [bridge]))
+    return cmds
+
+
+def ipmasq_del(elements: dict[str, list[Any]]) -> list[Cmd]:
+    """The DEL transaction: add-then-delete each element (absence-tolerant; the add
+    fails if another attachment's tag holds the address, and then nothing changes).
+    The maps are asserted with their key type, taken from the element."""
+    cmds: list[Cmd] = [add_table()]
+    for name, elems in elements.items():
+        key = "ipv6_addr" if ":" in str(elems[0][0]) else "ipv4_addr"
+        cmds += [{"add": _obj("map", name=name, type=key, map="mark")},
+                 add_elements(name, elems), delete_elements(name, elems)]
+    return cmds
+
 
 def masq_rules(chain: str, subnets: list[str], note: str | None = None) -> list[Cmd]:
     """upstream ipMasq: traffic to the pod subnet and multicast leaves untouched,
@@ -503,6 +598,8 @@ def masq_elements(chain: str, addresses: list[str]) -> dict[str, list[Any]]:
 
 
 def masq_add(chain: str, cidrs: list[str], bridge: str | None, note: str | None = None) -> list[Cmd]:
+    """An attachment's ipMasq before IPMASQ_LAYOUT (a CNI-<hash> chain behind @masq-v4/-v6):
+    berth no longer writes it; tests build old attachments with it."""
     addresses = [str(ipaddress.ip_interface(c).ip) for c in cidrs]
     subnets = [str(ipaddress.ip_interface(c).network) for c in cidrs]
     cmds = base_layout()

@@ -31,6 +31,8 @@ class Backend(Protocol):
 
     def table_exists(self) -> bool | None: ...
 
+    def set_exists(self, name: str) -> bool | None: ...
+
 
 def _nft() -> Any:
     global _handle
@@ -91,6 +93,9 @@ class NFT:
     def table_exists(self) -> bool | None:
         return kernel_table_exists()
 
+    def set_exists(self, name: str) -> bool | None:
+        return kernel_set_exists(name)
+
     def check(self, commands: list[dict[str, Any]]) -> str | None:
         """Dry run (libnftables check mode); the error text or None."""
         handle = _nft()
@@ -136,6 +141,9 @@ class Fake:
     def table_exists(self) -> bool | None:
         return None  # "cannot tell": the plugins then send their DEL transactions, as they always did
 
+    def set_exists(self, name: str) -> bool | None:
+        return None  # "cannot tell": the plugins then assert what they need, as on a new node
+
     def list_table(self) -> list[dict[str, Any]] | None:
         if not self.transactions:
             return None
@@ -172,6 +180,11 @@ def list_table() -> list[dict[str, Any]] | None:
 def table_exists() -> bool | None:
     """Does berth's table exist (None: cannot tell)? Cheap: see kernel_table_exists."""
     return backend().table_exists()
+
+
+def set_exists(name: str) -> bool | None:
+    """Does berth's table hold a set or map of this name (None: cannot tell)? Cheap: see kernel_set_exists."""
+    return backend().set_exists(name)
 
 
 def prepare() -> None:
@@ -211,38 +224,55 @@ def dump(commands: list[dict[str, Any]]) -> str:
 
 # nfnetlink constants (linux/netfilter/nfnetlink.h, nf_tables.h)
 NETLINK_NETFILTER = 12
-NFT_MSG_GETTABLE = (10 << 8) | 1  # NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_GETTABLE
-NFT_MSG_NEWTABLE = (10 << 8) | 0
+NFNL_SUBSYS_NFTABLES = 10
+NFT_MSG_NEWTABLE, NFT_MSG_GETTABLE = 0, 1
+NFT_MSG_NEWSET, NFT_MSG_GETSET = 9, 10
 NLMSG_ERROR = 2
 NFTA_TABLE_NAME = 1
+NFTA_SET_TABLE, NFTA_SET_NAME = 1, 2
 NFPROTO = {"inet": 1, "ip": 2, "ip6": 10}
 
 
-def kernel_table_exists(family: str = "", name: str = "") -> bool | None:
-    """Does berth's table exist? One NFT_MSG_GETTABLE for that one table,
-    without libnftables (which would cache the whole table: ~130 ms at 1,000
-    attachments): microseconds. None: cannot tell. The agent's flush watcher
-    asks it every few seconds; DEL asks it so that it never creates the table
-    just to delete nothing from it."""
-    family, name = family or layout.FAMILY, name or layout.TABLE
-    raw_name = name.encode() + b"\0"
-    attr = struct.pack("HH", 4 + len(raw_name), NFTA_TABLE_NAME) + raw_name
-    attr += b"\0" * (-len(attr) % 4)
-    body = struct.pack("BBH", NFPROTO[family], 0, 0) + attr
-    msg = struct.pack("IHHII", 16 + len(body), NFT_MSG_GETTABLE, 1, 1, 0) + body  # NLM_F_REQUEST
+def _attr(kind: int, text: str) -> bytes:
+    raw = text.encode() + b"\0"
+    attr = struct.pack("HH", 4 + len(raw), kind) + raw
+    return attr + b"\0" * (-len(attr) % 4)
+
+
+def _kernel_get(msg: int, reply: int, family: str, attrs: bytes) -> bool | None:
+    """One nf_tables GET request for a single object, without libnftables (which
+    would fetch the ruleset's chains and sets first: milliseconds at 1,000
+    attachments): microseconds. True: it exists; False: ENOENT; None: cannot tell."""
+    body = struct.pack("BBH", NFPROTO[family], 0, 0) + attrs
+    kind = (NFNL_SUBSYS_NFTABLES << 8) | msg
+    request = struct.pack("IHHII", 16 + len(body), kind, 1, 1, 0) + body  # NLM_F_REQUEST
     try:
         with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER) as nl:
             nl.settimeout(2.0)
-            nl.send(msg)
-            reply = nl.recv(65536)
+            nl.send(request)
+            answer = nl.recv(65536)
     except OSError:
         return None
-    if len(reply) < 16:
+    if len(answer) < 16:
         return None
-    _length, kind = struct.unpack_from("IH", reply)
-    if kind == NFT_MSG_NEWTABLE:
+    _length, got = struct.unpack_from("IH", answer)
+    if got == (NFNL_SUBSYS_NFTABLES << 8) | reply:
         return True
-    if kind == NLMSG_ERROR and len(reply) >= 20:
-        (code,) = struct.unpack_from("i", reply, 16)
+    if got == NLMSG_ERROR and len(answer) >= 20:
+        (code,) = struct.unpack_from("i", answer, 16)
         return False if -code == errno.ENOENT else None
     return None
+
+
+def kernel_table_exists(family: str = "", name: str = "") -> bool | None:
+    """Does berth's table exist? The agent's flush watcher asks it every few
+    seconds; DEL asks it so that it never creates the table just to delete
+    nothing from it."""
+    return _kernel_get(NFT_MSG_GETTABLE, NFT_MSG_NEWTABLE, family or layout.FAMILY,
+                       _attr(NFTA_TABLE_NAME, name or layout.TABLE))
+
+
+def kernel_set_exists(name: str) -> bool | None:
+    """Does berth's table hold the set or map `name`? (False also when the table is gone.)"""
+    return _kernel_get(NFT_MSG_GETSET, NFT_MSG_NEWSET, layout.FAMILY,
+                       _attr(NFTA_SET_TABLE, layout.TABLE) + _attr(NFTA_SET_NAME, name))

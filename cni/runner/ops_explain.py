@@ -14,7 +14,7 @@ says at each hop whether it is in place:
   bridge      the bridge exists and is up
   veth        the host veth is up and attached to the bridge
   container   the container interface is up and holds its address
-  masquerade  hairpin/localhost marks (portmap) and ipMasq chain/elements (bridge)
+  masquerade  hairpin/localhost marks (portmap) and ipMasq rule/elements (bridge)
   localhost   route_localnet on the bridge and the 127/8 guard (CVE-2020-8558)
   conntrack   how many conntrack entries exist for the port
 
@@ -428,8 +428,7 @@ def _masq_hop(report: Report, att: Attachment, focus: list[Mapping], ctx: Contex
         parts.append("hairpin/localhost marks")
     if att.masq is not None:
         problems += [m.what for m in ops_state.masq_missing(att, ctx.table)]
-        packets, _ = ctx.table.counters(ops_state.masq_chain(att))
-        parts.append(f"ipMasq chain {ops_state.masq_chain(att)} ({_plural(packets, 'packet')} masqueraded)")
+        parts.append(ops_state.masq_description(att, ctx.table))
     if problems:
         report.add("masquerade", FAIL, "; ".join(problems) + ": berth reconcile restores it")
     elif parts:

@@ -2,8 +2,8 @@
 
 For each journal (BERTH_STATE_DIR, default /var/lib/cni/berth): network,
 container ID, interface, netns, addresses, published ports, age, and whether
-its nftables objects (DNAT chain + verdict-map elements, masquerade chain +
-elements) are present in `table inet berth`. The table is listed once; the rest
+its nftables objects (DNAT chain + verdict-map elements, masquerade elements
+and their subnet's rule) are present in `table inet berth`. The table is listed once; the rest
 are lookups in that listing. Nothing is changed.
 """
 
@@ -32,7 +32,7 @@ def rules_status(att: Attachment, table: Table, view: PortView) -> tuple[str, li
         missing.append("held by another attachment: " + ", ".join(foreign))
     if not missing:
         return "ok", []
-    present_anything = att.dn_chain in table.chains or ops_state.masq_chain(att) in table.chains
+    present_anything = att.dn_chain in table.chains or ops_state.masq_present(att, table)
     return ("partial" if present_anything else "missing"), missing
 
 

@@ -2,8 +2,9 @@
 
 After someone flushed the ruleset, deleted a chain or a map element, this
 re-creates berth's static layout, each attachment's CNI-DN-<hash> chain and
-verdict-map elements (portmap) and its CNI-<hash> masquerade chain, masq-map
-elements and bridges-set member (bridge ipMasq) — all in ONE libnftables
+verdict-map elements (portmap), the per-subnet ipMasq rules and each
+attachment's ipmasq-<subnet> elements and bridges-set member (bridge ipMasq;
+a CNI-<hash> chain for attachments made before those) — all in ONE libnftables
 transaction, under the node-wide ports lock portmap's ADD/DEL hold, so it never
 races a plugin call. It never removes anything and never takes a port another
 attachment holds (its port file decides). Attachments whose ADD did not finish,
@@ -88,6 +89,7 @@ def plan(root: str, attachments: list[Attachment], table: Table, gone: set[tuple
         bit = _mark_bit(snat)
         result.fixes.append(("node", Missing("hairpin/localhost marks: " + "; ".join(marks)
                                              + f" (markMasqBit {bit})", layout.mark_layout(bit))))
+    _plan_ipmasq(usable, table, result)
     view = PortView(root, attachments)
     for att in usable:
         owned = view.owned(att)
@@ -96,9 +98,21 @@ def plan(root: str, attachments: list[Attachment], table: Table, gone: set[tuple
                 owner = view.claim_owner(m)
                 who = f"{owner[1]}/{owner[2]} on {owner[0]}" if owner else "another journal"
                 result.skipped.append((att.describe(), f"port {ops_state.format_mapping(m)} is held by {who}"))
-        for missing in ops_state.portmap_missing(att, table, owned) + ops_state.masq_missing(att, table):
+        for missing in ops_state.portmap_missing(att, table, owned) + ops_state.masq_missing(att, table, False):
             result.fixes.append((att.describe(), missing))
     return result
+
+
+def _plan_ipmasq(attachments: list[Attachment], table: Table, result: Plan) -> None:
+    """The per-subnet ipMasq rules the usable attachments need, once per subnet."""
+    from portmap import masq
+
+    subnets: list[str] = []
+    for att in attachments:
+        if att.masq is not None and masq.is_current(att.masq):
+            subnets += [str(s) for s in att.masq.get("subnets") or [] if str(s) not in subnets]
+    for missing in ops_state.ipmasq_rules_missing(table, subnets):
+        result.fixes.append(("node", missing))
 
 
 def _plan_isolation(root: str, table: Table, result: Plan) -> None:

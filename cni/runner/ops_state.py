@@ -321,23 +321,82 @@ def _chain_missing(table: Table, chain: str, rules: list[layout.Cmd], label: str
     return [Missing(f"{label} {chain} {state}", [layout.add_chain(chain), layout.flush_chain(chain), *rules])]
 
 
-def masq_missing(att: Attachment, table: Table) -> list[Missing]:
-    """Missing bridge ipMasq chain/rules, masq-v4/-v6 elements, bridges-set member."""
+def masq_missing(att: Attachment, table: Table, subnet_rules: bool = True) -> list[Missing]:
+    """Missing bridge ipMasq pieces: the attachment's map elements (and, unless
+    subnet_rules is False, its subnets' rules, which reconcile plans once per
+    subnet), or for an attachment made before per-subnet maps its CNI-<hash>
+    chain and masq-v4/-v6 elements; and the bridge in the `bridges` set."""
+    from portmap import masq
+
     if att.masq is None:
         return []
-    chain = masq_chain(att)
-    out = _chain_missing(table, chain, expected_masq_rules(att), "masquerade chain")
-    for name, elems in layout.masq_elements(chain, masq_addresses(att)).items():
-        for elem in elems:
-            target = table.element_target(name, elem[0])
-            if target is None:
-                out.append(Missing(f"{name} element {elem[0]} -> {chain} is missing",
-                                   [layout.add_elements(name, [elem])]))
+    out: list[Missing] = []
+    if masq.is_current(att.masq):
+        if subnet_rules:
+            out += ipmasq_rules_missing(table, [str(s) for s in att.masq.get("subnets") or []])
+        for name, elems in masq.elements_of(att.masq).items():
+            for elem in elems:
+                if elem not in table.elements.get(name, []):
+                    out.append(Missing(f"map {name} element {elem[0]} is missing",
+                                       [layout.ipmasq_map(_subnet_of(name, elem[0], att)),
+                                        layout.add_elements(name, [elem])]))
+    else:
+        chain = masq_chain(att)
+        out += _chain_missing(table, chain, expected_masq_rules(att), "masquerade chain")
+        for name, elems in layout.masq_elements(chain, masq_addresses(att)).items():
+            for elem in elems:
+                target = table.element_target(name, elem[0])
+                if target is None:
+                    out.append(Missing(f"{name} element {elem[0]} -> {chain} is missing",
+                                       [layout.add_elements(name, [elem])]))
     bridge = str(att.masq.get("bridge") or att.bridge_name)
     if bridge and not table.has_member(layout.BRIDGES_SET, bridge):
         out.append(Missing(f"bridge {bridge} is missing from set {layout.BRIDGES_SET}",
                            [layout.add_elements(layout.BRIDGES_SET, [bridge])]))
     return out
+
+
+def _subnet_of(map_name: str, addr: str, att: Attachment) -> str:
+    subnets = [str(s) for s in (att.masq or {}).get("subnets") or []]
+    return next((s for s in subnets if layout.ipmasq_map_name(s) == map_name), f"{addr}/32")
+
+
+def masq_present(att: Attachment, table: Table) -> bool:
+    """Is any of the attachment's masquerade objects there (its chain, or one of its elements)?"""
+    from portmap import masq
+
+    if att.masq is None:
+        return False
+    if masq.is_current(att.masq):
+        return any(e in table.elements.get(name, []) for name, elems in masq.elements_of(att.masq).items()
+                   for e in elems)
+    return masq_chain(att) in table.chains
+
+
+def masq_description(att: Attachment, table: Table) -> str:
+    """How explain names the attachment's masquerade, with what its counters say."""
+    from portmap import masq
+
+    if masq.is_current(att.masq):
+        subnets = [str(s) for s in (att.masq or {}).get("subnets") or []]
+        notes = {layout.ipmasq_note(s) for s in subnets}
+        packets = 0
+        for rule in table.rules.get(layout.IPMASQ_CHAIN, []):
+            if str(rule.get("comment")) in notes:
+                packets += sum(int((e.get("counter") or {}).get("packets") or 0) for e in rule.get("expr") or []
+                               if isinstance(e, dict) and isinstance(e.get("counter"), dict))
+        return (f"ipMasq rule{'s' if len(subnets) != 1 else ''} for {', '.join(subnets)} in {layout.IPMASQ_CHAIN} "
+                f"({packets} packet{'s' if packets != 1 else ''} masqueraded, all of the subnet's containers)")
+    packets, _ = table.counters(masq_chain(att))
+    return f"ipMasq chain {masq_chain(att)} ({packets} packet{'s' if packets != 1 else ''} masqueraded)"
+
+
+def ipmasq_rules_missing(table: Table, subnets: list[str]) -> list[Missing]:
+    """The per-subnet ipMasq rules (CNI-IPMASQ, comment `ipMasq <subnet>`) that are gone."""
+    notes = {str(rule.get("comment")) for rule in table.rules.get(layout.IPMASQ_CHAIN, [])}
+    return [Missing(f"the ipMasq rule for {subnet} is missing",
+                    [layout.add_chain(layout.IPMASQ_CHAIN), layout.ipmasq_map(subnet), layout.ipmasq_rule(subnet)])
+            for subnet in subnets if layout.ipmasq_note(subnet) not in notes]
 
 
 # --- port ownership ------------------------------------------------------------

@@ -70,7 +70,7 @@ STATIC_CHAINS = _static_chains()
 
 
 def masq_leftovers(node: harness.Node) -> list[str]:
-    """Per-attachment masquerade chains (CNI-<hash>) and masq map elements in berth's table."""
+    """Per-attachment masquerade chains (CNI-<hash>, before per-subnet maps) and masquerade map elements."""
     table = node.nft_table()
     if not table:
         return []
@@ -81,7 +81,7 @@ def masq_leftovers(node: harness.Node) -> list[str]:
                 and chain["name"] not in STATIC_CHAINS:
             out.append(chain["name"])
         kind = item.get("map") or item.get("set")
-        if kind and kind["name"].startswith("masq") and kind.get("elem"):
+        if kind and kind["name"].startswith(("masq", "ipmasq-")) and kind.get("elem"):
             out.append(f"{kind['name']}: {kind['elem']}")
     return out
 

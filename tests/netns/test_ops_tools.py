@@ -153,9 +153,10 @@ def test_nft_damage_is_named_and_reconciled(pod: Attached, damage: str) -> None:
     assert explain_json(node, "c1", rc=0)["verdict"].startswith("OK")
     assert json.loads(berth(node, "list", "--json"))[0]["rules"] == "ok"
     assert "nothing to fix" in berth(node, "reconcile")
-    if damage == "table":
-        masq = pod.journal["bridge"]["masq"]["chain"]
-        assert masq in node.nft_text()  # the bridge's ipMasq chain came back as well
+    if damage == "table":  # the bridge's ipMasq rule and element came back as well
+        masq = pod.journal["bridge"]["masq"]
+        text = node.nft_text()
+        assert f'comment "ipMasq {masq["subnets"][0]}"' in text and masq["addresses"][0] in text
     pod.delete()  # DEL still removes exactly what it made
     assert "CNI-DN-" not in node.nft_text()
 

@@ -72,15 +72,27 @@ def test_del_without_journal_and_without_mappings_does_nothing(tmp_path: Path, f
     assert fake.transactions == []
 
 
-def test_masq_teardown_without_journal_finds_elements_by_verdict(tmp_path: Path, fake: nft.Fake) -> None:
+def test_masq_teardown_without_journal_finds_elements_by_tag(tmp_path: Path, fake: nft.Fake) -> None:
     env = {"BERTH_STATE_DIR": str(tmp_path)}
     data = masq.setup("net", "c1", "eth0", "br0", ["10.1.0.5/24", "fd00:1::5/64"], env)
+    assert data["subnets"] == ["10.1.0.0/24", "fd00:1::/64"]
     masq.setup("net", "c2", "eth0", "br0", ["10.1.0.6/24"], env)
     masq.teardown(None, "net", "c1", "eth0", env)
-    assert data["chain"] not in fake.chains
+    assert fake.elements["ipmasq-10.1.0.0-24"] == [["10.1.0.6", layout.ipmasq_tag("net", "c2")]]
+    assert fake.elements["ipmasq-fd00.1..-64"] == []
+
+
+def test_masq_teardown_of_an_older_berths_chain(tmp_path: Path, fake: nft.Fake) -> None:
+    """Attachments made before the per-subnet maps: their chain and masq-v4 elements go."""
+    env = {"BERTH_STATE_DIR": str(tmp_path)}
+    old = layout.masq_chain_name("net", "c1")
     other = layout.masq_chain_name("net", "c2")
+    fake.apply(layout.masq_add(old, ["10.1.0.5/24"], "br0") + layout.masq_add(other, ["10.1.0.6/24"], "br0"))
+    masq.teardown({"chain": old, "addresses": ["10.1.0.5"], "bridge": "br0"}, "net", "c1", "eth0", env)
+    assert old not in fake.chains and other in fake.chains
     assert fake.elements["masq-v4"] == [["10.1.0.6", {"jump": {"target": other}}]]
-    assert fake.elements["masq-v6"] == []
+    masq.teardown(None, "net", "c2", "eth0", env)  # journal lost: found by its verdict
+    assert other not in fake.chains and fake.elements["masq-v4"] == []
 
 
 def test_masq_teardown_without_table_creates_nothing(tmp_path: Path, fake: nft.Fake) -> None:
