@@ -221,6 +221,7 @@ def _add(
         if host.name != host_name:
             record["hostVeth"] = host.name
             journal.put(SECTION, record)
+        netlink.disable_port_ipv6(host.name)
         netlink.attach_port(node, host, bridge, conf.hairpin, conf.vlan, conf.preserve_default_vlan,
                             conf.port_isolation)
         if not conf.enable_dad and any(":" in ip["address"] for ip in result["ips"]):

@@ -640,6 +640,17 @@ def disable_dad(netns_path: str, ifname: str) -> bool:
     return True
 
 
+def disable_port_ipv6(name: str) -> bool:
+    """disable_ipv6=1 on a host veth (in the caller's, i.e. the node's, netns)
+    before it goes up. A bridge port hands every frame to the bridge, so the
+    port's own IPv6 (a link-local address, DAD, MLD, its routes) serves nothing;
+    and with hundreds of ports on a node, setting it up on each carrier change
+    is kernel work (under the RTNL lock every ADD and DEL needs) that grows
+    with the number of ports. Pods' IPv6 is bridged as before. False when the
+    node has no IPv6."""
+    return _write_proc(f"/proc/sys/net/ipv6/conf/{name}/disable_ipv6", "1")
+
+
 def _write_proc(path: str, value: str) -> bool:
     """Best-effort /proc/sys write (the path may hold dots: names are not sysctl keys)."""
     try:
