@@ -31,9 +31,11 @@ hostports/-v4/-v6. berth before journal layout 2 put single ports in the
 interval maps too; those elements stay where they are until their attachment
 goes (Mapping.map_name(exact=False), portmap_layout_exact()).
 
-The static part is re-asserted by every ADD (add is a no-op when present, static
-chains are add+flush+refill) so its cost never depends on how many attachments
-exist; CNI-ADMIN is only ever `add`ed, never flushed.
+The static part is re-asserted (add is a no-op when present, static chains are
+add+flush+refill) by a portmap ADD whenever the ruleset changed behind berth's
+back (portmap/generation.py), and by the first ipMasq ADD of a subnet; its cost
+never depends on how many attachments exist. CNI-ADMIN and CNI-IPMASQ are only
+ever `add`ed, never flushed.
 """
 
 from __future__ import annotations
@@ -235,7 +237,8 @@ def verdict_elem(key: Any, chain: str) -> list[Any]:
 
 
 def base_layout(external_setmark: str | None = None) -> list[Cmd]:
-    """The static skeleton. Idempotent; re-asserted inside every ADD transaction.
+    """The static skeleton. Idempotent; re-asserted inside an ADD transaction when
+    the ruleset changed behind berth's back (portmap/generation.py).
     The mark chains are only created here: their rules depend on portmap's
     markMasqBit, so only portmap fills them (mark_layout)."""
     cmds: list[Cmd] = [add_table()]

@@ -23,7 +23,7 @@ from typing import Any
 
 from cni import errors, state
 from cni.errors import CNIError
-from portmap import layout, nft, ports
+from portmap import generation, layout, nft, ports
 
 
 def _cidrs(addresses: list[str]) -> list[str]:
@@ -46,9 +46,12 @@ def setup(network: str, container_id: str, ifname: str, bridge: str, addresses: 
     nft.prepare()  # loaded outside the lock below
     # the node-wide lock `berth reconcile` takes: it must not see half a change, and
     # two first attachments of a subnet must not both add its rule
-    with ports.locked(state.state_root(environ)):
+    root = state.state_root(environ)
+    with ports.locked(root):
+        intact, before = generation.layout_known(root)
         new = [s for s in subnets if nft.set_exists(layout.ipmasq_map_name(s)) is not True]
         nft.apply(layout.ipmasq_add(cidrs, tag, bridge or None, new))
+        generation.note_commit(root, before, intact)
     return {"layout": layout.IPMASQ_LAYOUT, "tag": tag, "subnets": subnets,
             "addresses": [str(ipaddress.ip_interface(c).ip) for c in cidrs], "bridge": bridge}
 
@@ -80,11 +83,14 @@ def teardown(journal_masq: dict[str, Any] | None, network: str, container_id: st
     the ADD recorded it) both kinds are found in a listing of berth's own table."""
     data = journal_masq or {}
     nft.prepare()  # loaded outside the lock below
-    with ports.locked(state.state_root(environ)):
+    root = state.state_root(environ)
+    with ports.locked(root):
         if nft.table_exists() is False:
             return  # flushed or never made: nothing of ours exists, and a DEL must not create the table
         if is_current(data):
-            _remove_elements(elements_of(data))
+            intact, before = generation.layout_known(root)
+            if _remove_elements(elements_of(data)) == 1:
+                generation.note_commit(root, before, intact)
             return
         chain = str(data.get("chain") or layout.masq_chain_name(network, container_id, ifname))
         addresses = [str(a) for a in data.get("addresses") or []]
@@ -110,11 +116,13 @@ def tagged(objects: list[dict[str, Any]], tag: int) -> dict[str, list[Any]]:
     return {name: elems for name, elems in out.items() if elems}
 
 
-def _remove_elements(elements: dict[str, list[Any]]) -> None:
+def _remove_elements(elements: dict[str, list[Any]]) -> int:
+    """Delete these elements; the number of transactions that committed."""
     if not elements:
-        return
+        return 0
     try:
         nft.apply(layout.ipmasq_del(elements))
+        return 1
     except CNIError:
         # an address now held by another attachment (reused after a crash) makes the
         # add fail: remove what is provably ours, one element at a time
@@ -122,6 +130,7 @@ def _remove_elements(elements: dict[str, list[Any]]) -> None:
             for elem in elems:
                 with contextlib.suppress(CNIError):
                     nft.apply(layout.ipmasq_del({name: [elem]}))
+        return 2  # more than one: the generation cannot vouch for the layout
 
 
 def jumping_to(chain: str, maps: tuple[str, ...],

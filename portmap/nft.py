@@ -33,6 +33,8 @@ class Backend(Protocol):
 
     def set_exists(self, name: str) -> bool | None: ...
 
+    def generation(self) -> int | None: ...
+
 
 def _nft() -> Any:
     global _handle
@@ -96,6 +98,9 @@ class NFT:
     def set_exists(self, name: str) -> bool | None:
         return kernel_set_exists(name)
 
+    def generation(self) -> int | None:
+        return kernel_generation()
+
     def check(self, commands: list[dict[str, Any]]) -> str | None:
         """Dry run (libnftables check mode); the error text or None."""
         handle = _nft()
@@ -144,6 +149,9 @@ class Fake:
     def set_exists(self, name: str) -> bool | None:
         return None  # "cannot tell": the plugins then assert what they need, as on a new node
 
+    def generation(self) -> int | None:
+        return None  # "cannot tell": every ADD re-asserts the static layout
+
     def list_table(self) -> list[dict[str, Any]] | None:
         if not self.transactions:
             return None
@@ -187,6 +195,11 @@ def set_exists(name: str) -> bool | None:
     return backend().set_exists(name)
 
 
+def generation() -> int | None:
+    """The ruleset generation (None: cannot tell); see portmap/generation.py."""
+    return backend().generation()
+
+
 def prepare() -> None:
     """Load libnftables now, before the caller takes the node-wide ports lock:
     the import and context set-up (~20 ms) need not hold up every other ADD/DEL."""
@@ -227,6 +240,8 @@ NETLINK_NETFILTER = 12
 NFNL_SUBSYS_NFTABLES = 10
 NFT_MSG_NEWTABLE, NFT_MSG_GETTABLE = 0, 1
 NFT_MSG_NEWSET, NFT_MSG_GETSET = 9, 10
+NFT_MSG_NEWGEN, NFT_MSG_GETGEN = 15, 16
+NFTA_GEN_ID = 1
 NLMSG_ERROR = 2
 NFTA_TABLE_NAME = 1
 NFTA_SET_TABLE, NFTA_SET_NAME = 1, 2
@@ -239,10 +254,10 @@ def _attr(kind: int, text: str) -> bytes:
     return attr + b"\0" * (-len(attr) % 4)
 
 
-def _kernel_get(msg: int, reply: int, family: str, attrs: bytes) -> bool | None:
+def _kernel_request(msg: int, family: str, attrs: bytes) -> bytes | None:
     """One nf_tables GET request for a single object, without libnftables (which
     would fetch the ruleset's chains and sets first: milliseconds at 1,000
-    attachments): microseconds. True: it exists; False: ENOENT; None: cannot tell."""
+    attachments): microseconds. The raw answer, or None when there is none."""
     body = struct.pack("BBH", NFPROTO[family], 0, 0) + attrs
     kind = (NFNL_SUBSYS_NFTABLES << 8) | msg
     request = struct.pack("IHHII", 16 + len(body), kind, 1, 1, 0) + body  # NLM_F_REQUEST
@@ -253,7 +268,13 @@ def _kernel_get(msg: int, reply: int, family: str, attrs: bytes) -> bool | None:
             answer = nl.recv(65536)
     except OSError:
         return None
-    if len(answer) < 16:
+    return answer if len(answer) >= 16 else None
+
+
+def _kernel_get(msg: int, reply: int, family: str, attrs: bytes) -> bool | None:
+    """True: the object exists; False: ENOENT; None: cannot tell."""
+    answer = _kernel_request(msg, family, attrs)
+    if answer is None:
         return None
     _length, got = struct.unpack_from("IH", answer)
     if got == (NFNL_SUBSYS_NFTABLES << 8) | reply:
@@ -261,6 +282,22 @@ def _kernel_get(msg: int, reply: int, family: str, attrs: bytes) -> bool | None:
     if got == NLMSG_ERROR and len(answer) >= 20:
         (code,) = struct.unpack_from("i", answer, 16)
         return False if -code == errno.ENOENT else None
+    return None
+
+
+def kernel_generation() -> int | None:
+    """The ruleset's generation: every nf_tables commit in this netns, by anyone, adds one."""
+    answer = _kernel_request(NFT_MSG_GETGEN, "inet", b"")
+    if answer is None or struct.unpack_from("H", answer, 4)[0] != (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWGEN:
+        return None
+    offset = 20  # nlmsghdr + nfgenmsg, then attributes
+    while offset + 4 <= len(answer):
+        size, kind = struct.unpack_from("HH", answer, offset)
+        if size < 4:
+            break
+        if kind & 0x3FFF == NFTA_GEN_ID and size >= 8:
+            return int(struct.unpack_from(">I", answer, offset + 4)[0])
+        offset += (size + 3) & ~3
     return None
 
 

@@ -22,7 +22,7 @@ from cni import errors, state
 from cni.errors import CNIError
 from cni.skel import CmdArgs, PluginFuncs
 from cni.spec import Result, prev_result
-from portmap import conntrack, layout, nft, ports
+from portmap import conntrack, generation, layout, nft, ports
 from portmap.layout import Mapping
 
 SECTION = "portmap"
@@ -286,7 +286,10 @@ def cmd_add(args: CmdArgs) -> Result:
         except CNIError:
             _restore_journal(journal, prior)
             raise
-        cmds = layout.base_layout(conf.external_setmark) + layout.mark_layout(conf.mark_bit)
+        variant = generation.portmap_variant(conf.mark_bit, conf.external_setmark)
+        intact, before = generation.layout_known(root, variant)
+        # the static layout only when the ruleset changed behind berth's back (generation.py)
+        cmds = [] if intact else layout.base_layout(conf.external_setmark) + layout.mark_layout(conf.mark_bit)
         # a re-ADD of this attachment: drop its old elements first
         if prior:
             old = [Mapping.from_json(m) for m in prior.get("mappings") or []]
@@ -303,6 +306,7 @@ def cmd_add(args: CmdArgs) -> Result:
         except CNIError:
             _restore_journal(journal, prior)
             raise
+        generation.note_commit(root, before, True, variant)
         try:
             _step_done("portmap-nft", args.environ)
             if prior:
@@ -385,6 +389,7 @@ def remove_attachment(root: str, journal: state.Journal) -> None:
             owned += [m for m in mappings if m not in owned and ports.unclaimed(root, m)]
         # no table (flushed, or a reboot): nothing of ours is in it, and DEL must not create it
         if nft.table_exists() is not False:
+            intact, before = generation.layout_known(root)
             try:
                 nft.apply(layout.portmap_del(chain, recorded_elements(chain, owned, record)))
             except CNIError:
@@ -392,6 +397,8 @@ def remove_attachment(root: str, journal: state.Journal) -> None:
                 if strict == owned:
                     raise
                 nft.apply(layout.portmap_del(chain, recorded_elements(chain, strict, record)))
+                before = None  # two commits: the next ADD re-asserts
+            generation.note_commit(root, before, intact)
         ports.release(root, me, mappings)
         journal.drop(SECTION)
     if conntrack.needs_flush(mappings):
