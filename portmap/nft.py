@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import socket
 import struct
 import threading
@@ -254,21 +255,53 @@ def _attr(kind: int, text: str) -> bytes:
     return attr + b"\0" * (-len(attr) % 4)
 
 
+class _RawSocket:
+    """The process's one raw nf_tables netlink socket, kept open. Closing a
+    NETLINK_NETFILTER socket makes the kernel wait for the destruction of the
+    last commit's objects (nf_tables flushes its destroy work, an RCU grace
+    period: milliseconds) whenever one is pending, which right after a berth
+    transaction it is. Reopened after a fork (a child must not share its
+    parent's replies), in another netns, or after any error."""
+
+    def __init__(self) -> None:
+        self.sock: socket.socket | None = None
+        self.owner: tuple[int, int] = (0, 0)  # (pid, netns inode) it was opened in
+        self.seq = 0
+
+    def request(self, message: bytes) -> bytes | None:
+        with _lock:
+            try:
+                return self._request(message)
+            except OSError:
+                self.sock = None  # dropped, not closed: see the class docstring
+                return None
+
+    def _request(self, message: bytes) -> bytes | None:
+        owner = (os.getpid(), os.stat("/proc/thread-self/ns/net").st_ino)
+        if self.sock is None or self.owner != owner:
+            self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
+            self.sock.settimeout(2.0)
+            self.owner = owner
+        self.seq = (self.seq + 1) & 0xFFFFFFFF or 1
+        self.sock.send(message[:8] + struct.pack("I", self.seq) + message[12:])
+        while True:  # skip a late answer to an earlier request that timed out
+            answer = self.sock.recv(65536)
+            if len(answer) < 16:
+                return None
+            if struct.unpack_from("I", answer, 8)[0] == self.seq:
+                return answer
+
+
+_raw = _RawSocket()
+
+
 def _kernel_request(msg: int, family: str, attrs: bytes) -> bytes | None:
     """One nf_tables GET request for a single object, without libnftables (which
     would fetch the ruleset's chains and sets first: milliseconds at 1,000
     attachments): microseconds. The raw answer, or None when there is none."""
     body = struct.pack("BBH", NFPROTO[family], 0, 0) + attrs
     kind = (NFNL_SUBSYS_NFTABLES << 8) | msg
-    request = struct.pack("IHHII", 16 + len(body), kind, 1, 1, 0) + body  # NLM_F_REQUEST
-    try:
-        with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER) as nl:
-            nl.settimeout(2.0)
-            nl.send(request)
-            answer = nl.recv(65536)
-    except OSError:
-        return None
-    return answer if len(answer) >= 16 else None
+    return _raw.request(struct.pack("IHHII", 16 + len(body), kind, 1, 0, 0) + body)  # NLM_F_REQUEST
 
 
 def _kernel_get(msg: int, reply: int, family: str, attrs: bytes) -> bool | None:
