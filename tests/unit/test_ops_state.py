@@ -34,7 +34,8 @@ def listing(commands: list[dict[str, Any]]) -> list[dict[str, Any]]:
             elif verb == "delete":
                 chains.pop(obj["name"], None)
         elif kind == "rule" and verb == "add":
-            chains[obj["chain"]].append({"chain": obj["chain"], "expr": obj["expr"]})
+            rule = {"chain": obj["chain"], "expr": obj["expr"]}
+            chains[obj["chain"]].append({**rule, "comment": obj["comment"]} if "comment" in obj else rule)
         elif kind in ("map", "set") and verb == "add":
             maps.setdefault(obj["name"], (kind, []))
         elif kind == "element":
@@ -70,6 +71,15 @@ def journal(root: Path, cid: str, mappings: list[Mapping], *, ip: str = "10.88.0
     (root / NET).mkdir(parents=True, exist_ok=True)
     (root / NET / f"{cid}-eth0.json").write_text(json.dumps(data))
     return data
+
+
+def current_masq(root: Path, cid: str, ip: str) -> None:
+    """Rewrite a journal's masq section as berth writes it now (per-subnet map element)."""
+    path = root / NET / f"{cid}-eth0.json"
+    data = json.loads(path.read_text())
+    data["bridge"]["masq"] = {"layout": layout.IPMASQ_LAYOUT, "tag": layout.ipmasq_tag(NET, cid), "bridge": "bt0",
+                              "subnets": ["10.88.0.0/24"], "addresses": [ip]}
+    path.write_text(json.dumps(data))
 
 
 def claim(root: Path, cid: str, mappings: list[Mapping]) -> None:
@@ -272,3 +282,30 @@ def test_missing_or_unreadable_state(tmp_path: Path, monkeypatch: Any, capsys: A
     monkeypatch.setattr(ops_state, "_load", lambda root: (_ for _ in ()).throw(PermissionError(13, "denied")))
     assert ops_list.main("list", []) == 1
     assert "cannot read the journals" in capsys.readouterr().err
+
+
+# --- bridge ipMasq, per subnet -------------------------------------------------------------
+
+def test_per_subnet_masquerade_is_checked_and_its_rule_planned_once(tmp_path: Path) -> None:
+    for cid, ip, port in (("c1", "10.88.0.2", 8080), ("c2", "10.88.0.3", 8081)):
+        journal(tmp_path, cid, [Mapping(port, port, 80, "tcp")], ip=ip)
+        current_masq(tmp_path, cid, ip)
+        claim(tmp_path, cid, [Mapping(port, port, 80, "tcp")])
+    root = str(tmp_path)
+    atts = ops_state.load_attachments(root)
+    result = ops_reconcile.plan(root, atts, Table(False), set())
+    whats = [m.what for _, m in result.fixes]
+    assert whats.count("the ipMasq rule for 10.88.0.0/24 is missing") == 1  # two attachments, one subnet
+    assert sum("map ipmasq-10.88.0.0-24 element" in w for w in whats) == 2
+    assert not any("masquerade chain" in w for w in whats)
+    table = Table.from_objects(listing(result.commands()))
+    assert ops_reconcile.plan(root, atts, table, set()).fixes == []
+    assert all(ops_state.masq_missing(a, table) == [] for a in atts)
+    assert "ipMasq rule for 10.88.0.0/24 in CNI-IPMASQ" in ops_state.masq_description(atts[0], table)
+    # one element gone: only that attachment is missing something, and list says partial
+    c1 = next(a for a in atts if a.container_id == "c1")
+    damaged = Table.from_objects(listing([*result.commands(), layout.delete_elements(
+        layout.ipmasq_map_name("10.88.0.0/24"), ["10.88.0.2"])]))
+    missing = [m.what for m in ops_state.masq_missing(c1, damaged)]
+    assert missing == ["map ipmasq-10.88.0.0-24 element 10.88.0.2 is missing"]
+    assert ops_list.rules_status(c1, damaged, ops_state.PortView(root, atts))[0] == "partial"
