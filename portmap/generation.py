@@ -10,7 +10,7 @@ The ruleset generation answers the question for free: the kernel adds one on
 every commit in the namespace, by anyone. Under the node-wide ports lock (which
 every berth transaction that records here holds), a transaction that left the
 layout intact and was the only commit since it read the generation records
-`<boot id> <generation> <variant>` in `<state root>/.nft-layout`. The next
+`<boot id> <netns> <generation> <variant>` in `<state root>/.nft-layout`. The next
 transaction that reads the same boot and generation knows nobody else
 committed since: the layout is intact, and it sends only its own part. Any
 other commit (`nft flush chain`, a firewall reload, a berth process that does
@@ -40,6 +40,15 @@ def _read(root: str) -> list[str]:
         return []
 
 
+def _where() -> str:
+    """This boot and network namespace: a generation means nothing outside them."""
+    try:
+        netns = os.stat("/proc/thread-self/ns/net").st_ino
+    except OSError:
+        netns = 0
+    return f"{ports.boot_id() or '-'} {netns}"
+
+
 def layout_known(root: str, variant: str | None = None) -> tuple[bool, int | None]:
     """(is the static layout as berth left it, the generation now). `variant`
     (portmap's mark bit and setmark chain) must match too when given; the
@@ -48,8 +57,8 @@ def layout_known(root: str, variant: str | None = None) -> tuple[bool, int | Non
     if now is None:
         return False, None
     parts = _read(root)
-    known = (len(parts) == 3 and parts[0] == ports.boot_id() and parts[1] == str(now)
-             and (variant is None or parts[2] == variant))
+    known = (len(parts) == 4 and " ".join(parts[:2]) == _where() and parts[2] == str(now)
+             and (variant is None or parts[3] == variant))
     return known, now
 
 
@@ -64,14 +73,14 @@ def note_commit(root: str, before: int | None, intact: bool, variant: str | None
         return  # someone else committed meanwhile: the next ADD re-asserts
     if variant is None:
         parts = _read(root)
-        if len(parts) != 3:
+        if len(parts) != 4:
             return
-        variant = parts[2]
+        variant = parts[3]
     tmp = _path(root) + ".new"
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
         with os.fdopen(fd, "w") as fh:
-            fh.write(f"{ports.boot_id() or '-'} {after} {variant}\n")
+            fh.write(f"{_where()} {after} {variant}\n")
         os.replace(tmp, _path(root))  # no fsync: a cache, and a reboot invalidates it anyway
     except OSError:
         return

@@ -5,6 +5,7 @@ its static rules untouched; any other commit makes the next ADD repair them."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -36,7 +37,9 @@ def test_static_layout_is_rewritten_only_after_a_foreign_change(topo: harness.To
     second.add().ok()
     second.delete()
     assert static_handles(node) == handles, "berth's own ADD/DEL rewrote the static layout"
-    assert (node.state_dir / ".nft-layout").exists()
+    boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    record = (node.state_dir / ".nft-layout").read_text().split()
+    assert record[:3] == [boot, str(os.stat(node.path).st_ino), str(generation(node))], record
 
     # someone else's commit: the guard is flushed; the next ADD puts it back
     node.exec(["nft", "flush", "chain", "inet", "berth", "guard"])
@@ -49,7 +52,8 @@ def test_static_layout_is_rewritten_only_after_a_foreign_change(topo: harness.To
 
     # a record of another boot is never trusted, even at the generation the kernel has now
     node.exec(["nft", "flush", "chain", "inet", "berth", "prerouting"])
-    (node.state_dir / ".nft-layout").write_text(f"another-boot {generation(node)} 13:\n")
+    netns = os.stat(node.path).st_ino
+    (node.state_dir / ".nft-layout").write_text(f"another-boot {netns} {generation(node)} 13:\n")
     fourth = Pod(topo, "g4", [{"hostPort": 8084, "containerPort": 80, "protocol": "tcp"}])
     fourth.add().ok()
     with fourth.netns.server(80, banner="g4"):
