@@ -510,9 +510,11 @@ def ipmasq_tag(network: str, container_id: str, ifname: str = DEFAULT_IFNAME) ->
 
 
 def ipmasq_map(subnet: str) -> Cmd:
-    version = ipaddress.ip_network(subnet, strict=False).version
-    key = "ipv4_addr" if version == 4 else "ipv6_addr"
-    return {"add": _obj("map", name=ipmasq_map_name(subnet), type=key, map="mark")}
+    return _ipmasq_map(ipmasq_map_name(subnet), ipaddress.ip_network(subnet, strict=False).version)
+
+
+def _ipmasq_map(name: str, version: int) -> Cmd:
+    return {"add": _obj("map", name=name, type="ipv4_addr" if version == 4 else "ipv6_addr", map="mark")}
 
 
 def ipmasq_rule(subnet: str) -> Cmd:
@@ -569,8 +571,7 @@ def ipmasq_del(elements: dict[str, list[Any]]) -> list[Cmd]:
     The maps are asserted with their key type, taken from the element."""
     cmds: list[Cmd] = [add_table()]
     for name, elems in elements.items():
-        key = "ipv6_addr" if ":" in str(elems[0][0]) else "ipv4_addr"
-        cmds += [{"add": _obj("map", name=name, type=key, map="mark")},
+        cmds += [_ipmasq_map(name, ipaddress.ip_address(elems[0][0]).version),
                  add_elements(name, elems), delete_elements(name, elems)]
     return cmds
 

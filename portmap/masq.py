@@ -89,7 +89,7 @@ def teardown(journal_masq: dict[str, Any] | None, network: str, container_id: st
             return  # flushed or never made: nothing of ours exists, and a DEL must not create the table
         if is_current(data):
             intact, before = generation.layout_known(root)
-            if _remove_elements(elements_of(data)) == 1:
+            if _remove_elements(elements_of(data)):
                 generation.note_commit(root, before, intact)
             return
         chain = str(data.get("chain") or layout.masq_chain_name(network, container_id, ifname))
@@ -116,13 +116,13 @@ def tagged(objects: list[dict[str, Any]], tag: int) -> dict[str, list[Any]]:
     return {name: elems for name, elems in out.items() if elems}
 
 
-def _remove_elements(elements: dict[str, list[Any]]) -> int:
-    """Delete these elements; the number of transactions that committed."""
+def _remove_elements(elements: dict[str, list[Any]]) -> bool:
+    """Delete these elements; False when that took more than one transaction."""
     if not elements:
-        return 0
+        return True
     try:
         nft.apply(layout.ipmasq_del(elements))
-        return 1
+        return True
     except CNIError:
         # an address now held by another attachment (reused after a crash) makes the
         # add fail: remove what is provably ours, one element at a time
@@ -130,7 +130,7 @@ def _remove_elements(elements: dict[str, list[Any]]) -> int:
             for elem in elems:
                 with contextlib.suppress(CNIError):
                     nft.apply(layout.ipmasq_del({name: [elem]}))
-        return 2  # more than one: the generation cannot vouch for the layout
+        return False
 
 
 def jumping_to(chain: str, maps: tuple[str, ...],

@@ -180,10 +180,13 @@ class Table:
     def rule_count(self, chain: str) -> int:
         return len(self.rules.get(chain, []))
 
-    def counters(self, chain: str) -> tuple[int, int]:
-        """Packets and bytes summed over the counters of a chain's rules."""
+    def counters(self, chain: str, comments: set[str] | None = None) -> tuple[int, int]:
+        """Packets and bytes summed over the counters of a chain's rules (those with
+        one of `comments`, when given)."""
         packets = octets = 0
         for rule in self.rules.get(chain, []):
+            if comments is not None and str(rule.get("comment")) not in comments:
+                continue
             for expr in rule.get("expr") or []:
                 counter = expr.get("counter") if isinstance(expr, dict) else None
                 if isinstance(counter, dict):
@@ -379,12 +382,7 @@ def masq_description(att: Attachment, table: Table) -> str:
 
     if masq.is_current(att.masq):
         subnets = [str(s) for s in (att.masq or {}).get("subnets") or []]
-        notes = {layout.ipmasq_note(s) for s in subnets}
-        packets = 0
-        for rule in table.rules.get(layout.IPMASQ_CHAIN, []):
-            if str(rule.get("comment")) in notes:
-                packets += sum(int((e.get("counter") or {}).get("packets") or 0) for e in rule.get("expr") or []
-                               if isinstance(e, dict) and isinstance(e.get("counter"), dict))
+        packets, _ = table.counters(layout.IPMASQ_CHAIN, {layout.ipmasq_note(s) for s in subnets})
         return (f"ipMasq rule{'s' if len(subnets) != 1 else ''} for {', '.join(subnets)} in {layout.IPMASQ_CHAIN} "
                 f"({packets} packet{'s' if packets != 1 else ''} masqueraded, all of the subnet's containers)")
     packets, _ = table.counters(masq_chain(att))
