@@ -1,4 +1,7 @@
-"""The one place that talks to libnftables (JSON API, one transaction per call).
+"""The one place that talks to nftables: libnftables (JSON API, one transaction
+per call) for every change and listing, and a few raw nf_tables GET requests
+(does the table / a set exist, the ruleset generation) that must not pay for
+libnftables' cache of the whole ruleset.
 
 The binding is imported lazily: a plugin is exec'd per pod and VERSION/DEL with
 nothing to do must not pay for it. Only berth's own table is ever listed.
