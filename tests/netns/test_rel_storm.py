@@ -86,6 +86,8 @@ def storm(topo: harness.Topology, pods: int, rounds: int, request: pytest.Fixtur
         assert len(addrs) == len(set(addrs)) == pods, f"round {rnd}: duplicate addresses {sorted(addrs)}"
         macs = [i["mac"] for r in added.values() for i in r["interfaces"] if i.get("sandbox")]
         assert len(set(macs)) == pods
+        # the subnet's ipMasq rule exists once, however many ADDs ran at once
+        assert node.nft_text().count('comment "ipMasq 10.78.0.0/24"') == 1, f"round {rnd}"
         if rnd % 2:  # a GC that keeps everyone alive must change nothing
             before = node.nft_text()
             valid = [{"containerID": f"storm{i}", "ifname": "eth0"} for i in range(pods)]
