@@ -8,22 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 from ipam.store import HINTS_DIR, owner_key, parse_owner
-from tests.parity.test_ipam_parity import REFERENCE, Runner, leases, make_conf, pytestmark  # noqa: F401
+from tests.parity.test_ipam_parity import Runner, leases, make_conf, pytestmark  # noqa: F401
 
 NET = "paritynet"
-
-
-@pytest.fixture
-def ref() -> Runner:
-    return Runner(REFERENCE)
-
-
-@pytest.fixture
-def berth(bin_dir: Path) -> Runner:
-    return Runner(str(bin_dir / "berth-host-local"))
 
 
 def hints(data_dir: Path) -> dict[str, set[str]]:

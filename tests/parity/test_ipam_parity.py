@@ -50,16 +50,6 @@ class Runner:
         return out
 
 
-@pytest.fixture
-def ref() -> Runner:
-    return Runner(REFERENCE)
-
-
-@pytest.fixture
-def berth(bin_dir: Path) -> Runner:
-    return Runner(str(bin_dir / "berth-host-local"))
-
-
 def leases(data_dir: Path) -> dict[str, bytes]:
     net = data_dir / "paritynet"
     return {p.name: p.read_bytes() for p in net.iterdir() if p.name[0].isdigit() or ":" in p.name}
