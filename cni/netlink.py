@@ -611,7 +611,8 @@ def in_netns(path: str) -> Iterator[None]:
     sockets belong to the caller's netns. The only setns in berth; the original
     netns is always restored."""
     check_netns(path)
-    own = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    # thread-self: /proc/self is the main thread, which may be inside another netns right now
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     try:
         target = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         try:

@@ -5,7 +5,10 @@ scan of every journal. All reads and writes happen under one node-wide flock
 included, so the files and the verdict maps never disagree.
 
 A file names its owner attachment and the map element it belongs to. An owner
-whose journal (or its portmap section) is gone is stale and may be taken over.
+whose journal (or its portmap section) is gone, or was made in an earlier boot,
+is stale and may be taken over. So the files are never fsync'ed: what a power
+loss could cost them (a lost, stale or empty file) describes mappings the
+reboot removed anyway, and an unreadable file is unowned.
 """
 
 from __future__ import annotations
@@ -139,8 +142,7 @@ def write(root: str, me: Owner, chain: str, mappings: list[Mapping]) -> None:
     for m in mappings:
         data = json.dumps(Claim(me, chain, m.map_name(), m.map_key()).to_json(), sort_keys=True).encode()
         for path in port_files(root, m):
-            state.atomic_write(path, data, sync_dir=False)
-    state.fsync_dir(ports_dir(root))  # one directory sync makes all the renames durable
+            state.atomic_write(path, data, durable=False)
 
 
 def owns_all(root: str, me: Owner, m: Mapping) -> bool:
@@ -168,13 +170,9 @@ def release_owner(root: str, me: Owner) -> None:
 
 
 def _remove_claims(root: str, me: Owner, paths: list[str]) -> None:
-    """Unlink those of `paths` whose claim names `me`; one directory fsync for all."""
-    removed = False
+    """Unlink those of `paths` whose claim names `me`."""
     for path in paths:
         claim = read(path)
         if claim is not None and claim.owner == me:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
-            removed = True
-    if removed:
-        state.fsync_dir(ports_dir(root))
