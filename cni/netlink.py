@@ -80,13 +80,14 @@ def _translate(code: int, what: str) -> NetlinkFailure:
 
 
 def _request(h: Handle, what: str, kind: str, fields: dict[str, Any], attrs: list[Any], msg_type: int,
-             flags: int = 0) -> list[Any]:
-    """One rtnetlink request on h's socket: retry dump races, translate errors by errno."""
+             flags: int = 0, raw: bool = False) -> list[Any]:
+    """One rtnetlink request on h's socket: retry dump races, translate errors by errno
+    (`raw`: the replies' bytes, see rtnl.parse_link)."""
     from cni import rtnl
 
     for attempt in range(DUMP_RETRIES):
         try:
-            return h.sock.request(rtnl.new(kind, fields, attrs), msg_type, flags)
+            return h.sock.request(rtnl.new(kind, fields, attrs), msg_type, flags, raw)
         except rtnl.DumpInterrupted:
             if attempt == DUMP_RETRIES - 1:
                 raise NetlinkFailure(errno.EINTR, f"{what}: the dump kept changing") from None
@@ -221,54 +222,29 @@ class Link:
         return bool(self.flags & IFF_UP)
 
 
-def _to_link(msg: Any) -> Link:
-    linkinfo = msg.get_attr("IFLA_LINKINFO")
-    kind = ""
-    vlan_filtering = None
-    hairpin = None
-    if linkinfo is not None:
-        kind = linkinfo.get_attr("IFLA_INFO_KIND") or ""
-        data = linkinfo.get_attr("IFLA_INFO_DATA")
-        if kind == "bridge" and data is not None:
-            vlan_filtering = data.get_attr("IFLA_BR_VLAN_FILTERING")
-        slave = linkinfo.get_attr("IFLA_INFO_SLAVE_DATA")
-        if slave is not None and linkinfo.get_attr("IFLA_INFO_SLAVE_KIND") == "bridge":
-            hairpin = slave.get_attr("IFLA_BRPORT_MODE")
-    return Link(
-        index=int(msg["index"]),
-        name=msg.get_attr("IFLA_IFNAME") or "",
-        kind=kind,
-        mac=(msg.get_attr("IFLA_ADDRESS") or "").lower(),
-        mtu=int(msg.get_attr("IFLA_MTU") or 0),
-        master=int(msg.get_attr("IFLA_MASTER") or 0),
-        flags=int(msg["flags"]),
-        peer_index=int(msg.get_attr("IFLA_LINK") or 0),
-        promiscuity=int(msg.get_attr("IFLA_PROMISCUITY") or 0),
-        vlan_filtering=vlan_filtering,
-        hairpin=hairpin,
-    )
-
-
-def _link_get(h: Handle, what: str, index: int, attrs: list[Any]) -> Link | None:
-    from cni.rtnl import RTM_GETLINK
+def _link_get(h: Handle, what: str, index: int, name: str) -> Link | None:
+    from cni import rtnl
 
     try:
-        msgs = _request(h, what, "link", {"index": index},
-                        [*attrs, ["IFLA_EXT_MASK", RTEXT_FILTER_SKIP_STATS]], RTM_GETLINK)
-    except LinkNotFound:
-        return None
-    return _to_link(msgs[0]) if msgs else None
+        msgs = h.sock.request(rtnl.link_request(index, name, RTEXT_FILTER_SKIP_STATS), rtnl.RTM_GETLINK, raw=True)
+    except rtnl.RtnlError as exc:
+        if exc.errno == errno.ENODEV:
+            return None
+        raise _translate(exc.errno or 0, what) from None
+    except TimeoutError:
+        raise NetlinkFailure(errno.ETIMEDOUT, f"{what}: no answer from the kernel") from None
+    return Link(**rtnl.parse_link(msgs[0])) if msgs else None
 
 
 def link_by_name(h: Handle, name: str) -> Link | None:
-    return _link_get(h, f"get link {name}", 0, [["IFLA_IFNAME", name]])
+    return _link_get(h, f"get link {name}", 0, name)
 
 
 def link_by_index(h: Handle, index: int) -> Link | None:
     if index <= 0:
         return None
     try:
-        return _link_get(h, f"get link #{index}", index, [])
+        return _link_get(h, f"get link #{index}", index, "")
     except NetlinkFailure:
         return None
 
@@ -440,17 +416,17 @@ def addresses(h: Handle, index: int, version: int = 0) -> list[str]:
     With NETLINK_GET_STRICT_CHK the kernel dumps only this link's addresses;
     the filter below covers kernels without it.
     """
-    from cni.rtnl import NLM_F_DUMP, RTM_GETADDR
+    from cni.rtnl import NLM_F_DUMP, RTM_GETADDR, parse_addr
 
     out = []
     family = {4: AF_INET, 6: AF_INET6}.get(version, 0)
-    for msg in _request(h, f"dump addresses of #{index}", "addr", {"family": family, "index": index}, [],
-                        RTM_GETADDR, NLM_F_DUMP):
-        if msg["index"] != index or (family and msg["family"] != family):
+    for chunk in _request(h, f"dump addresses of #{index}", "addr", {"family": family, "index": index}, [],
+                          RTM_GETADDR, NLM_F_DUMP, raw=True):
+        msg_family, msg_index, prefixlen, addr = parse_addr(chunk)
+        if msg_index != index or (family and msg_family != family):
             continue
-        addr = msg.get_attr("IFA_ADDRESS") or msg.get_attr("IFA_LOCAL")
         if addr:
-            out.append(f"{addr}/{msg['prefixlen']}")
+            out.append(f"{addr}/{prefixlen}")
     return out
 
 

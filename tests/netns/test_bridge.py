@@ -134,6 +134,17 @@ def test_check_detects_missing_address_and_route(topo: harness.Topology) -> None
     assert_clean(node)
 
 
+def test_result_macs_are_the_kernels(topo: harness.Topology) -> None:
+    """The MACs ADD reports (read with berth's own netlink decoder) are the ones `ip` shows,
+    the bridge's read after its first port joined (it takes the lowest port MAC)."""
+    node, ns = topo.node, topo.container()
+    result = add(node, conf(node), ns)
+    bridge, host, cont = result["interfaces"]
+    assert node.ip_json("link", "show", bridge["name"])[0]["address"] == bridge["mac"]
+    assert node.ip_json("link", "show", host["name"])[0]["address"] == host["mac"]
+    assert ns.ip_json("link", "show", "eth0")[0]["address"] == cont["mac"]
+
+
 def test_runtime_mac_mtu_hairpin_and_l2_only(topo: harness.Topology) -> None:
     node, ns = topo.node, topo.container()
     c = conf(node, mtu=1400, hairpinMode=True, runtimeConfig={"mac": "0A:58:0A:58:00:99"})

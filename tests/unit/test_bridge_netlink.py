@@ -22,7 +22,7 @@ class FakeSocket:
         self.outcomes = list(outcomes)
         self.calls = 0
 
-    def request(self, msg: object, msg_type: int, flags: int = 0) -> list[object]:
+    def request(self, msg: object, msg_type: int, flags: int = 0, raw: bool = False) -> list[object]:
         self.calls += 1
         outcome = self.outcomes.pop(0) if self.outcomes else []
         if isinstance(outcome, BaseException):
