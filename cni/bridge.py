@@ -361,8 +361,7 @@ def _del_interfaces(args: CmdArgs, record: dict[str, Any]) -> None:
     """
     if args.netns:
         try:
-            with netlink.open_netns(args.netns) as cont:
-                netlink.delete_link(cont, args.ifname)
+            netlink.delete_container_link(args.netns, args.ifname)
             return
         except (netlink.NetnsNotFound, netlink.NotANetns):
             pass

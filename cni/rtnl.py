@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import socket
 import struct
+from collections.abc import Callable
 from typing import Any
 
 NETLINK_ROUTE = 0
@@ -212,6 +213,46 @@ class RtnlSocket:
                         replies.append(reply)
                 if not dump and not mflags & NLM_F_MULTI and not flags & NLM_F_ACK:
                     return replies
+
+
+class LinkEvents:
+    """A socket in this thread's netns that hears the kernel announce link changes
+    (RTMGRP_LINK). Opened before a request, it cannot miss that request's events."""
+
+    RTMGRP_LINK = 1
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_ROUTE)
+        try:
+            self.sock.bind((0, self.RTMGRP_LINK))
+        except BaseException:
+            self.sock.close()
+            raise
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def wait_deleted(self, index: int, give_up: Callable[[], bool], poll_seconds: float = 0.02) -> bool:
+        """True once RTM_DELLINK for ifindex `index` arrives; False as soon as
+        give_up() says so, or when events were lost (ENOBUFS: the caller must wait
+        another way)."""
+        self.sock.settimeout(poll_seconds)
+        while not give_up():
+            try:
+                buf = self.sock.recv(RECV_BYTES)
+            except TimeoutError:
+                continue
+            except OSError:  # ENOBUFS: the queue overflowed, our event may be gone
+                return False
+            offset = 0
+            while offset + HEADER.size + IFINFOMSG.size <= len(buf):
+                length, kind, _flags, _seq, _pid = HEADER.unpack_from(buf, offset)
+                if length < HEADER.size:
+                    break
+                if kind == RTM_DELLINK and IFINFOMSG.unpack_from(buf, offset + HEADER.size)[2] == index:
+                    return True
+                offset += (length + 3) & ~3
+        return False
 
 
 # --- the two replies read on every ADD, decoded without pyroute2 ---------------
