@@ -2,7 +2,7 @@
 
 Answers the questions a bundle raises: which interpreter, whether it is frozen,
 which libnftables file the binding actually mapped (the bundled copy, not the
-host's), and whether pyroute2 imports. It reads only this process; it never
+host's), whether pyroute2 imports, and which shared libraries the process mapped. It reads only this process; it never
 touches the network configuration.
 """
 
@@ -60,6 +60,8 @@ def report() -> dict[str, Any]:
         out["pyroute2"] = {"ok": True, "version": getattr(pyroute2, "__version__", None), "links": links}
     except Exception as exc:
         out["pyroute2"] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+    # every shared object mapped by now: a bundle's should all be its own, glibc's aside
+    out["shared_libraries"] = [path for path in mapped_libraries(".so") if path.startswith("/")]
     return out
 
 

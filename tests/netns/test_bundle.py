@@ -19,6 +19,9 @@ from tests import harness
 VERSIONS = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]
 PLUGINS = ("berth-bridge", "berth-host-local", "berth-portmap")
 DIST = harness.ROOT / "dist" / "berth"
+# what a bundle may take from the host: glibc's objects and the bootloader's zlib
+HOST_LIBRARIES = {"libc", "libm", "libz", "ld-linux-x86-64", "ld-linux-aarch64", "libpthread", "libdl", "librt",
+                  "libgcc_s"}
 
 
 def bundle_dir() -> Path | None:
@@ -126,6 +129,11 @@ def test_bundle_carries_libnftables_and_pyroute2() -> None:
     names = {os.path.basename(p).split(".so")[0] for p in libraries}
     assert {"libnftables", "libnftnl", "libmnl", "libjansson"} <= names
     assert all(p.startswith(internal + "/") for p in libraries), libraries
+    # and so is every other shared library, the host's C library (and the zlib the
+    # bootloader itself links) aside: the bundle's own find each other without
+    # LD_LIBRARY_PATH (RUNPATH=$ORIGIN; the bootloader no longer restarts to set it)
+    host = [p for p in info["shared_libraries"] if not p.startswith(internal + "/")]
+    assert {os.path.basename(p).split(".so")[0] for p in host} <= HOST_LIBRARIES, host
 
 
 def test_plugin_runs_inside_a_namespace(node: harness.Node) -> None:
