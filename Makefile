@@ -65,7 +65,8 @@ BUNDLE_LINKS := berth-bridge berth-host-local berth-portmap
 # (pyi_bootloader.py: ~1.7 ms less per plugin exec, cached in build/bootloader);
 # `make bundle STOCK_BOOTLOADER=1` uses PyInstaller's prebuilt one instead.
 bundle: venv
-	boot=$$($(if $(STOCK_BOOTLOADER),true,$(PY) pyi_bootloader.py build/bootloader)) && \
+	boot=$$($(if $(STOCK_BOOTLOADER),true,$(PY) pyi_bootloader.py build/bootloader)) || { boot=; \
+	  echo "WARNING: building the bootloader failed (see above); PyInstaller's stock one restarts once per exec"; } && \
 	  BERTH_PYI_BOOTLOADER=$$boot \
 	  $(PY) -m PyInstaller --noconfirm --clean --log-level WARN --distpath dist --workpath build/onedir berth.spec
 	cd dist/berth && for n in $(BUNDLE_LINKS); do ln -sfn berth $$n; done
