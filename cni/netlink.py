@@ -427,7 +427,7 @@ def delete_container_link(netns_path: str, name: str) -> bool:
     netns, return as soon as the kernel announces the host end's RTM_DELLINK.
     The kernel sends it once both ends are unlisted, out of the bridge, their
     addresses and routes gone: everything anyone can observe. What follows
-    (RCU grace periods, rcu_barrier, freeing; ~15-20 ms of a ~17 ms delete
+    (RCU grace periods, rcu_barrier, freeing: ≈16 of the ≈17 ms a delete takes
     here) finishes in a thread of its own, which a process that ends waits for.
     """
     with open_netns(netns_path) as cont:
