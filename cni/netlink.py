@@ -85,9 +85,17 @@ def _request(h: Handle, what: str, kind: str, fields: dict[str, Any], attrs: lis
     (`raw`: the replies' bytes, see rtnl.parse_link)."""
     from cni import rtnl
 
+    return _send(h, what, lambda: rtnl.new(kind, fields, attrs), msg_type, flags, raw)
+
+
+def _send(h: Handle, what: str, message: Callable[[], Any], msg_type: int, flags: int = 0,
+          raw: bool = False) -> list[Any]:
+    """_request for any message: a pyroute2 one or a body rtnl packed (link_request)."""
+    from cni import rtnl
+
     for attempt in range(DUMP_RETRIES):
         try:
-            return h.sock.request(rtnl.new(kind, fields, attrs), msg_type, flags, raw)
+            return h.sock.request(message(), msg_type, flags, raw)
         except rtnl.DumpInterrupted:
             if attempt == DUMP_RETRIES - 1:
                 raise NetlinkFailure(errno.EINTR, f"{what}: the dump kept changing") from None
@@ -226,13 +234,10 @@ def _link_get(h: Handle, what: str, index: int, name: str) -> Link | None:
     from cni import rtnl
 
     try:
-        msgs = h.sock.request(rtnl.link_request(index, name, RTEXT_FILTER_SKIP_STATS), rtnl.RTM_GETLINK, raw=True)
-    except rtnl.RtnlError as exc:
-        if exc.errno == errno.ENODEV:
-            return None
-        raise _translate(exc.errno or 0, what) from None
-    except TimeoutError:
-        raise NetlinkFailure(errno.ETIMEDOUT, f"{what}: no answer from the kernel") from None
+        msgs = _send(h, what, lambda: rtnl.link_request(index, name, RTEXT_FILTER_SKIP_STATS), rtnl.RTM_GETLINK,
+                     raw=True)
+    except LinkNotFound:
+        return None
     return Link(**rtnl.parse_link(msgs[0])) if msgs else None
 
 
