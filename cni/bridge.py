@@ -33,7 +33,7 @@ from cni.errors import CNIError
 from cni.invoke import delegate
 from cni.skel import CmdArgs, PluginFuncs
 from cni.spec import CURRENT_VERSION, Result, prev_result
-from cni.state import Journal, journals, state_root
+from cni.state import Journal, journals, remove_empty_journals, state_root
 
 SECTION = "bridge"
 ADDING_GRACE_SECONDS = 300.0
@@ -511,6 +511,10 @@ def cmd_gc(args: CmdArgs) -> None:
                 isolation.release(args.network, "", "", bridge, isolation.STRICT, args.environ)
             except Exception as exc:
                 problems.append(f"isolation of {bridge}: {exc}")
+    try:
+        remove_empty_journals(root, args.network)  # a power loss's leftovers: no DEL will come for them
+    except (OSError, CNIError) as exc:
+        problems.append(f"empty journals: {exc}")
     if conf.layer3:
         try:
             delegate(conf.ipam_type, "GC", args, stdin=_ipam_gc_stdin(args.config, spared))

@@ -30,6 +30,7 @@ from cni.errors import CNIError
 
 DEFAULT_ROOT = "/var/lib/cni/berth"
 LOCK_TIMEOUT_SECONDS = 30.0
+MAX_EMPTY_CHECK_BYTES = 1 << 16  # an empty journal is never larger (a real one is a few hundred bytes)
 
 
 def state_root(environ: Any = None) -> str:
@@ -127,7 +128,7 @@ class Journal:
             return {}
         except OSError as exc:
             raise CNIError(errors.IO_FAILURE, f"unreadable journal {self.path}", str(exc)) from None
-        if not raw.strip(b"\0 \t\r\n"):
+        if holds_nothing(raw):
             return {}  # what a power loss leaves of a file renamed before its data reached the disk
         try:
             data = json.loads(raw)
@@ -175,6 +176,36 @@ class Journal:
     def _remove_file(self) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
+
+
+def holds_nothing(raw: bytes) -> bool:
+    """An empty journal: zero bytes or only NULs (and blanks), what a power loss can
+    leave of a file renamed before its data reached the disk. It reads as none."""
+    return not raw.strip(b"\0 \t\r\n")
+
+
+def remove_empty_journals(root: str, network: str) -> list[str]:
+    """Remove the network's empty journals (see holds_nothing); GC calls it, since
+    journals() passes them over and no DEL may ever come for them."""
+    directory = os.path.join(root, network)
+    try:
+        names = sorted(n for n in os.listdir(directory) if n.endswith(".json"))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    removed: list[str] = []
+    with flocked(os.path.join(directory, "journal.lock")):  # no put() renames one in meanwhile
+        for name in names:
+            path = os.path.join(directory, name)
+            try:
+                with open(path, "rb") as fh:
+                    raw = fh.read(MAX_EMPTY_CHECK_BYTES)
+            except OSError:
+                continue
+            if holds_nothing(raw) and os.path.getsize(path) <= MAX_EMPTY_CHECK_BYTES:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+                removed.append(path)
+    return removed
 
 
 def journals(root: str, network: str | None = None) -> Iterator[tuple[str, dict[str, Any]]]:

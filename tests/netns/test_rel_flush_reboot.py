@@ -155,3 +155,27 @@ def test_del_after_a_flush_leaves_no_table_behind(topo: harness.Topology) -> Non
     del_pod(node, ns.path, "c1", conf)
     assert node.nft_table() is None, node.nft_text()
     assert leftovers(node) == []
+
+
+def test_an_empty_journal_after_a_power_loss_is_no_journal(topo: harness.Topology) -> None:
+    """Journals are not fsync'ed (README, Reliability): after a power loss one may be
+    empty. Operators' tools pass over it, the pod's DEL still cleans up from the config,
+    and GC removes an empty journal no DEL will ever come for."""
+    node = topo.node
+    conf = bridge_conf(node)
+    a, b = topo.container("a"), topo.container("b")
+    for port, name, ns in ((18090, "pa", a), (18091, "pb", b)):
+        _br, pm = add_pod(node, ns, name, conf, mappings=[{"hostPort": port, "containerPort": 80}])
+        assert pm is not None
+        pm.ok()
+    for path in node.state_dir.rglob("*.json"):
+        path.write_bytes(b"" if path.name.startswith("pa-") else b"\0" * 400)
+    listing = node.berth("list")
+    assert listing.returncode == 0 and "Traceback" not in listing.stderr, listing.stderr
+    del_pod(node, a.path, "pa", conf)  # the runtime's DEL: no journal to read, the config says enough
+    assert not any(p.name.startswith("pa-") for p in node.state_dir.rglob("*.json"))
+    node.plugin("berth-portmap", "GC", gc_conf(portmap_conf(NET, None), [])).ok()
+    node.plugin("berth-bridge", "GC", gc_conf(conf, [])).ok()
+    assert list(node.state_dir.rglob("*.json")) == []
+    del_pod(node, b.path, "pb", conf)
+    assert leftovers(node) == []
