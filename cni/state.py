@@ -117,7 +117,7 @@ class Journal:
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
         self._ensure_dir()
-        with flocked(os.path.join(self.directory, "journal.lock")):
+        with flocked(journal_lock(self.directory)):
             yield
 
     def load(self) -> dict[str, Any]:
@@ -178,6 +178,11 @@ class Journal:
             os.unlink(self.path)
 
 
+def journal_lock(directory: str) -> str:
+    """The flock every journal write in a network's directory takes."""
+    return os.path.join(directory, "journal.lock")
+
+
 def holds_nothing(raw: bytes) -> bool:
     """An empty journal: zero bytes or only NULs (and blanks), what a power loss can
     leave of a file renamed before its data reached the disk. It reads as none."""
@@ -193,15 +198,15 @@ def remove_empty_journals(root: str, network: str) -> list[str]:
     except (FileNotFoundError, NotADirectoryError):
         return []
     removed: list[str] = []
-    with flocked(os.path.join(directory, "journal.lock")):  # no put() renames one in meanwhile
+    with flocked(journal_lock(directory)):  # no put() renames one in meanwhile
         for name in names:
             path = os.path.join(directory, name)
             try:
                 with open(path, "rb") as fh:
-                    raw = fh.read(MAX_EMPTY_CHECK_BYTES)
+                    raw = fh.read(MAX_EMPTY_CHECK_BYTES + 1)  # one byte more: a larger file is not empty
             except OSError:
                 continue
-            if holds_nothing(raw) and os.path.getsize(path) <= MAX_EMPTY_CHECK_BYTES:
+            if len(raw) <= MAX_EMPTY_CHECK_BYTES and holds_nothing(raw):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(path)
                 removed.append(path)
