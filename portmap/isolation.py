@@ -52,10 +52,10 @@ def elements(bridge: str, mode: str) -> dict[str, list[Any]]:
     return out
 
 
-def add_commands(bridge: str, mode: str) -> list[Cmd]:
+def add_commands(bridge: str, mode: str, legacy_maps: tuple[str, ...] = ()) -> list[Cmd]:
     """ADD's transaction: the static layout (it holds the sets and CNI-ISOLATION)
     plus element adds; its size does not depend on how many networks exist."""
-    cmds = layout.base_layout()
+    cmds = layout.base_layout(legacy_maps=legacy_maps)
     for name, elems in elements(bridge, mode).items():
         cmds.append(layout.add_elements(name, elems))
     return cmds
@@ -124,7 +124,7 @@ def setup(bridge: str, mode: str, environ: MappingT[str, str] | None = None) -> 
     from portmap import nft, ports  # nft work only for isolated networks
 
     with ports.locked(state.state_root(environ)):
-        nft.apply(add_commands(bridge, mode))
+        nft.apply(add_commands(bridge, mode, nft.existing(layout.LEGACY_RANGE_MAPS)))
 
 
 def release(network: str, container_id: str, ifname: str, bridge: str, mode: str,

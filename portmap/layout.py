@@ -7,14 +7,15 @@ and one per-attachment chain holds both families' rules.
 
     prerouting (nat, -100)  : fib daddr type local -> CNI-HOSTPORT-DNAT
     output     (nat, -100)  : fib daddr type local -> CNI-HOSTPORT-DNAT
-    CNI-HOSTPORT-DNAT       : daddr . l4proto . dport vmap @hostport-v4, @hostports-v4 (v4 hostIP)
-                              daddr . l4proto . dport vmap @hostport-v6, @hostports-v6 (v6 hostIP)
-                              l4proto . dport vmap @hostport, @hostports (any local address)
+    CNI-HOSTPORT-DNAT       : per family with a hostIP, then for any local address:
+                              [daddr .] l4proto . dport vmap @hostport[-v4|-v6]          (single ports)
+                              l4proto P, daddr . dport vmap @hostports-v4|-v6-P        (ranges, per protocol)
+                              l4proto P, dport . sport vmap @hostports-P           (any address: sport 0-65535)
     CNI-DN-<hash>           : the attachment's hairpin/localhost marks, then its DNAT rules
     CNI-HOSTPORT-SETMARK    : meta mark |= markMasqBit
     postrouting (nat, 100)  : -> CNI-HOSTPORT-MASQ; -> CNI-IPMASQ; saddr vmap @masq-v4/-v6 (ipMasq before layout 2)
     CNI-HOSTPORT-MASQ       : marked -> masquerade
-    CNI-IPMASQ              : bridge ipMasq, one rule per pod subnet: saddr in map @ipmasq-<subnet>
+    CNI-IPMASQ              : bridge ipMasq, one rule per pod subnet: saddr in set @ipmasq-src-<subnet>
                               (the subnet's attached addresses), daddr outside the subnet and not
                               multicast -> masquerade. Added once per subnet, never flushed
     CNI-<hash>              : an attachment's ipMasq rules, for attachments made before layout 2
@@ -24,12 +25,22 @@ and one per-attachment chain holds both families' rules.
                               isolated bridges and from any berth bridge into a strict one (portmap/isolation.py)
     guard (filter, -300)    : drop 127.0.0.0/8 not arriving on lo (CVE-2020-8558)
 
+Every construct here is one that the kernels berth supports accept (the
+matrix in tests/vm): Linux 5.10 and 6.1 refuse a lookup of a map used as a
+set, and 6.12 stable builds refuse interval (pipapo) lookups whose key
+concatenates `meta l4proto`. Hence ranges are split by protocol and keyed on
+the port (hostIP . port, or port . any source port), and ipMasq looks
+addresses up in a plain set beside the map that records their owners.
+
 hostPort dispatch: a single port (the common case) is an element of the hash
 maps hostport/-v4/-v6 (no `interval` flag: libnftables adds and deletes their
 elements without fetching the map), a port range one of the interval maps
-hostports/-v4/-v6. berth before journal layout 2 put single ports in the
-interval maps too; those elements stay where they are until their attachment
-goes (Mapping.map_name(exact=False), portmap_layout_exact()).
+hostports[-v4|-v6]-<protocol>. Older berths put ranges (before journal layout
+3) and single ports too (before layout 2) in interval maps keyed on
+`[daddr .] l4proto . dport` (hostports, hostports-v4, hostports-v6); those
+elements stay where they are until their attachment goes, and the DNAT chain
+keeps a lookup of each such map that exists (LEGACY_RANGE_MAPS; never created
+by this berth, so never on a kernel that refuses them).
 
 The static part is re-asserted (add is a no-op when present, static chains are
 add+flush+refill) by a portmap ADD whenever the ruleset changed behind berth's
@@ -52,24 +63,29 @@ SETMARK_CHAIN = "CNI-HOSTPORT-SETMARK"
 MASQ_CHAIN = "CNI-HOSTPORT-MASQ"
 ADMIN_CHAIN = "CNI-ADMIN"
 IPMASQ_CHAIN = "CNI-IPMASQ"  # one masquerade rule per pod subnet (bridge ipMasq)
-IPMASQ_PREFIX = "ipmasq-"  # + the subnet: the map of that subnet's attached addresses
-# the bridge journal's masq "layout": 2 = per-subnet maps and rules; absent = a CNI-<hash> chain per attachment
-IPMASQ_LAYOUT = 2
+IPMASQ_PREFIX = "ipmasq-"  # + the subnet: the map of that subnet's attached addresses -> owner tag
+IPMASQ_SET_PREFIX = "ipmasq-src-"  # + the subnet: the set the subnet's rule looks addresses up in
+# the bridge journal's masq "layout": 3 = per-subnet owner map, address set and rule; 2 = the same
+# without the set (the rule looked the map up as a set, which kernels before 6.2 refuse);
+# absent = a CNI-<hash> chain per attachment
+IPMASQ_LAYOUT = 3
 GUARD_CHAIN = "guard"
 
-# single ports: exact-match (hash) verdict maps
+PROTOCOLS = ("tcp", "udp", "sctp")
+# single ports: exact-match (hash) verdict maps keyed [daddr .] l4proto . dport
 HOSTPORT_MAP = "hostport"
 HOSTPORT_V4_MAP = "hostport-v4"
 HOSTPORT_V6_MAP = "hostport-v6"
-# port ranges (and single ports of attachments made before layout 2): interval maps
+# port ranges: interval maps, one per protocol, keyed [daddr .] dport (range_map_name)
 HOSTPORTS_MAP = "hostports"
 HOSTPORTS_V4_MAP = "hostports-v4"
 HOSTPORTS_V6_MAP = "hostports-v6"
-# every hostPort dispatch map, hostIP-specific ones first (the DNAT chain's lookup order)
-HOSTPORT_MAPS = (HOSTPORT_V4_MAP, HOSTPORTS_V4_MAP, HOSTPORT_V6_MAP, HOSTPORTS_V6_MAP, HOSTPORT_MAP, HOSTPORTS_MAP)
-# the portmap journal's "layout": 2 = single ports in the hostport* maps; absent
-# (berth before it) = every mapping in the hostports* interval maps
-PORTMAP_LAYOUT = 2
+# interval maps keyed [daddr .] l4proto . dport of older berths (see the module docstring)
+LEGACY_RANGE_MAPS = (HOSTPORTS_V4_MAP, HOSTPORTS_V6_MAP, HOSTPORTS_MAP)
+# the portmap journal's "layout": 3 = ranges in the per-protocol maps; 2 = ranges in the
+# legacy interval maps; absent (berth before 2) = every mapping in the legacy interval maps.
+# Single ports are in the hostport* hash maps from 2 on.
+PORTMAP_LAYOUT = 3
 MASQ_V4_MAP = "masq-v4"
 MASQ_V6_MAP = "masq-v6"
 BRIDGES_SET = "bridges"
@@ -103,17 +119,49 @@ SETS: tuple[tuple[str, list[str] | str], ...] = (
     (SELF_SET, ["ifname", "ifname"]),
 )
 
+
+
+
+def range_map_name(version: int | None, protocol: str) -> str:
+    """`hostports-tcp`, `hostports-v4-udp`: the interval map of one protocol's ranges."""
+    return f"{ {None: HOSTPORTS_MAP, 4: HOSTPORTS_V4_MAP, 6: HOSTPORTS_V6_MAP}[version]}-{protocol}"
+
+
+# the DNAT chain's lookups, hostIP-specific ones first: (map, family or None, protocol or None for the hash maps)
+DISPATCH: tuple[tuple[str, int | None, str | None], ...] = tuple(
+    entry for version, exact in ((4, HOSTPORT_V4_MAP), (6, HOSTPORT_V6_MAP), (None, HOSTPORT_MAP))
+    for entry in ((exact, version, None), *((range_map_name(version, p), version, p) for p in PROTOCOLS)))
+# every hostPort dispatch map a berth may have put an element in
+HOSTPORT_MAPS = tuple(name for name, _v, _p in DISPATCH) + LEGACY_RANGE_MAPS
+
+
+def _map_key_type(version: int | None, protocol: str | None) -> list[str] | str:
+    addr = {None: [], 4: ["ipv4_addr"], 6: ["ipv6_addr"]}[version]
+    if protocol is None:
+        return [*addr, "inet_proto", "inet_service"]
+    # ranges for any address: dport . sport with every source port, so that the map
+    # is a concatenation too (see ANY_SOURCE_PORT)
+    return [*addr, "inet_service"] if addr else ["inet_service", "inet_service"]
+
+
 # name -> key type, interval flag; every map is a verdict map
 MAPS: tuple[tuple[str, list[str] | str, bool], ...] = (
-    (HOSTPORT_MAP, ["inet_proto", "inet_service"], False),
-    (HOSTPORT_V4_MAP, ["ipv4_addr", "inet_proto", "inet_service"], False),
-    (HOSTPORT_V6_MAP, ["ipv6_addr", "inet_proto", "inet_service"], False),
-    (HOSTPORTS_MAP, ["inet_proto", "inet_service"], True),
-    (HOSTPORTS_V4_MAP, ["ipv4_addr", "inet_proto", "inet_service"], True),
-    (HOSTPORTS_V6_MAP, ["ipv6_addr", "inet_proto", "inet_service"], True),
+    *((name, _map_key_type(version, proto), proto is not None) for name, version, proto in DISPATCH),
     (MASQ_V4_MAP, "ipv4_addr", False),
     (MASQ_V6_MAP, "ipv6_addr", False),
 )
+# how the legacy interval maps were declared (DEL of their elements asserts them)
+LEGACY_MAPS: tuple[tuple[str, list[str] | str, bool], ...] = tuple(
+    (name, _map_key_type(version, None), True)
+    for name, version in ((HOSTPORTS_V4_MAP, 4), (HOSTPORTS_V6_MAP, 6), (HOSTPORTS_MAP, None)))
+
+# The second field of the any-address range maps. A range map keyed on the port
+# alone would be an interval set of one field, whose elements libnftables 1.0.6
+# merges against every element already in the map (it reads them all first, and
+# fails in a transaction that also creates the map); a concatenation goes to the
+# kernel's pipapo set, which needs neither. `meta l4proto . th dport` cannot be
+# the concatenation (6.12 stable refuses it), `th dport . th sport` can.
+ANY_SOURCE_PORT: dict[str, list[int]] = {"range": [0, 65535]}
 
 V4_MULTICAST = "224.0.0.0/4"
 V6_MULTICAST = "ff00::/8"
@@ -236,11 +284,13 @@ def verdict_elem(key: Any, chain: str) -> list[Any]:
     return [key, jump(chain)]
 
 
-def base_layout(external_setmark: str | None = None) -> list[Cmd]:
+def base_layout(external_setmark: str | None = None, legacy_maps: tuple[str, ...] = ()) -> list[Cmd]:
     """The static skeleton. Idempotent; re-asserted inside an ADD transaction when
     the ruleset changed behind berth's back (portmap/generation.py).
     The mark chains are only created here: their rules depend on portmap's
-    markMasqBit, so only portmap fills them (mark_layout)."""
+    markMasqBit, so only portmap fills them (mark_layout). `legacy_maps`: the
+    LEGACY_RANGE_MAPS that exist in the kernel (nft.existing), whose elements
+    the DNAT chain must keep looking up."""
     cmds: list[Cmd] = [add_table()]
     for name, key, interval in MAPS:
         fields: dict[str, Any] = {"name": name, "type": key, "map": "verdict"}
@@ -266,7 +316,7 @@ def base_layout(external_setmark: str | None = None) -> list[Cmd]:
         add_rule("output", local, jump(DNAT_CHAIN)),
         # a specific hostIP wins over "any local address"; a port lives in one
         # map of each pair (ports.py refuses overlaps), so no vmap shadows another
-        *hostport_rules(),
+        *hostport_rules(legacy_maps),
         add_rule("postrouting", jump(MASQ_CHAIN)),
         add_rule("postrouting", jump(IPMASQ_CHAIN)),
         add_rule("postrouting", {"vmap": {"key": payload("ip", "saddr"), "data": "@" + MASQ_V4_MAP}}),
@@ -281,14 +331,24 @@ def base_layout(external_setmark: str | None = None) -> list[Cmd]:
     return cmds
 
 
-def hostport_rules() -> list[Cmd]:
-    """CNI-HOSTPORT-DNAT: one vmap rule per map of HOSTPORT_MAPS, in its order."""
+def hostport_rules(legacy_maps: tuple[str, ...] = ()) -> list[Cmd]:
+    """CNI-HOSTPORT-DNAT: one vmap rule per map of DISPATCH, in its order; after
+    each family's own, a lookup of its legacy interval map when that exists."""
     dport = payload("th", "dport")
-    keys = {4: [payload("ip", "daddr"), meta("l4proto"), dport], 6: [payload("ip6", "daddr"), meta("l4proto"), dport],
-            None: [meta("l4proto"), dport]}
-    versions = {HOSTPORT_V4_MAP: 4, HOSTPORTS_V4_MAP: 4, HOSTPORT_V6_MAP: 6, HOSTPORTS_V6_MAP: 6}
-    return [add_rule(DNAT_CHAIN, {"vmap": {"key": {"concat": keys[versions.get(name)]}, "data": "@" + name}})
-            for name in HOSTPORT_MAPS]
+    daddr: dict[int | None, list[Expr]] = {4: [payload("ip", "daddr")], 6: [payload("ip6", "daddr")], None: []}
+    legacy = {4: HOSTPORTS_V4_MAP, 6: HOSTPORTS_V6_MAP, None: HOSTPORTS_MAP}
+    cmds = []
+    for name, version, proto in DISPATCH:
+        if proto is None:
+            key: Expr = {"concat": [*daddr[version], meta("l4proto"), dport]}
+            cmds.append(add_rule(DNAT_CHAIN, {"vmap": {"key": key, "data": "@" + name}}))
+            continue
+        key = {"concat": [*daddr[version], dport] if daddr[version] else [dport, payload("th", "sport")]}
+        cmds.append(add_rule(DNAT_CHAIN, match(meta("l4proto"), proto), {"vmap": {"key": key, "data": "@" + name}}))
+        if proto == PROTOCOLS[-1] and legacy[version] in legacy_maps:
+            key = {"concat": [*daddr[version], meta("l4proto"), dport]}
+            cmds.append(add_rule(DNAT_CHAIN, {"vmap": {"key": key, "data": "@" + legacy[version]}}))
+    return cmds
 
 
 def add_sets() -> list[Cmd]:
@@ -350,16 +410,24 @@ class Mapping(NamedTuple):
         """A v4 hostIP only maps to v4 container addresses and vice versa."""
         return self.host_version in (None, version)
 
-    def map_name(self, exact: bool = True) -> str:
-        """The verdict map holding this mapping's element: a single port goes to
-        the hash maps (hostport*), a range to the interval maps (hostports*).
-        exact=False: the layout before 2, every mapping in the interval maps."""
-        if exact and self.host_lo == self.host_hi:
+    def per_protocol(self, version: int) -> bool:
+        """Does the element of a journal of this layout live in a per-protocol range map?"""
+        return version >= 3 and self.host_lo != self.host_hi
+
+    def map_name(self, version: int = PORTMAP_LAYOUT) -> str:
+        """The verdict map holding this mapping's element, for a journal of layout
+        `version`: a single port in the hash maps (hostport*, from 2), a range in
+        its protocol's interval map (from 3), else the legacy interval maps."""
+        if version >= 2 and self.host_lo == self.host_hi:
             return {None: HOSTPORT_MAP, 4: HOSTPORT_V4_MAP, 6: HOSTPORT_V6_MAP}[self.host_version]
+        if self.per_protocol(version):
+            return range_map_name(self.host_version, self.protocol)
         return {None: HOSTPORTS_MAP, 4: HOSTPORTS_V4_MAP, 6: HOSTPORTS_V6_MAP}[self.host_version]
 
-    def map_key(self) -> Any:
+    def map_key(self, version: int = PORTMAP_LAYOUT) -> Any:
         ports = port_value(self.host_lo, self.host_hi)
+        if self.per_protocol(version):
+            return {"concat": [self.host_ip, ports] if self.host_ip else [ports, ANY_SOURCE_PORT]}
         if self.host_ip:
             return {"concat": [self.host_ip, self.protocol, ports]}
         return {"concat": [self.protocol, ports]}
@@ -453,19 +521,22 @@ def portmap_add(chain: str, mappings: list[Mapping], addresses: list[str], *, sn
                              external_setmark=external_setmark, note=note))
 
 
-def elements_by_map(chain: str, mappings: list[Mapping], exact: bool = True) -> dict[str, list[Any]]:
+def elements_by_map(chain: str, mappings: list[Mapping], version: int = PORTMAP_LAYOUT) -> dict[str, list[Any]]:
     out: dict[str, list[Any]] = {}
     for m in mappings:
-        out.setdefault(m.map_name(exact), []).append(verdict_elem(m.map_key(), chain))
+        out.setdefault(m.map_name(version), []).append(verdict_elem(m.map_key(version), chain))
     return out
 
 
-def portmap_layout_exact(record: dict[str, Any] | None) -> bool:
-    """Did the ADD that wrote this portmap journal record put single ports in the
-    hash maps (layout 2)? A record without "layout" comes from an older berth,
-    whose elements all live in the interval maps; DEL/CHECK/reconcile look there."""
+# every journal layout whose elements DEL may have to find (see portmap.recorded_elements)
+PORTMAP_LAYOUTS = (0, 2, PORTMAP_LAYOUT)
+
+
+def portmap_layout(record: dict[str, Any] | None) -> int:
+    """The layout of the ADD that wrote this portmap journal record (0: a berth
+    before layout 2, whose elements all live in the legacy interval maps)."""
     value = (record or {}).get("layout")
-    return isinstance(value, int) and not isinstance(value, bool) and value >= PORTMAP_LAYOUT
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
 def portmap_del(chain: str, elements: dict[str, list[Any]]) -> list[Cmd]:
@@ -473,7 +544,7 @@ def portmap_del(chain: str, elements: dict[str, list[Any]]) -> list[Cmd]:
     caller passes only elements it still owns), then add+flush+delete the chain.
     The table is asserted first so a DEL on a node without it still succeeds."""
     cmds: list[Cmd] = [add_table()]
-    for name, key, interval in MAPS:
+    for name, key, interval in MAPS + LEGACY_MAPS:
         if name in elements:
             fields: dict[str, Any] = {"name": name, "type": key, "map": "verdict"}
             if interval:
@@ -489,19 +560,34 @@ def portmap_del(chain: str, elements: dict[str, list[Any]]) -> list[Cmd]:
 
 # --- bridge ipMasq -------------------------------------------------------------
 #
-# Per pod subnet (since IPMASQ_LAYOUT): a map of the subnet's attached addresses,
-# each with its attachment's tag as data, and one rule in CNI-IPMASQ. An ADD
-# whose subnet already has both only adds its element: no rule, no jump, so
+# Per pod subnet: a set of the subnet's attached addresses, which the subnet's one
+# rule in CNI-IPMASQ looks up, and a map of the same addresses to their
+# attachment's tag, which says who owns each (an add of {addr: tag} fails when
+# another attachment holds the address, so a DEL, add-then-delete of its own
+# map and set elements in one transaction, removes nothing of another's). An
+# ADD whose subnet already has its set only adds elements: no rule, no jump, so
 # the kernel does not re-validate the ruleset and the transaction costs the
-# same with 1 or 1,000 attachments. The tag makes a DEL delete only its own
-# element (add {addr: tag} fails when another attachment holds the address).
-# Upstream's ipMasq matches the same packets: from the container's address, to
-# anything outside that address's subnet and not multicast.
+# same with 1 or 1,000 attachments. Upstream's ipMasq matches the same packets:
+# from the container's address, to anything outside that address's subnet and
+# not multicast. Layout 2 had no set: its rule looked the map up as a set.
 
 def ipmasq_map_name(subnet: str) -> str:
     """`ipmasq-10.88.0.0-16`, `ipmasq-fd00.88..-64`: readable, and a plain nft identifier."""
     net = ipaddress.ip_network(subnet, strict=False)
     return IPMASQ_PREFIX + f"{net.network_address}-{net.prefixlen}".replace(":", ".")
+
+
+def ipmasq_set_name(map_name: str) -> str:
+    """The address set beside an owner map: `ipmasq-10.88.0.0-16` -> `ipmasq-src-10.88.0.0-16`."""
+    return IPMASQ_SET_PREFIX + map_name[len(IPMASQ_PREFIX):]
+
+
+def ipmasq_map_of_set(set_name: str) -> str:
+    return IPMASQ_PREFIX + set_name[len(IPMASQ_SET_PREFIX):]
+
+
+def is_ipmasq_map(name: str) -> bool:
+    return name.startswith(IPMASQ_PREFIX) and not name.startswith(IPMASQ_SET_PREFIX)
 
 
 def ipmasq_tag(network: str, container_id: str, ifname: str = DEFAULT_IFNAME) -> int:
@@ -513,15 +599,24 @@ def ipmasq_map(subnet: str) -> Cmd:
     return _ipmasq_map(ipmasq_map_name(subnet), ipaddress.ip_network(subnet, strict=False).version)
 
 
+def ipmasq_set(subnet: str) -> Cmd:
+    return _ipmasq_set(ipmasq_set_name(ipmasq_map_name(subnet)), ipaddress.ip_network(subnet, strict=False).version)
+
+
 def _ipmasq_map(name: str, version: int) -> Cmd:
     return {"add": _obj("map", name=name, type="ipv4_addr" if version == 4 else "ipv6_addr", map="mark")}
+
+
+def _ipmasq_set(name: str, version: int) -> Cmd:
+    return {"add": _obj("set", name=name, type="ipv4_addr" if version == 4 else "ipv6_addr")}
 
 
 def ipmasq_rule(subnet: str) -> Cmd:
     net = ipaddress.ip_network(subnet, strict=False)
     fam = ip_proto(net.version)
     mcast = V4_MULTICAST if net.version == 4 else V6_MULTICAST
-    return add_rule(IPMASQ_CHAIN, match(payload(fam, "saddr"), "@" + ipmasq_map_name(subnet)),
+    source = "@" + ipmasq_set_name(ipmasq_map_name(subnet))
+    return add_rule(IPMASQ_CHAIN, match(payload(fam, "saddr"), source),
                     match(payload(fam, "daddr"), prefix(str(net)), "!="),
                     match(payload(fam, "daddr"), prefix(mcast), "!="), COUNTER, {"masquerade": None},
                     note=ipmasq_note(str(net)))
@@ -529,6 +624,11 @@ def ipmasq_rule(subnet: str) -> Cmd:
 
 def ipmasq_note(subnet: str) -> str:
     return f"ipMasq {subnet}"
+
+
+def ipmasq_subnet_setup(subnet: str) -> list[Cmd]:
+    """What a subnet's first attachment adds: its owner map, address set and rule."""
+    return [ipmasq_map(subnet), ipmasq_set(subnet), ipmasq_rule(subnet)]
 
 
 def ipmasq_subnets(cidrs: list[str]) -> list[str]:
@@ -542,7 +642,7 @@ def ipmasq_subnets(cidrs: list[str]) -> list[str]:
 
 
 def ipmasq_elements(cidrs: list[str], tag: int) -> dict[str, list[Any]]:
-    """Map name -> [address, tag] elements of the attachment's addresses."""
+    """Owner map name -> [address, tag] elements of the attachment's addresses."""
     out: dict[str, list[Any]] = {}
     for cidr in cidrs:
         iface = ipaddress.ip_interface(cidr)
@@ -550,29 +650,34 @@ def ipmasq_elements(cidrs: list[str], tag: int) -> dict[str, list[Any]]:
     return out
 
 
-def ipmasq_add(cidrs: list[str], tag: int, bridge: str | None, new_subnets: list[str]) -> list[Cmd]:
-    """The ADD transaction: for subnets that have no map yet (a first attachment,
-    or after a flush) the static layout, the map and its rule; then the elements."""
+def ipmasq_add(cidrs: list[str], tag: int, bridge: str | None, new_subnets: list[str],
+               legacy_maps: tuple[str, ...] = ()) -> list[Cmd]:
+    """The ADD transaction: for subnets that have no set yet (a first attachment,
+    or after a flush) the static layout, the map, set and rule; then the elements."""
     cmds: list[Cmd] = []
     if new_subnets:
-        cmds += base_layout()
+        cmds += base_layout(legacy_maps=legacy_maps)
         for subnet in new_subnets:
-            cmds += [ipmasq_map(subnet), ipmasq_rule(subnet)]
+            cmds += ipmasq_subnet_setup(subnet)
     for name, elems in ipmasq_elements(cidrs, tag).items():
-        cmds.append(add_elements(name, elems))
+        cmds += [add_elements(name, elems), add_elements(ipmasq_set_name(name), [e[0] for e in elems])]
     if bridge:
         cmds.append(add_elements(BRIDGES_SET, [bridge]))
     return cmds
 
 
 def ipmasq_del(elements: dict[str, list[Any]]) -> list[Cmd]:
-    """The DEL transaction: add-then-delete each element (absence-tolerant; the add
-    fails if another attachment's tag holds the address, and then nothing changes).
-    The maps are asserted with their key type, taken from the element."""
+    """The DEL transaction: add-then-delete each owner-map element and its address
+    in the set (absence-tolerant; the add fails if another attachment's tag holds
+    the address, and then nothing changes). Map and set are asserted with their
+    key type, taken from the element."""
     cmds: list[Cmd] = [add_table()]
     for name, elems in elements.items():
-        cmds += [_ipmasq_map(name, ipaddress.ip_address(elems[0][0]).version),
-                 add_elements(name, elems), delete_elements(name, elems)]
+        version = ipaddress.ip_address(elems[0][0]).version
+        addrs = [e[0] for e in elems]
+        set_name = ipmasq_set_name(name)
+        cmds += [_ipmasq_map(name, version), add_elements(name, elems), delete_elements(name, elems),
+                 _ipmasq_set(set_name, version), add_elements(set_name, addrs), delete_elements(set_name, addrs)]
     return cmds
 
 

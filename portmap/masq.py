@@ -1,12 +1,15 @@
 """Masquerade for the bridge plugin's ipMasq, in berth's nft table.
 
-Per pod subnet: a map `ipmasq-<subnet>` of the subnet's attached addresses
-(data: the attachment's tag) and one rule in CNI-IPMASQ that masquerades
-traffic from those addresses to anything outside the subnet and not multicast
+Per pod subnet: a set `ipmasq-src-<subnet>` of the subnet's attached
+addresses, a map `ipmasq-<subnet>` of the same addresses to their attachment's
+tag (who owns each), and one rule in CNI-IPMASQ that masquerades traffic from
+the set's addresses to anything outside the subnet and not multicast
 (upstream's ipMasq, matched by one lookup). ADD adds its elements, creating
-map and rule first when the subnet has none (checked under the node-wide
-lock); DEL removes its elements; map and rule stay for the subnet's next
-attachment, as the bridge does. The bridge name goes into the `bridges` set the
+map, set and rule first when the subnet has no set (checked under the
+node-wide lock); DEL removes its elements; map, set and rule stay for the
+subnet's next attachment, as the bridge does. Attachments of layout 2 (no
+set: their rule looked the map up as a set, which kernels before 6.2 refuse)
+keep working through that rule where an older berth left it. The bridge name goes into the `bridges` set the
 forward chain accepts.
 
 Attachments made before IPMASQ_LAYOUT have a chain CNI-<hash> behind the
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+from collections.abc import Iterable
 from collections.abc import Mapping as MappingT
 from typing import Any
 
@@ -49,17 +53,23 @@ def setup(network: str, container_id: str, ifname: str, bridge: str, addresses: 
     root = state.state_root(environ)
     with ports.locked(root):
         intact, before = generation.layout_known(root)
-        new = [s for s in subnets if nft.set_exists(layout.ipmasq_map_name(s)) is not True]
-        nft.apply(layout.ipmasq_add(cidrs, tag, bridge or None, new))
+        new = [s for s in subnets if nft.set_exists(layout.ipmasq_set_name(layout.ipmasq_map_name(s))) is not True]
+        legacy = nft.existing(layout.LEGACY_RANGE_MAPS) if new else ()
+        nft.apply(layout.ipmasq_add(cidrs, tag, bridge or None, new, legacy))
         generation.note_commit(root, before, intact)
     return {"layout": layout.IPMASQ_LAYOUT, "tag": tag, "subnets": subnets,
             "addresses": [str(ipaddress.ip_interface(c).ip) for c in cidrs], "bridge": bridge}
 
 
-def is_current(journal_masq: dict[str, Any] | None) -> bool:
-    """Was this attachment's masquerade made with per-subnet maps (IPMASQ_LAYOUT)?"""
+def journal_layout(journal_masq: dict[str, Any] | None) -> int:
+    """The masquerade layout the ADD recorded (0: a CNI-<hash> chain, before layout 2)."""
     value = (journal_masq or {}).get("layout")
-    return isinstance(value, int) and not isinstance(value, bool) and value >= layout.IPMASQ_LAYOUT
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def is_current(journal_masq: dict[str, Any] | None) -> bool:
+    """Was this attachment's masquerade made with per-subnet maps (layout 2 or later)?"""
+    return journal_layout(journal_masq) >= 2
 
 
 def elements_of(journal_masq: dict[str, Any]) -> dict[str, list[Any]]:
@@ -111,7 +121,7 @@ def tagged(objects: list[dict[str, Any]], tag: int) -> dict[str, list[Any]]:
     _chains, elements = nft.table_names(objects)
     out: dict[str, list[Any]] = {}
     for name, elems in elements.items():
-        if name.startswith(layout.IPMASQ_PREFIX):
+        if layout.is_ipmasq_map(name):
             out.update({name: [e for e in elems if isinstance(e, list) and len(e) == 2 and e[1] == tag]})
     return {name: elems for name, elems in out.items() if elems}
 
@@ -168,14 +178,18 @@ def check(journal_masq: dict[str, Any], environ: MappingT[str, str] | None = Non
     chains, elements = nft.table_names(objects)
     problems = []
     if is_current(journal_masq):
-        notes = subnet_rules(objects)
+        lookups = rule_lookups(obj["rule"] for obj in objects or [] if isinstance(obj.get("rule"), dict))
         for subnet in journal_masq.get("subnets") or []:
-            if layout.ipmasq_note(str(subnet)) not in notes:
+            if not serves(lookups, str(subnet), journal_layout(journal_masq)):
                 problems.append(f"the ipMasq rule for {subnet} in {layout.IPMASQ_CHAIN} is missing")
         for name, elems in elements_of(journal_masq).items():
             for elem in elems:
                 if not _has_element(elements.get(name, []), elem):
                     problems.append(f"map {name} element {elem[0]} is missing")
+        for name, addrs in set_elements_of(journal_masq, lookups).items():
+            for addr in addrs:
+                if addr not in elements.get(name, []):
+                    problems.append(f"set {name} element {addr} is missing")
         return problems
     chain = str(journal_masq.get("chain", ""))
     if chain not in chains:
@@ -187,13 +201,43 @@ def check(journal_masq: dict[str, Any], environ: MappingT[str, str] | None = Non
     return problems
 
 
-def subnet_rules(objects: list[dict[str, Any]] | None) -> set[str]:
-    """The comments of CNI-IPMASQ's rules: `ipMasq <subnet>` for each subnet's rule."""
-    out = set()
-    for obj in objects or []:
-        rule = obj.get("rule")
-        if isinstance(rule, dict) and rule.get("chain") == layout.IPMASQ_CHAIN and rule.get("comment"):
-            out.add(str(rule["comment"]))
+SET_FORM, MAP_FORM = "set", "map"
+
+
+def rule_lookups(rules: Iterable[dict[str, Any]]) -> dict[str, set[str]]:
+    """Per subnet rule comment (`ipMasq <subnet>`), how CNI-IPMASQ's rules for it find
+    the addresses: SET_FORM (@ipmasq-src-…, layout 3) or MAP_FORM (layout 2's lookup
+    of the owner map as a set, left on nodes an older berth set up)."""
+    out: dict[str, set[str]] = {}
+    for rule in rules:
+        if rule.get("chain") != layout.IPMASQ_CHAIN or not rule.get("comment"):
+            continue
+        for expr in rule.get("expr") or []:
+            right = expr.get("match", {}).get("right") if isinstance(expr, dict) else None
+            if isinstance(right, str) and right.startswith("@"):
+                form = SET_FORM if right[1:].startswith(layout.IPMASQ_SET_PREFIX) else MAP_FORM
+                out.setdefault(str(rule["comment"]), set()).add(form)
+                break
+    return out
+
+
+def serves(lookups: dict[str, set[str]], subnet: str, version: int) -> bool:
+    """Does a rule masquerade this subnet for an attachment of masq layout `version`?"""
+    forms = lookups.get(layout.ipmasq_note(subnet), set())
+    return SET_FORM in forms or (version == 2 and MAP_FORM in forms)
+
+
+def set_elements_of(journal_masq: dict[str, Any], lookups: dict[str, set[str]]) -> dict[str, list[str]]:
+    """The address-set elements this attachment needs: all of layout 3's; a layout 2
+    attachment's only where no rule of its own form serves its subnet."""
+    version = journal_layout(journal_masq)
+    subnets = {layout.ipmasq_map_name(str(s)): str(s) for s in journal_masq.get("subnets") or []}
+    out: dict[str, list[str]] = {}
+    for name, elems in elements_of(journal_masq).items():
+        subnet = subnets.get(name, "")
+        if version == 2 and MAP_FORM in lookups.get(layout.ipmasq_note(subnet), set()):
+            continue
+        out[layout.ipmasq_set_name(name)] = [e[0] for e in elems]
     return out
 
 

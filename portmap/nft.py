@@ -199,6 +199,12 @@ def set_exists(name: str) -> bool | None:
     return backend().set_exists(name)
 
 
+def existing(names: tuple[str, ...]) -> tuple[str, ...]:
+    """Those of these sets/maps that berth's table holds (one raw GET each; a
+    backend that cannot tell answers none)."""
+    return tuple(name for name in names if set_exists(name) is True)
+
+
 def generation() -> int | None:
     """The ruleset generation (None: cannot tell); see portmap/generation.py."""
     return backend().generation()

@@ -289,7 +289,8 @@ def cmd_add(args: CmdArgs) -> Result:
         variant = generation.portmap_variant(conf.mark_bit, conf.external_setmark)
         intact, before = generation.layout_known(root, variant)
         # the static layout only when the ruleset changed behind berth's back (generation.py)
-        cmds = [] if intact else layout.base_layout(conf.external_setmark) + layout.mark_layout(conf.mark_bit)
+        cmds = [] if intact else (layout.base_layout(conf.external_setmark, nft.existing(layout.LEGACY_RANGE_MAPS))
+                                  + layout.mark_layout(conf.mark_bit))
         # a re-ADD of this attachment: drop its old elements first
         if prior:
             old = [Mapping.from_json(m) for m in prior.get("mappings") or []]
@@ -349,7 +350,7 @@ def _delete_owned(root: str, me: ports.Owner, chain: str, mappings: list[Mapping
     """add-then-delete of the elements of `mappings` (made by the ADD that wrote
     `record`) that are still ours. A kept mapping whose element already sits in
     the map this ADD uses is left alone (the ADD re-adds it, a no-op)."""
-    same_layout = layout.portmap_layout_exact(record) and record.get("state") == "done"
+    same_layout = layout.portmap_layout(record) == layout.PORTMAP_LAYOUT and record.get("state") == "done"
     owned = [m for m in mappings if not (keep and m in keep and same_layout) and ports.owns_all(root, me, m)]
     cmds: list[layout.Cmd] = []
     for name, elems in recorded_elements(chain, owned, record).items():
@@ -359,16 +360,16 @@ def _delete_owned(root: str, me: ports.Owner, chain: str, mappings: list[Mapping
 
 def recorded_elements(chain: str, mappings: list[Mapping], record: dict[str, Any]) -> dict[str, list[Any]]:
     """The verdict-map elements of `mappings` where the ADD that wrote `record`
-    put them: the hash maps for single ports (layout 2), the interval maps for a
-    journal of an older berth. An ADD that did not finish may have been a re-ADD
-    of an older journal's attachment, interrupted on either side of its commit:
-    then look in both (add-then-delete tolerates the absent ones)."""
-    exact = layout.portmap_layout_exact(record)
-    out = layout.elements_by_map(chain, mappings, exact)
+    put them (layout.Mapping.map_name: where depends on the journal's layout).
+    An ADD that did not finish may have been a re-ADD of an older journal's
+    attachment, interrupted on either side of its commit: then look where every
+    layout puts them (add-then-delete tolerates the absent ones)."""
+    out = layout.elements_by_map(chain, mappings, layout.portmap_layout(record))
     if record.get("state") != "done":
-        for name, elems in layout.elements_by_map(chain, mappings, not exact).items():
-            have = out.setdefault(name, [])
-            have += [e for e in elems if e not in have]
+        for version in layout.PORTMAP_LAYOUTS:
+            for name, elems in layout.elements_by_map(chain, mappings, version).items():
+                have = out.setdefault(name, [])
+                have += [e for e in elems if e not in have]
     return out
 
 
@@ -461,7 +462,7 @@ def check_record(record: dict[str, Any]) -> list[str]:
     if chain not in chains:
         problems.append(f"nftables chain {chain} is missing")
     mappings = [Mapping.from_json(m) for m in record.get("mappings") or []]
-    for name, elems in layout.elements_by_map(chain, mappings, layout.portmap_layout_exact(record)).items():
+    for name, elems in layout.elements_by_map(chain, mappings, layout.portmap_layout(record)).items():
         for elem in elems:
             if elem not in elements.get(name, []):
                 problems.append(f"{name} element {elem[0]} -> {chain} is missing")

@@ -281,7 +281,7 @@ def _table_hops(report: Report, att: Attachment, focus: list[Mapping], ctx: Cont
     bad = []
     for m in focus:
         name = att.map_name(m)
-        target = table.element_target(name, m.map_key())
+        target = table.element_target(name, att.map_key(m))
         if target is None:
             bad.append(f"map {name} has no element {_key_text(m)} (berth reconcile restores it)")
         elif target != chain:

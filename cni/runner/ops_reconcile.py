@@ -82,7 +82,8 @@ def plan(root: str, attachments: list[Attachment], table: Table, gone: set[tuple
         return result
     static = ops_state.static_problems(table)
     if static:
-        result.fixes.append(("node", Missing("static layout: " + "; ".join(static), layout.base_layout())))
+        result.fixes.append(("node", Missing("static layout: " + "; ".join(static),
+                                             layout.base_layout(legacy_maps=ops_state.legacy_maps(table)))))
     snat = [a for a in usable if a.portmap is not None and a.mappings and ops_state.portmap_options(a.portmap)["snat"]]
     marks = ops_state.mark_problems(table)
     if snat and marks:
@@ -105,13 +106,7 @@ def plan(root: str, attachments: list[Attachment], table: Table, gone: set[tuple
 
 def _plan_ipmasq(attachments: list[Attachment], table: Table, result: Plan) -> None:
     """The per-subnet ipMasq rules the usable attachments need, once per subnet."""
-    from portmap import masq
-
-    subnets: list[str] = []
-    for att in attachments:
-        if att.masq is not None and masq.is_current(att.masq):
-            subnets += [str(s) for s in att.masq.get("subnets") or [] if str(s) not in subnets]
-    for missing in ops_state.ipmasq_rules_missing(table, subnets):
+    for missing in ops_state.ipmasq_rules_missing(table, attachments):
         result.fixes.append(("node", missing))
 
 
@@ -128,7 +123,8 @@ def _plan_isolation(root: str, table: Table, result: Plan) -> None:
             missing.append(f"bridge {bridge} missing from set(s) {', '.join(sorted(set(gone)))}")
             commands += [layout.add_elements(name, elems) for name, elems in wanted.items()]
     if missing:
-        static = [] if not ops_state.static_problems(table) else layout.base_layout()
+        static = ([] if not ops_state.static_problems(table)
+                  else layout.base_layout(legacy_maps=ops_state.legacy_maps(table)))
         result.fixes.append(("node", Missing("isolation: " + "; ".join(missing), static + commands)))
 
 

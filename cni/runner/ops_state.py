@@ -70,9 +70,12 @@ class Attachment:
         return out
 
     def map_name(self, m: Mapping) -> str:
-        """The verdict map the ADD put the mapping's element in (a journal of a
-        berth before layout 2: the interval maps, single ports included)."""
-        return m.map_name(layout.portmap_layout_exact(self.portmap))
+        """The verdict map the ADD put the mapping's element in (layout.Mapping.map_name)."""
+        return m.map_name(layout.portmap_layout(self.portmap))
+
+    def map_key(self, m: Mapping) -> Any:
+        """The mapping's element key in that map."""
+        return m.map_key(layout.portmap_layout(self.portmap))
 
     @property
     def dn_chain(self) -> str:
@@ -243,6 +246,11 @@ def static_problems(table: Table) -> list[str]:
     return problems
 
 
+def legacy_maps(table: Table) -> tuple[str, ...]:
+    """The interval maps of older berths that this table still holds (layout.LEGACY_RANGE_MAPS)."""
+    return tuple(name for name in layout.LEGACY_RANGE_MAPS if name in table.elements)
+
+
 def mark_problems(table: Table) -> list[str]:
     """The hairpin/localhost mark chains portmap fills (only matter with snat)."""
     problems = []
@@ -306,11 +314,11 @@ def portmap_missing(att: Attachment, table: Table, owned: list[Mapping]) -> list
     chain = att.dn_chain
     out = _chain_missing(table, chain, expected_dn_rules(att), "chain")
     for m in owned:
-        name = att.map_name(m)
-        target = table.element_target(name, m.map_key())
+        name, key = att.map_name(m), att.map_key(m)
+        target = table.element_target(name, key)
         if target is None:
             out.append(Missing(f"{name} element {format_mapping(m)} -> {chain} is missing",
-                               [layout.add_elements(name, [layout.verdict_elem(m.map_key(), chain)])],
+                               [layout.add_elements(name, [layout.verdict_elem(key, chain)])],
                                [m] if m.protocol in ("udp", "sctp") else []))
     return out
 
@@ -336,13 +344,20 @@ def masq_missing(att: Attachment, table: Table, subnet_rules: bool = True) -> li
     out: list[Missing] = []
     if masq.is_current(att.masq):
         if subnet_rules:
-            out += ipmasq_rules_missing(table, [str(s) for s in att.masq.get("subnets") or []])
+            out += ipmasq_rules_missing(table, [att])
+        lookups = masq.rule_lookups(table.rules.get(layout.IPMASQ_CHAIN, []))
         for name, elems in masq.elements_of(att.masq).items():
             for elem in elems:
                 if elem not in table.elements.get(name, []):
                     out.append(Missing(f"map {name} element {elem[0]} is missing",
                                        [layout.ipmasq_map(_subnet_of(name, elem[0], att)),
                                         layout.add_elements(name, [elem])]))
+        for name, addrs in masq.set_elements_of(att.masq, lookups).items():
+            for addr in addrs:
+                if addr not in table.elements.get(name, []):
+                    out.append(Missing(f"set {name} element {addr} is missing",
+                                       [layout.ipmasq_set(_subnet_of(layout.ipmasq_map_of_set(name), addr, att)),
+                                        layout.add_elements(name, [addr])]))
     else:
         chain = masq_chain(att)
         out += _chain_missing(table, chain, expected_masq_rules(att), "masquerade chain")
@@ -389,12 +404,24 @@ def masq_description(att: Attachment, table: Table) -> str:
     return f"ipMasq chain {masq_chain(att)} ({packets} packet{'s' if packets != 1 else ''} masqueraded)"
 
 
-def ipmasq_rules_missing(table: Table, subnets: list[str]) -> list[Missing]:
-    """The per-subnet ipMasq rules (CNI-IPMASQ, comment `ipMasq <subnet>`) that are gone."""
-    notes = {str(rule.get("comment")) for rule in table.rules.get(layout.IPMASQ_CHAIN, [])}
-    return [Missing(f"the ipMasq rule for {subnet} is missing",
-                    [layout.add_chain(layout.IPMASQ_CHAIN), layout.ipmasq_map(subnet), layout.ipmasq_rule(subnet)])
-            for subnet in subnets if layout.ipmasq_note(subnet) not in notes]
+def ipmasq_rules_missing(table: Table, attachments: list[Attachment]) -> list[Missing]:
+    """The per-subnet ipMasq rules (CNI-IPMASQ, comment `ipMasq <subnet>`) these
+    attachments need and the table lacks, once per subnet (masq.serves: a layout 2
+    attachment is also served by the rule an older berth wrote)."""
+    from portmap import masq
+
+    lookups = masq.rule_lookups(table.rules.get(layout.IPMASQ_CHAIN, []))
+    out: list[Missing] = []
+    seen: set[str] = set()
+    for att in attachments:
+        version = masq.journal_layout(att.masq)
+        for subnet in [str(s) for s in (att.masq or {}).get("subnets") or []] if version >= 2 else []:
+            if subnet in seen or masq.serves(lookups, subnet, version):
+                continue
+            seen.add(subnet)
+            out.append(Missing(f"the ipMasq rule for {subnet} is missing",
+                               [layout.add_chain(layout.IPMASQ_CHAIN), *layout.ipmasq_subnet_setup(subnet)]))
+    return out
 
 
 # --- port ownership ------------------------------------------------------------

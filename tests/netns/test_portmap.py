@@ -43,14 +43,16 @@ def test_ipv6_and_port_range(topo: harness.Topology) -> None:
                            {"hostPort": 31000, "containerPort": 31000, "range": 2, "protocol": "udp"}],
               subnets=("10.88.0.0/24", "fd00:88::/64"))
     pod.add().ok()
-    # a single port is an element of the hash map hostport, a range of the interval map hostports
+    # a single port is an element of the hash map hostport, a range of its protocol's interval map
     table = topo.node.nft_table()
     assert table is not None
     maps = {o["map"]["name"]: o["map"] for o in table["nftables"] if "map" in o}
-    assert "flags" not in maps["hostport"] and maps["hostports"]["flags"] == ["interval"]
+    assert "flags" not in maps["hostport"] and maps["hostports-tcp"]["flags"] == ["interval"]
     assert [e[0] for e in maps["hostport"]["elem"]] == [{"concat": ["tcp", 8080]}]
-    assert sorted(str(e[0]) for e in maps["hostports"]["elem"]) == sorted(
-        [str({"concat": ["tcp", {"range": [30000, 30002]}]}), str({"concat": ["udp", {"range": [31000, 31001]}]})])
+    assert [e[0] for e in maps["hostports-tcp"]["elem"]] == [{"concat": [{"range": [30000, 30002]},
+                                                                        {"range": [0, 65535]}]}]
+    assert [e[0] for e in maps["hostports-udp"]["elem"]] == [{"concat": [{"range": [31000, 31001]},
+                                                                        {"range": [0, 65535]}]}]
     with pod.netns.server(80, "tcp", "6", banner="web6"), pod.netns.server(7001, "tcp", banner="r1"), \
             pod.netns.server(31001, "udp", banner="u1"):
         # the first v6 packets can wait on neighbour discovery while link-locals are tentative

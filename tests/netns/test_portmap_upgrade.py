@@ -19,30 +19,31 @@ from tests.netns.portmap_helpers import Pod
 NODE4, OUTSIDE4 = harness.Topology.NODE_V4, harness.Topology.OUTSIDE_V4
 
 # berth-portmap ADD as berth before layout 2 did it: one transaction (the static
-# layout without the hash maps and their vmap rules, the DNAT chain, elements in
-# the interval maps), a journal record without "layout", port files naming the
-# interval map.
+# layout with only the interval maps keyed on l4proto and their vmap rules, the
+# DNAT chain, elements in those maps), a journal record without "layout", port
+# files naming the interval map.
 OLD_ADD = """
 import json, sys
 from cni import state
 from portmap import layout, nft, ports
 root, network, cid, ifname, addresses, raw = json.loads(sys.argv[1])
-exact = {layout.HOSTPORT_MAP, layout.HOSTPORT_V4_MAP, layout.HOSTPORT_V6_MAP}
+new = {name for name, _version, _proto in layout.DISPATCH}
 
 def old(cmd):
     obj = cmd.get("add", {})
-    if obj.get("map", {}).get("name") in exact:
+    if obj.get("map", {}).get("name") in new:
         return False
     rule = obj.get("rule")
-    return not (rule and any(e.get("vmap", {}).get("data") in {"@" + n for n in exact} for e in rule["expr"]))
+    return not (rule and any(e.get("vmap", {}).get("data") in {"@" + n for n in new} for e in rule["expr"]))
 
 mappings = [layout.Mapping.from_json(m) for m in raw]
 chain = layout.dnat_chain_name(network, cid, ifname)
 note = layout.comment(network, cid, ifname)
-cmds = [c for c in layout.base_layout() if old(c)] + layout.mark_layout()
-cmds += [layout.add_chain(chain), layout.flush_chain(chain)]
+legacy = [c for c in layout.portmap_del(chain, {n: [] for n in layout.LEGACY_RANGE_MAPS}) if "map" in c.get("add", {})]
+cmds = [layout.add_table()] + legacy + [c for c in layout.base_layout(legacy_maps=layout.LEGACY_RANGE_MAPS) if old(c)]
+cmds += layout.mark_layout() + [layout.add_chain(chain), layout.flush_chain(chain)]
 cmds += layout.dnat_rules(chain, mappings, addresses, note=note)
-for name, elems in layout.elements_by_map(chain, mappings, exact=False).items():
+for name, elems in layout.elements_by_map(chain, mappings, 0).items():
     cmds.append(layout.add_elements(name, elems))
 nft.apply(cmds)
 me = ports.Owner(network, cid, ifname)
@@ -52,7 +53,7 @@ with ports.locked(root):
         "mappings": [m.to_json() for m in mappings], "snat": True, "markMasqBit": 13, "masqAll": False,
         "externalSetMarkChain": None, "boot": ports.boot_id()})
     for m in mappings:
-        claim = ports.Claim(me, chain, m.map_name(exact=False), m.map_key())
+        claim = ports.Claim(me, chain, m.map_name(0), m.map_key(0))
         for path in ports.port_files(root, m):
             state.atomic_write(path, json.dumps(claim.to_json(), sort_keys=True).encode())
 """

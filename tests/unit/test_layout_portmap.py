@@ -68,19 +68,29 @@ def test_marks_follow_the_families_the_mappings_apply_to() -> None:
 
 def test_del_golden_is_absence_tolerant() -> None:
     elems = layout.elements_by_map(CHAIN, [Mapping(9000, 9001, 9000, "udp", "198.51.100.1")])
-    elem = [{"concat": ["198.51.100.1", "udp", {"range": [9000, 9001]}]}, {"jump": {"target": CHAIN}}]
-    assert elems == {"hostports-v4": [elem]}
+    elem = [{"concat": ["198.51.100.1", {"range": [9000, 9001]}]}, {"jump": {"target": CHAIN}}]
+    assert elems == {"hostports-v4-udp": [elem]}
     cmds = layout.portmap_del(CHAIN, elems)
     assert cmds == [
         {"add": {"table": {"family": "inet", "name": "berth"}}},
-        {"add": {"map": {**T, "name": "hostports-v4", "type": ["ipv4_addr", "inet_proto", "inet_service"],
+        {"add": {"map": {**T, "name": "hostports-v4-udp", "type": ["ipv4_addr", "inet_service"],
                          "map": "verdict", "flags": ["interval"]}}},
         {"add": {"chain": {**T, "name": CHAIN}}},
-        {"add": {"element": {**T, "name": "hostports-v4", "elem": [elem]}}},
-        {"delete": {"element": {**T, "name": "hostports-v4", "elem": [elem]}}},
+        {"add": {"element": {**T, "name": "hostports-v4-udp", "elem": [elem]}}},
+        {"delete": {"element": {**T, "name": "hostports-v4-udp", "elem": [elem]}}},
         {"flush": {"chain": {**T, "name": CHAIN}}},
         {"delete": {"chain": {**T, "name": CHAIN}}},
     ]
+
+
+def test_del_of_a_legacy_element_asserts_the_legacy_map() -> None:
+    """A layout-2 journal's range lives in the interval map keyed on l4proto; DEL
+    declares that map as the older berth did (this berth never creates it otherwise)."""
+    elems = layout.elements_by_map(CHAIN, [Mapping(9000, 9001, 9000, "udp")], 2)
+    assert elems == {"hostports": [[{"concat": ["udp", {"range": [9000, 9001]}]}, {"jump": {"target": CHAIN}}]]}
+    declared = [c["add"]["map"] for c in layout.portmap_del(CHAIN, elems) if "map" in c.get("add", {})]
+    assert declared == [{**T, "name": "hostports", "type": ["inet_proto", "inet_service"], "map": "verdict",
+                         "flags": ["interval"]}]
 
 
 def test_base_layout_never_flushes_admin_and_is_size_independent() -> None:
@@ -97,28 +107,59 @@ def test_base_layout_never_flushes_admin_and_is_size_independent() -> None:
     assert len(one) == len(cmds) + len(layout.mark_layout()) + 6
 
 
-def test_single_ports_go_to_hash_maps_ranges_to_interval_maps() -> None:
+def test_single_ports_go_to_hash_maps_ranges_to_per_protocol_interval_maps() -> None:
     single, ranged = Mapping(8080, 8080, 80, "tcp"), Mapping(30000, 30002, 7000, "udp", "fd00:5::1")
-    v4 = Mapping(53, 53, 53, "udp", "198.51.100.1")
-    assert [m.map_name() for m in (single, ranged, v4)] == ["hostport", "hostports-v6", "hostport-v4"]
-    # the layout before 2 (a journal without "layout"): everything in the interval maps
-    assert [m.map_name(exact=False) for m in (single, ranged, v4)] == ["hostports", "hostports-v6", "hostports-v4"]
-    assert layout.portmap_layout_exact({"layout": 2}) and not layout.portmap_layout_exact({})
-    assert not layout.portmap_layout_exact(None) and not layout.portmap_layout_exact({"layout": True})
-    declared = {c["add"]["map"]["name"]: c["add"]["map"].get("flags") for c in layout.base_layout()
-                if "map" in c.get("add", {})}
-    assert {k: v for k, v in declared.items() if k.startswith("hostport")} == {
-        "hostport": None, "hostport-v4": None, "hostport-v6": None,
-        "hostports": ["interval"], "hostports-v4": ["interval"], "hostports-v6": ["interval"]}
+    v4, any_range = Mapping(53, 53, 53, "udp", "198.51.100.1"), Mapping(40000, 40010, 40000, "sctp")
+    mappings = (single, ranged, v4, any_range)
+    assert [m.map_name() for m in mappings] == ["hostport", "hostports-v6-udp", "hostport-v4", "hostports-sctp"]
+    assert [m.map_key() for m in mappings] == [
+        {"concat": ["tcp", 8080]}, {"concat": ["fd00:5::1", {"range": [30000, 30002]}]},
+        {"concat": ["198.51.100.1", "udp", 53]}, {"concat": [{"range": [40000, 40010]}, {"range": [0, 65535]}]}]
+    # layout 2: ranges in the interval maps keyed on l4proto; before 2 (no "layout"): everything there
+    assert [m.map_name(2) for m in mappings] == ["hostport", "hostports-v6", "hostport-v4", "hostports"]
+    assert [m.map_name(0) for m in mappings] == ["hostports", "hostports-v6", "hostports-v4", "hostports"]
+    assert ranged.map_key(2) == {"concat": ["fd00:5::1", "udp", {"range": [30000, 30002]}]}
+    assert layout.portmap_layout({"layout": 3}) == 3 and layout.portmap_layout({"layout": 2}) == 2
+    assert layout.portmap_layout({}) == layout.portmap_layout(None) == layout.portmap_layout({"layout": True}) == 0
+    declared = {c["add"]["map"]["name"]: (c["add"]["map"]["type"], c["add"]["map"].get("flags"))
+                for c in layout.base_layout() if "map" in c.get("add", {})}
+    hostport = {k: v for k, v in declared.items() if k.startswith("hostport")}
+    assert hostport["hostport"] == (["inet_proto", "inet_service"], None)
+    assert hostport["hostports-tcp"] == (["inet_service", "inet_service"], ["interval"])
+    assert hostport["hostports-v6-sctp"] == (["ipv6_addr", "inet_service"], ["interval"])
+    # no interval map keyed on l4proto (6.12 stable kernels refuse lookups of those), none of one field
+    assert not [k for k, (key, flags) in hostport.items() if flags and ("inet_proto" in key or isinstance(key, str))]
+    assert len(hostport) == 12 and not set(hostport) & set(layout.LEGACY_RANGE_MAPS)
+
+
+def _dnat_rules(cmds: list[dict]) -> list[list[dict]]:
+    return [c["add"]["rule"]["expr"] for c in cmds if c.get("add", {}).get("rule", {}).get("chain") == "CNI-HOSTPORT-DNAT"]
 
 
 def test_dnat_chain_looks_up_specific_host_ips_first() -> None:
-    rules = [c["add"]["rule"]["expr"][0]["vmap"] for c in layout.base_layout()
-             if c.get("add", {}).get("rule", {}).get("chain") == "CNI-HOSTPORT-DNAT"]
-    assert [r["data"] for r in rules] == ["@hostport-v4", "@hostports-v4", "@hostport-v6", "@hostports-v6",
-                                          "@hostport", "@hostports"]
-    daddr = [r["key"]["concat"][0].get("payload", {}).get("protocol") for r in rules]
-    assert daddr == ["ip", "ip", "ip6", "ip6", None, None]
+    rules = _dnat_rules(layout.base_layout())
+    maps = [r[-1]["vmap"]["data"] for r in rules]
+    assert maps == ["@hostport-v4", "@hostports-v4-tcp", "@hostports-v4-udp", "@hostports-v4-sctp",
+                    "@hostport-v6", "@hostports-v6-tcp", "@hostports-v6-udp", "@hostports-v6-sctp",
+                    "@hostport", "@hostports-tcp", "@hostports-udp", "@hostports-sctp"]
+    # a range lookup is guarded by its protocol and keyed on [daddr .] dport alone
+    assert rules[1][0] == {"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": "tcp"}}
+    assert rules[1][1]["vmap"]["key"] == {"concat": [{"payload": {"protocol": "ip", "field": "daddr"}},
+                                                     {"payload": {"protocol": "th", "field": "dport"}}]}
+    assert rules[9][1]["vmap"]["key"] == {"concat": [{"payload": {"protocol": "th", "field": "dport"}},
+                                                     {"payload": {"protocol": "th", "field": "sport"}}]}
+    assert rules[0][0]["vmap"]["key"]["concat"][1] == {"meta": {"key": "l4proto"}}
+
+
+def test_dnat_chain_keeps_looking_up_legacy_maps_that_exist() -> None:
+    """A node an older berth set up keeps its interval maps keyed on l4proto: each
+    one that exists gets its lookup back, after its family's own maps."""
+    rules = _dnat_rules(layout.base_layout(legacy_maps=("hostports", "hostports-v4")))
+    maps = [r[-1]["vmap"]["data"] for r in rules]
+    assert maps.index("@hostports-v4") == maps.index("@hostports-v4-sctp") + 1
+    assert maps[-1] == "@hostports" and "@hostports-v6" not in maps and len(maps) == 14
+    key = rules[maps.index("@hostports")][-1]["vmap"]["key"]["concat"]
+    assert key[0] == {"meta": {"key": "l4proto"}}
 
 
 def test_mark_bit_and_external_chain() -> None:

@@ -159,8 +159,10 @@ def test_journal_of_an_older_berth_is_checked_and_restored_in_the_interval_map(t
     journal(tmp_path, "c1", [M8080], legacy=True)
     claim(tmp_path, "c1", [M8080])
     chain = layout.dnat_chain_name(NET, "c1", "eth0")
-    old_element = layout.add_elements(layout.HOSTPORTS_MAP, [layout.verdict_elem(M8080.map_key(), chain)])
-    healthy_old = [c for c in healthy() if c.get("add", {}).get("element", {}).get("name") != layout.HOSTPORT_MAP]
+    old_element = layout.add_elements(layout.HOSTPORTS_MAP, [layout.verdict_elem(M8080.map_key(0), chain)])
+    legacy_map = next(c for c in layout.portmap_del(chain, {layout.HOSTPORTS_MAP: []}) if "map" in c["add"])
+    healthy_old = [legacy_map] + [c for c in healthy()
+                                  if c.get("add", {}).get("element", {}).get("name") != layout.HOSTPORT_MAP]
     root = str(tmp_path)
     atts = ops_state.load_attachments(root)
     view = ops_state.PortView(root, atts)

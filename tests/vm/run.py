@@ -1,0 +1,134 @@
+"""Boot kernels of the matrix under qemu and run berth's namespace tests inside.
+
+    python -m tests.vm.run [--kernels 6.1,6.12] [--subset ci|full] [--script FILE] [-- PYTEST-ARGS]
+
+Each kernel gets a root filesystem built from this checkout (tests/vm/initramfs.py),
+boots with no network device (the tests' traffic stays between the guest's own
+namespaces), runs the selection, and powers off; the report is one line per
+kernel, the guest's whole console is in build/vm/<kernel>.log. Nothing is
+created on the host but files under build/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.vm import fetch, initramfs, matrix
+
+REPO = Path(__file__).resolve().parents[2]
+BUILD = REPO / "build"
+INIT = Path(__file__).resolve().parent / "init.sh"
+
+# What CI boots on every submission (the matrix's Debian 12 kernel): the chain
+# lifecycle, ipMasq, published ports by traffic, isolation, DEL cleanup, crash
+# rollback, the agent and the kernel-specific deletion risk. Sized to a few
+# minutes under plain emulation.
+CI_SUBSET = (
+    "tests/vm/test_kernel_features.py",
+    "tests/netns/test_bridge_lifecycle.py",
+    "tests/netns/test_ipmasq.py",
+    "tests/netns/test_portmap.py",
+    "tests/netns/test_isolation.py",
+    "tests/netns/test_rel_crash.py",
+    "tests/netns/test_bundle.py",
+)
+# everything that runs against the kernel; the real-client tests need container
+# runtimes and cgroups the guest does not have (they run on the host)
+FULL_SUBSET = ("tests/vm", "tests/netns", "tests/parity")
+
+RESULT = re.compile(r"BERTH-VM-RESULT rc=(\d+)")
+SUMMARY = re.compile(r"=+ (.*(?:passed|failed|error|skipped).*) in [\d.]+s")
+
+
+def accelerator() -> str:
+    """VM_ACCEL=kvm|tcg; by default plain emulation (TCG), which boots Debian's
+    stock kernels everywhere; a nested /dev/kvm often cannot (a CPU feature it
+    does not pass through makes the guest kernel die early)."""
+    return os.environ.get("VM_ACCEL", "tcg")
+
+
+def boot(kernel: matrix.Kernel, args: list[str], *, timeout: float, echo: bool,
+         script: Path | None = None) -> tuple[int, str, str, float]:
+    """Build, boot, wait: (guest rc or -1, package used, summary line, seconds)."""
+    cache = BUILD / "kernels"
+    unpacked = fetch.fetch(kernel, cache)
+    package = (unpacked / ".unpacked").read_text().strip()
+    release = fetch.release_of(unpacked)
+    image = initramfs.build(BUILD / "vm" / f"root-{kernel.name}", BUILD / "vm" / f"{kernel.name}.cpio",
+                            unpacked, release, REPO, INIT, args, script)
+    vmlinuz = unpacked / "boot" / f"vmlinuz-{release}"
+    log_path = BUILD / "vm" / f"{kernel.name}.log"
+    cpus = str(max(1, min(2, os.cpu_count() or 1)))
+    argv = ["qemu-system-x86_64", "-accel", accelerator(), "-m", os.environ.get("VM_MEMORY", "3072"),
+            "-smp", cpus, "-nographic", "-no-reboot", "-nic", "none", "-kernel", str(vmlinuz),
+            "-initrd", str(image), "-append", "console=ttyS0 quiet panic=-1 rdinit=/init"]
+    start = time.monotonic()
+    rc = -1
+    summary = ""
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        assert proc.stdout is not None
+        try:
+            deadline = start + timeout
+            for raw in iter(proc.stdout.readline, b""):
+                line = raw.decode(errors="replace")
+                log.write(line)
+                log.flush()
+                if echo:
+                    sys.stdout.write(f"[{kernel.name}] {line}")
+                    sys.stdout.flush()
+                m = RESULT.search(line)
+                if m:
+                    rc = int(m.group(1))
+                s = SUMMARY.search(line)
+                if s:
+                    summary = s.group(1)
+                if time.monotonic() > deadline:
+                    log.write(f"\n*** timed out after {timeout:.0f} s\n")
+                    summary = summary or f"timed out after {timeout:.0f} s"
+                    break
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+    return rc, package, summary, time.monotonic() - start
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.vm.run", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--kernels", default=",".join(k.name for k in matrix.MATRIX),
+                        help="comma-separated names from tests/vm/matrix.py (default: all)")
+    parser.add_argument("--subset", choices=("ci", "full"), default="full")
+    parser.add_argument("--timeout", type=float, default=float(os.environ.get("VM_TIMEOUT", "3600")),
+                        help="seconds per kernel")
+    parser.add_argument("--script", type=Path, help="run this shell script in the guest instead of pytest")
+    parser.add_argument("--quiet", action="store_true", help="do not echo the guest console")
+    parser.add_argument("pytest_args", nargs="*")
+    opts = parser.parse_args(argv)
+    selection = list(CI_SUBSET if opts.subset == "ci" else FULL_SUBSET)
+    jobs = ["-n", "2"] if (os.cpu_count() or 1) > 1 else []
+    args = ["-q", "--color=no", "-m", "not slow and not clients", *jobs, *(opts.pytest_args or selection)]
+    results = []
+    for name in opts.kernels.split(","):
+        kernel = matrix.by_name(name.strip())
+        rc, package, summary, seconds = boot(kernel, args, timeout=opts.timeout, echo=not opts.quiet,
+                                             script=opts.script)
+        results.append((kernel, rc, package, summary, seconds))
+    print("\nkernel matrix:")
+    failed = 0
+    for kernel, rc, package, summary, seconds in results:
+        verdict = "PASS" if rc == 0 else "FAIL"
+        failed += rc != 0
+        print(f"  {verdict}  {kernel.name:<5} {package:<50} {summary or 'no result'} ({seconds:.0f} s; "
+              f"build/vm/{kernel.name}.log)")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
