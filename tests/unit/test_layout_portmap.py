@@ -133,7 +133,8 @@ def test_single_ports_go_to_hash_maps_ranges_to_per_protocol_interval_maps() -> 
 
 
 def _dnat_rules(cmds: list[dict]) -> list[list[dict]]:
-    return [c["add"]["rule"]["expr"] for c in cmds if c.get("add", {}).get("rule", {}).get("chain") == "CNI-HOSTPORT-DNAT"]
+    return [c["add"]["rule"]["expr"] for c in cmds
+            if c.get("add", {}).get("rule", {}).get("chain") == "CNI-HOSTPORT-DNAT"]
 
 
 def test_dnat_chain_looks_up_specific_host_ips_first() -> None:
