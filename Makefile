@@ -11,8 +11,11 @@ PYTEST_ARGS ?=
 DEB_PACKAGES := nftables libnftables1 python3-nftables python3-venv libpython3.11 iproute2 conntrack \
 	iptables containernetworking-plugins gcc libc6-dev zlib1g-dev patchelf
 CLIENT_PACKAGES := podman crun conmon containerd runc busybox-static curl uidmap
+# the kernel matrix (tests/vm): qemu boots Debian's kernel packages, unpacked, never installed
+KERNEL_PACKAGES := qemu-system-x86 cpio busybox-static kmod
 
-.PHONY: all deps client-deps venv lint test test-unit test-netns test-long bundle install demo bench clean
+.PHONY: all deps client-deps kernel-deps venv lint test test-unit test-netns test-long test-kernels bundle install \
+	demo bench clean
 
 all: bundle
 
@@ -29,6 +32,13 @@ client-deps: deps
 	if [ -n "$$missing" ]; then echo "installing:$$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	else echo "client-deps: all present"; fi
+
+kernel-deps:
+	@missing=""; for p in $(KERNEL_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then echo "installing:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	else echo "kernel-deps: all present"; fi
 
 # The venv is made from Debian's python so it sees python3-nftables (matching libnftables1).
 $(VENV)/.stamp: pyproject.toml
@@ -47,8 +57,11 @@ lint: $(VENV)/.stamp
 # the bundle (the product form; BERTH_BIN_DIR= runs against the venv entry point instead).
 TEST_JOBS ?= 2
 BERTH_BIN_DIR ?= dist/berth
-test: venv client-deps lint bundle
+# Then the kernel users of Debian 12 run (tests/vm/matrix.py: CI_KERNEL), booted under qemu
+# with the CI subset of the namespace tests inside (tests/vm/run.py).
+test: venv client-deps kernel-deps lint bundle
 	BERTH_BIN_DIR=$(BERTH_BIN_DIR) $(PY) -m pytest -q -n $(TEST_JOBS) -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m tests.vm.run --ci --quiet
 
 test-unit: $(VENV)/.stamp
 	$(PY) -m pytest -q -m unit $(PYTEST_ARGS)
@@ -58,6 +71,13 @@ test-netns: venv
 
 test-long: venv
 	BERTH_LONG=1 $(PY) -m pytest -q $(PYTEST_ARGS)
+
+# Every kernel of the matrix (tests/vm/matrix.py) in a qemu VM, each running the namespace
+# and parity tests against the bundle; KERNELS=6.1,6.12 picks some, KERNEL_SUBSET=ci the CI subset.
+KERNELS ?=
+KERNEL_SUBSET ?= full
+test-kernels: venv kernel-deps bundle
+	$(PY) -m tests.vm.run $(if $(KERNELS),--kernels $(KERNELS)) --subset $(KERNEL_SUBSET) --quiet
 
 # One onedir bundle, one multi-call executable; the plugins are links to it (see berth.spec).
 BUNDLE_LINKS := berth-bridge berth-host-local berth-portmap

@@ -459,6 +459,11 @@ def cmd_status(args: CmdArgs) -> None:
 
         if importlib.util.find_spec("nftables") is None:
             raise CNIError(errors.PLUGIN_NOT_AVAILABLE, "ipMasq needs libnftables, which is not available")
+        from portmap import nft
+
+        problem = nft.unsupported()
+        if problem is not None:
+            raise CNIError(errors.PLUGIN_NOT_AVAILABLE, *problem)
     if conf.layer3:
         try:
             delegate(conf.ipam_type, "STATUS", args)

@@ -157,10 +157,11 @@ LEGACY_MAPS: tuple[tuple[str, list[str] | str, bool], ...] = tuple(
 
 # The second field of the any-address range maps. A range map keyed on the port
 # alone would be an interval set of one field, whose elements libnftables 1.0.6
-# merges against every element already in the map (it reads them all first, and
-# fails in a transaction that also creates the map); a concatenation goes to the
-# kernel's pipapo set, which needs neither. `meta l4proto . th dport` cannot be
-# the concatenation (6.12 stable refuses it), `th dport . th sport` can.
+# checks for overlaps itself against the elements it first reads from the
+# kernel (a read that fails in a transaction that also creates the map); the
+# elements of a concatenation are left to the kernel's pipapo set. `meta
+# l4proto . th dport` cannot be the concatenation (6.12 stable refuses its
+# lookups), `th dport . th sport` with every source port can.
 ANY_SOURCE_PORT: dict[str, list[int]] = {"range": [0, 65535]}
 
 V4_MULTICAST = "224.0.0.0/4"

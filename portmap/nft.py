@@ -24,6 +24,9 @@ from portmap import layout
 _lock = threading.Lock()
 _handle: Any = None
 MAX_DETAIL_CHARS = 4000
+# how the kernel answers a construct it does not support (or a module it lacks):
+# then portmap/features.py names what is missing
+KERNEL_REFUSALS = ("Invalid argument", "Operation not supported", "No such file or directory")
 
 
 class Backend(Protocol):
@@ -84,9 +87,22 @@ class NFT:
         """One json_cmd = one netlink batch: all of it or nothing."""
         if not commands:
             return
+        error = self.try_apply(commands)
+        if error is None:
+            return
+        if any(text in error for text in KERNEL_REFUSALS):
+            from portmap import features
+
+            found = features.missing(self.try_apply)
+            if found is not None:
+                msg, details = features.describe(found)
+                raise CNIError(errors.NFTABLES_FAILURE, msg, details)
+        raise CNIError(errors.NFTABLES_FAILURE, "nftables transaction failed", _details(error, commands))
+
+    def try_apply(self, commands: list[dict[str, Any]]) -> str | None:
+        """One transaction; the error text, or None when it committed."""
         rc, _out, err = _nft().json_cmd(wrap(commands))
-        if rc != 0:
-            raise CNIError(errors.NFTABLES_FAILURE, "nftables transaction failed", _details(str(err), commands))
+        return None if rc == 0 else str(err)
 
     def list_table(self) -> list[dict[str, Any]] | None:
         """Objects of `table inet berth` (None when it does not exist)."""
@@ -104,16 +120,6 @@ class NFT:
 
     def generation(self) -> int | None:
         return kernel_generation()
-
-    def check(self, commands: list[dict[str, Any]]) -> str | None:
-        """Dry run (libnftables check mode); the error text or None."""
-        handle = _nft()
-        handle.set_dry_run(True)
-        try:
-            rc, _out, err = handle.json_cmd(wrap(commands))
-        finally:
-            handle.set_dry_run(False)
-        return None if rc == 0 else str(err).strip()
 
 
 class Fake:
@@ -208,6 +214,18 @@ def existing(names: tuple[str, ...]) -> tuple[str, ...]:
 def generation() -> int | None:
     """The ruleset generation (None: cannot tell); see portmap/generation.py."""
     return backend().generation()
+
+
+def unsupported() -> tuple[str, str] | None:
+    """(message, details) naming an nf_tables feature berth needs that this kernel
+    lacks, None when it has them all (or the backend is not the kernel's)."""
+    handle = backend()
+    if not isinstance(handle, NFT):
+        return None
+    from portmap import features
+
+    found = features.missing(handle.try_apply)
+    return features.describe(found) if found is not None else None
 
 
 def prepare() -> None:

@@ -506,11 +506,9 @@ def cmd_gc(args: CmdArgs) -> None:
 
 def cmd_status(args: CmdArgs) -> None:
     Conf(args.config)
-    checker = nft.backend()
-    if isinstance(checker, nft.NFT):
-        error = checker.check([layout.add_table()])
-        if error is not None:
-            raise CNIError(errors.PLUGIN_NOT_AVAILABLE, "nftables is not usable", error)
+    problem = nft.unsupported()
+    if problem is not None:
+        raise CNIError(errors.PLUGIN_NOT_AVAILABLE, *problem)
     return None
 
 

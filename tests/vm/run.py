@@ -30,7 +30,7 @@ INIT = Path(__file__).resolve().parent / "init.sh"
 # rollback, the agent and the kernel-specific deletion risk. Sized to a few
 # minutes under plain emulation.
 CI_SUBSET = (
-    "tests/vm/test_kernel_features.py",
+    "tests/netns/test_kernel_features.py",
     "tests/netns/test_bridge_lifecycle.py",
     "tests/netns/test_ipmasq.py",
     "tests/netns/test_portmap.py",
@@ -105,12 +105,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kernels", default=",".join(k.name for k in matrix.MATRIX),
                         help="comma-separated names from tests/vm/matrix.py (default: all)")
     parser.add_argument("--subset", choices=("ci", "full"), default="full")
+    parser.add_argument("--ci", action="store_true", help="what CI runs: the CI kernel, the CI subset")
     parser.add_argument("--timeout", type=float, default=float(os.environ.get("VM_TIMEOUT", "3600")),
                         help="seconds per kernel")
     parser.add_argument("--script", type=Path, help="run this shell script in the guest instead of pytest")
     parser.add_argument("--quiet", action="store_true", help="do not echo the guest console")
     parser.add_argument("pytest_args", nargs="*")
     opts = parser.parse_args(argv)
+    if opts.ci:
+        opts.kernels, opts.subset = matrix.CI_KERNEL, "ci"
     selection = list(CI_SUBSET if opts.subset == "ci" else FULL_SUBSET)
     jobs = ["-n", "2"] if (os.cpu_count() or 1) > 1 else []
     args = ["-q", "--color=no", "-m", "not slow and not clients", *jobs, *(opts.pytest_args or selection)]
@@ -127,6 +130,9 @@ def main(argv: list[str] | None = None) -> int:
         failed += rc != 0
         print(f"  {verdict}  {kernel.name:<5} {package:<50} {summary or 'no result'} ({seconds:.0f} s; "
               f"build/vm/{kernel.name}.log)")
+        if rc != 0 and opts.quiet:
+            tail = (BUILD / "vm" / f"{kernel.name}.log").read_text(errors="replace").splitlines()[-120:]
+            print("\n".join(f"    [{kernel.name}] {line}" for line in tail))
     return 1 if failed else 0
 
 
