@@ -139,8 +139,11 @@ def test_conflist_through_libcni(world: World, filename: str) -> None:
     cached = w.libcni.cache_entry(name, pod.path)
     assert cached["result"] == result and cached["capabilityArgs"] == {"portMappings": [MAPPING]}
     assert w.netconf is not None and cached["config"] == (w.netconf / filename).read_text(), "the list's bytes"
-    if filename.startswith("40-dropin"):  # upstream type names, served by berth through the aliases
-        assert "CNI-DN-" in node.nft_text(), "drop-in portmap did not reach berth's table"
+    # what the "nothing left" checks below look for must exist first
+    assert common.journal_files(node.state_dir), "ADD wrote no journal under BERTH_STATE_DIR"
+    assert common.lease_files(w.data_dir), "ADD reserved no address in the test's dataDir"
+    assert common.nft_leftovers(node.nft_text()), "no per-attachment chain in table inet berth"
+    assert _host_veths(node, common.bridge_name(conf)), "no host-side veth"
 
     if v6:  # the pod's v6 addresses are still tentative (DAD) when ADD returns; see test_runner.py
         harness.wait_for(lambda: "tentative" not in pod.ip("-6", "addr", "show", "dev", "eth0").stdout, timeout=5)
@@ -281,6 +284,8 @@ def test_libcni_1_1_cannot_parse_a_1_1_0_result(world: World, driver: Path) -> N
     assert w.libcni.run(node, "add", name, pod.path, w.env()).ok()["cniVersion"] == "1.0.0"
     assert {c.stdin["cniVersion"] for c in w.calls()} == {"1.0.0"}
     w.libcni.run(node, "del", name, pod.path, w.env()).ok()
+    _assert_nothing_left(w, conf, w.libcni, pod)
+    lc.reset_allocator(w.data_dir)
     # berth's runner implements spec 1.1.0 and picks it from cniVersions, as libcni >= 1.2 does
     assert w.berth.run(node, "add", name, pod.path, w.env()).ok()["cniVersion"] == "1.1.0"
     w.berth.run(node, "del", name, pod.path, w.env()).ok()
