@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 
 DEB_PACKAGES := nftables libnftables1 python3-nftables python3-venv libpython3.11 iproute2 conntrack \
 	iptables containernetworking-plugins gcc libc6-dev zlib1g-dev patchelf
-CLIENT_PACKAGES := podman crun conmon containerd runc busybox-static curl uidmap
+CLIENT_PACKAGES := podman crun conmon containerd runc busybox-static curl uidmap golang-go golang-github-appc-cni-dev
 # the kernel matrix (tests/vm): qemu boots Debian's kernel packages, unpacked, never installed
 KERNEL_PACKAGES := qemu-system-x86 cpio busybox-static kmod
 
@@ -39,6 +39,12 @@ kernel-deps:
 	if [ -n "$$missing" ]; then echo "installing:$$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	else echo "kernel-deps: all present"; fi
+
+# A cnitool-like driver over the real libcni (Debian's golang-github-appc-cni-dev, built offline in GOPATH
+# mode) for tests/clients/test_libcni.py, which also builds it when it runs: build/libcni-driver/berth-libcni.
+.PHONY: libcni-driver
+libcni-driver: client-deps
+	tests/clients/libcni/build.sh
 
 # The venv is made from Debian's python so it sees python3-nftables (matching libnftables1).
 $(VENV)/.stamp: pyproject.toml
