@@ -176,6 +176,10 @@ def _checkout(b: Builder, repo: Path) -> None:
             full = repo / rel
             if rel and full.is_file():
                 b.copy_file(str(full))
+        # compiled modules the host already has: under emulation compiling is slow
+        for cached in repo.glob("**/__pycache__/*.pyc"):
+            if ".venv" not in cached.parts and "build" not in cached.parts:
+                b.copy_file(str(cached))
     else:
         b.copy_tree(str(repo), skip={".git", "build", "dist", ".venv", ".mypy_cache", ".ruff_cache"})
     bundle = repo / "dist" / "berth"
@@ -195,7 +199,7 @@ def _checkout(b: Builder, repo: Path) -> None:
 
 
 def build(root: Path, out: Path, unpacked: Path, release: str, repo: Path, init_script: Path,
-          args: list[str], script: Path | None = None) -> Path:
+          args: list[str], script: Path | None = None, env: dict[str, str] | None = None) -> Path:
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
     # Debian's merged /usr
@@ -231,7 +235,8 @@ def build(root: Path, out: Path, unpacked: Path, release: str, repo: Path, init_
     (root / "etc/hostname").write_text("berth-vm\n")
     (root / "etc/modules-boot").write_text("\n".join(BOOT_MODULES) + "\n")
     (root / "etc/berth-vm-args").write_text("".join(a + "\n" for a in args))
-    (root / "etc/berth-vm-env").write_text(f"export BERTH_VM_REPO={_quote(str(repo))}\n")
+    exports = {"BERTH_VM_REPO": str(repo), **(env or {})}
+    (root / "etc/berth-vm-env").write_text("".join(f"export {k}={_quote(v)}\n" for k, v in exports.items()))
     if script is not None:
         shutil.copy2(script, root / "etc/berth-vm-script")
     init = root / "init"
