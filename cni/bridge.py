@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from cni import errors, netlink
+from cni import errors, netlink, netns, sysctl
 from cni.bridge_conf import BridgeConf, parse
 from cni.errors import CNIError
 from cni.invoke import delegate
@@ -54,9 +54,9 @@ def _kernel_errors(action: str) -> Iterator[None]:
         yield
     except CNIError:
         raise
-    except netlink.NetnsNotFound as exc:
+    except netns.NetnsNotFound as exc:
         raise CNIError(errors.INVALID_NETNS, f"{action}: network namespace {exc} does not exist") from None
-    except netlink.NotANetns as exc:
+    except netns.NotANetns as exc:
         raise CNIError(errors.INVALID_NETNS, f"{action}: {exc} is not a network namespace") from None
     except netlink.NotABridge as exc:
         raise CNIError(errors.LINK_CONFLICT, f"{action}: {exc}") from None
@@ -182,7 +182,7 @@ def _add(
     if conf.isolate:
         record["isolate"] = conf.isolate  # journaled first: a racing DEL counts this attachment
     with _kernel_errors("ADD"):
-        netlink.check_netns(args.netns)
+        netns.check(args.netns)
     previous = journal.section(SECTION) or {}
     if previous.get("state") == "added":
         # a second ADD must not get to IPAM: its rollback would release the first one's address
@@ -213,7 +213,10 @@ def _add(
             link = netlink.link_by_name(node, stale_veth)
             if link is not None and link.kind == "veth":
                 netlink.delete_link(node, stale_veth)
-        bridge = netlink.ensure_bridge(node, conf.bridge, conf.mtu, bool(conf.vlan), conf.promisc)
+        # the plugin runs in the node netns: no tentative (DAD) link-local on a fresh
+        # bridge, so IPv6 through it works as soon as ADD returns
+        bridge = netlink.ensure_bridge(node, conf.bridge, conf.mtu, bool(conf.vlan), conf.promisc, before_up=lambda:
+                                       sysctl.write("net", "ipv6", "conf", conf.bridge, "accept_dad", value="0"))
         _step_done("bridge", env)
 
         host, ct = netlink.create_veth(node, cont, args.netns, host_name, args.ifname, conf.mtu, conf.mac)
@@ -221,11 +224,15 @@ def _add(
         if host.name != host_name:
             record["hostVeth"] = host.name
             journal.put(SECTION, record)
-        netlink.disable_port_ipv6(host.name)
+        # A bridge port hands every frame to the bridge, so the port's own IPv6 (a
+        # link-local address, DAD, MLD, its routes) serves nothing; setting it up on
+        # each carrier change is RTNL-held kernel work that grows with the ports.
+        sysctl.write("net", "ipv6", "conf", host.name, "disable_ipv6", value="1")
         netlink.attach_port(node, host, bridge, conf.hairpin, conf.vlan, conf.preserve_default_vlan,
                             conf.port_isolation)
         if not conf.enable_dad and any(":" in ip["address"] for ip in result["ips"]):
-            netlink.disable_dad(args.netns, args.ifname)  # before up: no tentative link-local
+            with netns.entered(args.netns):  # before up: no tentative link-local, v6 works when ADD returns
+                sysctl.write("net", "ipv6", "conf", args.ifname, "accept_dad", value="0")
         if not conf.disable_container_interface:
             netlink.set_up(cont, ct.index, args.ifname)
         _step_done("veth", env)
@@ -244,9 +251,9 @@ def _add(
 
         families = {ipaddress.ip_interface(ip["address"]).version for ip in result["ips"]}
         if 4 in families:
-            netlink.ensure_sysctl("net.ipv4.ip_forward", "1")
+            sysctl.ensure(*sysctl.IPV4_FORWARD, value="1")
         if 6 in families:
-            netlink.ensure_sysctl("net.ipv6.conf.all.forwarding", "1")
+            sysctl.ensure(*sysctl.IPV6_FORWARD, value="1")
         _step_done("sysctls", env)
 
         masq_data: dict[str, Any] | None = None
@@ -363,7 +370,7 @@ def _del_interfaces(args: CmdArgs, record: dict[str, Any]) -> None:
         try:
             netlink.delete_container_link(args.netns, args.ifname)
             return
-        except (netlink.NetnsNotFound, netlink.NotANetns):
+        except (netns.NetnsNotFound, netns.NotANetns):
             pass
     _delete_host_veth(str(record.get("hostVeth") or ""))
 

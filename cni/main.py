@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None, fast_exit: bool = False) -> int:
         return _run_plugin(name, fast_exit)
     if len(argv) >= 3 and argv[1] == "plugin" and canonical_name(argv[2]):
         return _run_plugin(argv[2], fast_exit)
-    from cni.runner.cli import main as cli_main
+    from cni.cli import main as cli_main
 
     return cli_main(argv[1:])
 

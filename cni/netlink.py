@@ -1,4 +1,4 @@
-"""The one module that talks to the kernel's rtnetlink (pyroute2's messages, cni.rtnl's socket).
+"""berth's rtnetlink requests: links, addresses, routes (pyroute2's messages, cni.rtnl's socket).
 
 Messages are encoded and decoded by pyroute2's classes and sent on a plain
 blocking socket (cni.rtnl): pyroute2's IPRoute/NetNS machinery (an asyncio loop
@@ -18,9 +18,10 @@ import contextlib
 import errno
 import ipaddress
 import os
-import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
+
+from cni import netns
 
 if TYPE_CHECKING:
     from cni.rtnl import RtnlSocket
@@ -60,14 +61,6 @@ class AlreadyExists(NetlinkFailure):
 
 
 class NotABridge(Exception):
-    pass
-
-
-class NetnsNotFound(Exception):
-    pass
-
-
-class NotANetns(Exception):
     pass
 
 
@@ -116,25 +109,7 @@ def _call(what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         raise _translate(int(getattr(exc, "code", 0) or 0), what) from None
 
 
-# --- namespaces --------------------------------------------------------------
-
-def check_netns(path: str) -> None:
-    """Raise NetnsNotFound / NotANetns unless `path` is a network namespace.
-
-    A bound netns file or /proc/<pid>/ns/net lives on nsfs, the same filesystem
-    as our own /proc/self/ns/net; anything else (a plain file left in /run/netns
-    after its mount went away, a directory) is not a namespace.
-    """
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        raise NetnsNotFound(path) from None
-    except OSError as exc:
-        raise NotANetns(f"{path}: {exc.strerror}") from None
-    own = os.stat("/proc/self/ns/net")
-    if not stat.S_ISREG(st.st_mode) or st.st_dev != own.st_dev:
-        raise NotANetns(path)
-
+# --- handles -------------------------------------------------------------------
 
 class Handle:
     """One rtnetlink socket bound to one namespace (None: the node's, ours)."""
@@ -183,21 +158,11 @@ def open_netns(path: str) -> Handle:
     from cni.rtnl import RtnlSocket
 
     try:
-        with in_netns(path):
+        with netns.entered(path):
             sock = RtnlSocket()
     except OSError as exc:  # setns refused: not a namespace after all
-        raise NotANetns(f"{path}: {exc.strerror}") from None
+        raise netns.NotANetns(f"{path}: {exc.strerror}") from None
     return Handle(sock, path)
-
-
-@contextlib.contextmanager
-def netns_fd(path: str) -> Iterator[int]:
-    check_netns(path)
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        yield fd
-    finally:
-        os.close(fd)
 
 
 # --- links -------------------------------------------------------------------
@@ -267,7 +232,7 @@ def _create_link(h: Handle, what: str, attrs: list[Any]) -> None:
     _request(h, what, "link", {"index": 0}, attrs, RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL)
 
 
-def _linkinfo(kind: str, data: list[Any]) -> list[Any]:
+def linkinfo(kind: str, data: list[Any]) -> list[Any]:
     info: list[Any] = [["IFLA_INFO_KIND", kind]]
     if data:
         info.append(["IFLA_INFO_DATA", {"attrs": data}])
@@ -282,14 +247,16 @@ def set_mtu(h: Handle, index: int, mtu: int, what: str) -> None:
     _link_set(h, f"set mtu {mtu} on {what}", index, [["IFLA_MTU", mtu]])
 
 
-def ensure_bridge(h: Handle, name: str, mtu: int, vlan_filtering: bool, promisc: bool) -> Link:
-    """The bridge `name`, created when missing; a racing creator is fine (EEXIST)."""
+def ensure_bridge(h: Handle, name: str, mtu: int, vlan_filtering: bool, promisc: bool,
+                  before_up: Callable[[], object] | None = None) -> Link:
+    """The bridge `name`, created when missing; a racing creator is fine (EEXIST).
+    `before_up` runs before a bridge that is down is brought up."""
     link = link_by_name(h, name)
     if link is None:
         attrs: list[Any] = [["IFLA_IFNAME", name]]
         if mtu:
             attrs.append(["IFLA_MTU", mtu])
-        attrs.append(_linkinfo("bridge", [["IFLA_BR_VLAN_FILTERING", 1]] if vlan_filtering else []))
+        attrs.append(linkinfo("bridge", [["IFLA_BR_VLAN_FILTERING", 1]] if vlan_filtering else []))
         with contextlib.suppress(AlreadyExists):
             _create_link(h, f"create bridge {name}" + (" with vlan_filtering" if vlan_filtering else ""), attrs)
         link = link_by_name(h, name)
@@ -300,15 +267,14 @@ def ensure_bridge(h: Handle, name: str, mtu: int, vlan_filtering: bool, promisc:
     changed = False
     if vlan_filtering and not link.vlan_filtering:
         _link_set(h, f"enable vlan_filtering on {name}", link.index,
-                  [_linkinfo("bridge", [["IFLA_BR_VLAN_FILTERING", 1]])])
+                  [linkinfo("bridge", [["IFLA_BR_VLAN_FILTERING", 1]])])
         changed = True
     if promisc and not link.flags & IFF_PROMISC:
         _link_set(h, f"set promisc on {name}", link.index, [], flags=IFF_PROMISC, change=IFF_PROMISC)
         changed = True
     if not link.up:
-        # the plugin runs in the node netns: no tentative (DAD) link-local on a fresh
-        # bridge, so IPv6 through it works as soon as ADD returns
-        _write_proc(f"/proc/sys/net/ipv6/conf/{name}/accept_dad", "0")
+        if before_up is not None:
+            before_up()
         set_up(h, link.index, f"bridge {name}")
         changed = True
     if changed:
@@ -331,7 +297,7 @@ def create_veth(
     A host-name clash (another pod drew the same random name) is retried with a
     fresh name; a clash in the container is reported, as upstream does.
     """
-    with netns_fd(netns_path) as fd:
+    with netns.fd(netns_path) as fd:
         for attempt in range(HOST_VETH_ATTEMPTS):
             peer: list[Any] = [["IFLA_IFNAME", cont_name], ["IFLA_NET_NS_FD", fd]]
             attrs: list[Any] = [["IFLA_IFNAME", host_name]]
@@ -340,7 +306,7 @@ def create_veth(
                 peer.append(["IFLA_MTU", mtu])
             if mac:
                 peer.append(["IFLA_ADDRESS", mac])
-            attrs.append(_linkinfo("veth", [["VETH_INFO_PEER", {"attrs": peer}]]))
+            attrs.append(linkinfo("veth", [["VETH_INFO_PEER", {"attrs": peer}]]))
             try:
                 _create_link(node, f"create veth {host_name}/{cont_name}", attrs)
                 break
@@ -568,142 +534,3 @@ def routes(h: Handle, index: int) -> list[Route]:
             dst = msg.get_attr("RTA_DST") or ("0.0.0.0" if family == AF_INET else "::")
             out.append(Route(f"{dst}/{msg['dst_len']}", msg.get_attr("RTA_GATEWAY")))
     return out
-
-
-# --- the node agent ----------------------------------------------------------
-
-def warm_up() -> None:
-    """Load and prepare, once, everything a plugin call uses here, so the node
-    agent's forked children inherit it: the message modules, pyroute2's NLA
-    tables of every message shape we send or read (compiled on first use),
-    libc for setns, and one real round trip."""
-    from cni import rtnl
-
-    peer = [["IFLA_IFNAME", "eth0"], ["IFLA_NET_NS_FD", 0], ["IFLA_MTU", 1500], ["IFLA_ADDRESS", "02:00:00:00:00:01"]]
-    shapes: list[tuple[str, dict[str, Any], list[Any]]] = [
-        ("link", {"index": 1}, [["IFLA_IFNAME", "b"], ["IFLA_MTU", 1500], ["IFLA_MASTER", 1],
-                                _linkinfo("veth", [["VETH_INFO_PEER", {"attrs": peer}]])]),
-        ("link", {"index": 1}, [_linkinfo("bridge", [["IFLA_BR_VLAN_FILTERING", 1]])]),
-        ("link", {"family": AF_BRIDGE, "index": 1},
-         [("IFLA_PROTINFO", {"attrs": [["IFLA_BRPORT_MODE", 1], ["IFLA_BRPORT_ISOLATED", 1]]}, NLA_F_NESTED)]),
-        ("addr", {"family": AF_INET, "prefixlen": 24, "index": 1},
-         [["IFA_ADDRESS", "10.0.0.1"], ["IFA_LOCAL", "10.0.0.1"]]),
-        ("addr", {"family": AF_INET6, "prefixlen": 64, "index": 1}, [["IFA_ADDRESS", "fd00::1"]]),
-        ("route", {"family": AF_INET, "dst_len": 0, "table": RT_TABLE_MAIN},
-         [["RTA_DST", "0.0.0.0"], ["RTA_OIF", 1], ["RTA_GATEWAY", "10.0.0.1"]]),
-        ("route", {"family": AF_INET6, "dst_len": 0, "table": RT_TABLE_MAIN},
-         [["RTA_DST", "::"], ["RTA_OIF", 1], ["RTA_GATEWAY", "fd00::1"]]),
-    ]
-    for kind, fields, attrs in shapes:
-        msg = rtnl.new(kind, fields, attrs)
-        msg.encode()
-        echo = type(msg)(msg.data)
-        echo.decode()
-        echo.get_attr("IFLA_LINKINFO")
-    with open_node() as node:
-        lo = link_by_name(node, "lo")
-        if lo is not None:
-            addresses(node, lo.index)
-            routes(node, lo.index)
-    with in_netns("/proc/self/ns/net"):
-        pass
-
-
-# --- sysctls -------------------------------------------------------------------
-
-def sysctl_path(key: str) -> str:
-    return "/proc/sys/" + key.replace(".", "/")
-
-
-def ensure_sysctl(key: str, value: str) -> bool:
-    """Write a sysctl of the current (node) netns unless it already holds `value`.
-
-    /proc/sys/net shows the netns of the process, which is the node's here.
-    Returns True when it was changed.
-    """
-    path = sysctl_path(key)
-    with open(path) as fh:
-        if fh.read().strip() == value:
-            return False
-    with open(path, "w") as fh:
-        fh.write(value)
-    return True
-
-
-CLONE_NEWNET = 0x40000000
-
-
-_libc: Any = None
-
-
-def _setns(fd: int) -> None:
-    global _libc
-    import ctypes  # lazy: os.setns is Python 3.12+
-
-    if _libc is None:
-        _libc = ctypes.CDLL(None, use_errno=True)
-    if _libc.setns(fd, CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-
-
-@contextlib.contextmanager
-def in_netns(path: str) -> Iterator[None]:
-    """Run the body with this thread inside netns `path`: /proc/sys/net and new
-    sockets belong to the caller's netns. The only setns in berth; the original
-    netns is always restored."""
-    check_netns(path)
-    # thread-self: /proc/self is the main thread, which may be inside another netns right now
-    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        target = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            _setns(target)
-        finally:
-            os.close(target)
-        try:
-            yield
-        finally:
-            _setns(own)
-    finally:
-        os.close(own)
-
-
-def disable_dad(netns_path: str, ifname: str) -> bool:
-    """accept_dad=0 on the container interface before it goes up, so its
-    link-local address is never tentative and v6 works when ADD returns.
-    False when the container has no IPv6 (nothing to do)."""
-    path = f"/proc/sys/net/ipv6/conf/{ifname}/accept_dad"  # ifname may hold dots: no sysctl_path()
-    with in_netns(netns_path):
-        try:
-            with open(path, "w") as fh:
-                fh.write("0")
-        except FileNotFoundError:
-            return False
-    return True
-
-
-def disable_port_ipv6(name: str) -> bool:
-    """disable_ipv6=1 on a host veth (in the caller's, i.e. the node's, netns)
-    before it goes up. A bridge port hands every frame to the bridge, so the
-    port's own IPv6 (a link-local address, DAD, MLD, its routes) serves nothing;
-    and with hundreds of ports on a node, setting it up on each carrier change
-    is kernel work (under the RTNL lock every ADD and DEL needs) that grows
-    with the number of ports. Pods' IPv6 is bridged as before. False when the
-    node has no IPv6."""
-    return _write_proc(f"/proc/sys/net/ipv6/conf/{name}/disable_ipv6", "1")
-
-
-def _write_proc(path: str, value: str) -> bool:
-    """Best-effort /proc/sys write (the path may hold dots: names are not sysctl keys)."""
-    try:
-        with open(path, "w") as fh:
-            fh.write(value)
-    except FileNotFoundError:
-        return False  # no IPv6 on this node
-    return True
-
-
-def read_sysctl(key: str) -> str:
-    with open(sysctl_path(key)) as fh:
-        return fh.read().strip()

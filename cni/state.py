@@ -18,7 +18,6 @@ IPAM DEL/GC without a journal. Saves 2-4 fsyncs per attachment.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import time
@@ -27,9 +26,9 @@ from typing import Any
 
 from cni import errors
 from cni.errors import CNIError
+from cni.files import atomic_write, flocked
 
 DEFAULT_ROOT = "/var/lib/cni/berth"
-LOCK_TIMEOUT_SECONDS = 30.0
 MAX_EMPTY_CHECK_BYTES = 1 << 16  # an empty journal is never larger (a real one is a few hundred bytes)
 
 
@@ -37,58 +36,6 @@ def state_root(environ: Any = None) -> str:
     """BERTH_STATE_DIR overrides the default root (tests, non-standard nodes)."""
     env = os.environ if environ is None else environ
     return str(env.get("BERTH_STATE_DIR") or DEFAULT_ROOT)
-
-
-def fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: str, data: bytes, mode: int = 0o600, durable: bool = True) -> None:
-    """tmp + rename; `durable` adds an fsync of the data before and of the directory after."""
-    directory = os.path.dirname(path)
-    tmp = f"{path}.tmp.{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        try:
-            view = memoryview(data)
-            while view:  # os.write may write less than asked (ENOSPC edge, signals)
-                view = view[os.write(fd, view):]
-            if durable:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)  # never leave a stray .tmp behind
-        raise
-    if durable:
-        fsync_dir(directory)
-
-
-@contextlib.contextmanager
-def flocked(path: str, timeout: float = LOCK_TIMEOUT_SECONDS) -> Iterator[None]:
-    """Hold an exclusive flock on `path`; give up with CNI code 11 after `timeout`."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        deadline = time.monotonic() + timeout
-        delay = 0.001
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise CNIError(errors.TRY_AGAIN_LATER, f"timed out waiting for lock {path}") from None
-                time.sleep(delay)
-                delay = min(delay * 2, 0.05)
-        yield
-    finally:
-        os.close(fd)  # closing releases the lock; a dead holder never wedges us
 
 
 class Journal:

@@ -88,9 +88,9 @@ from _blake2 import blake2b  # builtin: hashlib would import OpenSSL (~3 ms) on 
 from collections.abc import Iterable, Iterator
 from typing import Protocol
 
-from cni import errors
+from cni import errors, sysctl
 from cni.errors import CNIError
-from cni.state import flocked, fsync_dir
+from cni.files import flocked, fsync_dir
 from ipam.ranges import IPAddress
 
 LINE_BREAK = "\r\n"
@@ -129,19 +129,9 @@ def owner_key(container_id: str, ifname: str) -> str:
     return blake2b(f"{container_id.strip()}\n{ifname.strip()}".encode(), digest_size=16).hexdigest()
 
 
-_boot_id: str | None = None
-
-
 def boot_id() -> str:
-    """This boot's random ID ("" when unknown: then nothing is ever sealed)."""
-    global _boot_id
-    if _boot_id is None:
-        try:
-            with open("/proc/sys/kernel/random/boot_id", "rb") as fh:
-                _boot_id = fh.read(64).decode("ascii", "replace").strip()
-        except OSError:
-            _boot_id = ""
-    return _boot_id
+    """This boot's id ("" when unreadable)."""
+    return sysctl.boot_id()
 
 
 def address_of(name: str) -> IPAddress | None:

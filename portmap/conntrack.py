@@ -14,12 +14,10 @@ import errno
 import socket
 from typing import Any
 
+from cni import sysctl
 from portmap.layout import Mapping
 
 PROTOCOLS = {"udp": socket.IPPROTO_UDP, "sctp": socket.IPPROTO_SCTP}
-
-
-COUNT_FILE = "/proc/sys/net/netfilter/nf_conntrack_count"
 
 
 def needs_flush(mappings: list[Mapping]) -> bool:
@@ -29,11 +27,8 @@ def needs_flush(mappings: list[Mapping]) -> bool:
 def table_empty() -> bool:
     """An empty (or absent) conntrack table of this netns: nothing to flush, and
     no reason to pay pyroute2's import."""
-    try:
-        with open(COUNT_FILE) as fh:
-            return fh.read().strip() == "0"
-    except OSError:
-        return True  # nf_conntrack not loaded: no entries can exist
+    count = sysctl.read(*sysctl.CONNTRACK_COUNT)
+    return count is None or count == "0"  # None: nf_conntrack not loaded, no entries can exist
 
 
 def flush(mappings: list[Mapping], versions: tuple[int, ...] = (4, 6)) -> list[str]:

@@ -18,7 +18,7 @@ import signal
 import sys
 from typing import Any
 
-from cni import errors, state
+from cni import errors, state, sysctl
 from cni.errors import CNIError
 from cni.skel import CmdArgs, PluginFuncs
 from cni.spec import Result, prev_result
@@ -223,17 +223,12 @@ def host_bridge(result: Result) -> str | None:
 def enable_route_localnet(bridge: str) -> bool:
     """127.0.0.1:hostPort from the node needs 127/8 to cross into the bridge; the
     guard chain (layout.GUARD_CHAIN) keeps CVE-2020-8558 closed."""
-    path = f"/proc/sys/net/ipv4/conf/{bridge}/route_localnet"
     try:
-        with open(path) as fh:
-            if fh.read().strip() == "1":
-                return True
-        with open(path, "w") as fh:
-            fh.write("1")
+        sysctl.ensure("net", "ipv4", "conf", bridge, "route_localnet", value="1")
         return True
     except FileNotFoundError:
         return False
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
         raise CNIError(errors.IO_FAILURE, f"cannot set route_localnet on {bridge}", str(exc)) from None
 
 

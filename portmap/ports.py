@@ -19,7 +19,7 @@ import os
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
-from cni import errors, state
+from cni import errors, files, state, sysctl
 from cni.errors import CNIError
 from portmap.layout import Mapping
 
@@ -62,7 +62,7 @@ def ports_dir(root: str) -> str:
 @contextlib.contextmanager
 def locked(root: str) -> Iterator[None]:
     os.makedirs(ports_dir(root), mode=0o700, exist_ok=True)
-    with state.flocked(os.path.join(ports_dir(root), "lock")):
+    with files.flocked(os.path.join(ports_dir(root), "lock")):
         yield
 
 
@@ -82,17 +82,10 @@ def read(path: str) -> Claim | None:
         return None  # unreadable: treat as unowned, the new claim overwrites it
 
 
-BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"
-
-
 def boot_id() -> str:
     """This boot's id ("" when unreadable): a claim made in an earlier boot is
     stale, every pod died in the reboot (before the runtime's GC says so)."""
-    try:
-        with open(BOOT_ID_PATH) as fh:
-            return fh.read().strip()
-    except OSError:
-        return ""
+    return sysctl.boot_id()
 
 
 def is_live(root: str, owner: Owner) -> bool:
@@ -142,7 +135,7 @@ def write(root: str, me: Owner, chain: str, mappings: list[Mapping]) -> None:
     for m in mappings:
         data = json.dumps(Claim(me, chain, m.map_name(), m.map_key()).to_json(), sort_keys=True).encode()
         for path in port_files(root, m):
-            state.atomic_write(path, data, durable=False)
+            files.atomic_write(path, data, durable=False)
 
 
 def owns_all(root: str, me: Owner, m: Mapping) -> bool:

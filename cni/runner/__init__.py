@@ -1,1 +1,1 @@
-"""The `berth` operator CLI: cnitool-compatible verbs plus list/explain/reconcile."""
+"""The cnitool-compatible runner: add, check, del, gc, status of a network list, as libcni runs them."""

@@ -19,7 +19,7 @@ from typing import Any
 
 from cni import errors
 from cni.errors import CNIError
-from cni.state import atomic_write
+from cni.files import atomic_write
 
 DEFAULT_CACHE_DIR = "/var/lib/cni"
 KIND = "cniCacheV1"

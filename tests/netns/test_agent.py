@@ -448,7 +448,7 @@ def test_caller_of_another_build_runs_in_process(topo: harness.Topology, agent: 
 
 
 def test_flush_is_repaired_from_the_journals(topo: harness.Topology, agent: AgentProc) -> None:
-    pytest.importorskip("cni.runner.ops_reconcile")
+    pytest.importorskip("cni.ops.reconcile")
     node = topo.node
     pod = Pod(topo, "f1", [{"hostPort": 8084, "containerPort": 80}])
     pod.add().ok()

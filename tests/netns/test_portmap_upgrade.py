@@ -24,7 +24,7 @@ NODE4, OUTSIDE4 = harness.Topology.NODE_V4, harness.Topology.OUTSIDE_V4
 # files naming the interval map.
 OLD_ADD = """
 import json, sys
-from cni import state
+from cni import files, state
 from portmap import layout, nft, ports
 root, network, cid, ifname, addresses, raw = json.loads(sys.argv[1])
 new = {name for name, _version, _proto in layout.DISPATCH}
@@ -55,7 +55,7 @@ with ports.locked(root):
     for m in mappings:
         claim = ports.Claim(me, chain, m.map_name(0), m.map_key(0))
         for path in ports.port_files(root, m):
-            state.atomic_write(path, json.dumps(claim.to_json(), sort_keys=True).encode())
+            files.atomic_write(path, json.dumps(claim.to_json(), sort_keys=True).encode())
 """
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from cni import netlink, rtnl
+from cni import netlink, netns, rtnl
 
 
 class FakeSocket:
@@ -120,15 +120,15 @@ def test_reply_framing_multipart_dump_and_errors() -> None:
 
 
 def test_check_netns(tmp_path: Path) -> None:
-    netlink.check_netns("/proc/self/ns/net")
-    with pytest.raises(netlink.NetnsNotFound):
-        netlink.check_netns(str(tmp_path / "missing"))
+    netns.check("/proc/self/ns/net")
+    with pytest.raises(netns.NetnsNotFound):
+        netns.check(str(tmp_path / "missing"))
     plain = tmp_path / "plain"
     plain.write_text("")
-    with pytest.raises(netlink.NotANetns):
-        netlink.check_netns(str(plain))
-    with pytest.raises(netlink.NotANetns):
-        netlink.check_netns(str(tmp_path))
+    with pytest.raises(netns.NotANetns):
+        netns.check(str(plain))
+    with pytest.raises(netns.NotANetns):
+        netns.check(str(tmp_path))
 
 
 def test_random_veth_name() -> None:

@@ -9,9 +9,12 @@ from typing import Any
 
 import pytest
 
-from cni.runner import ops_explain, ops_list, ops_reconcile, ops_state
-from cni.runner.ops_explain import Target, parse_target
-from cni.runner.ops_state import Table
+from cni.ops import explain as ops_explain
+from cni.ops import listing as ops_list
+from cni.ops import reconcile as ops_reconcile
+from cni.ops import view as ops_state
+from cni.ops.explain import Target, parse_target
+from cni.ops.view import Table
 from portmap import layout, ports
 from portmap.layout import Mapping
 

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from cni.errors import CNIError
-from cni.runner import ops_explain
+from cni.ops import explain as ops_explain
 from cni.skel import CmdArgs
 from portmap import layout, masq, nft, portmap, ports
 from tests.unit.test_portmap_plugin import args as portmap_args

@@ -16,8 +16,9 @@ from typing import Any
 
 import pytest
 
+from cni import cli
 from cni.errors import CNIError
-from cni.runner import cache, cli, cnitool, conflist
+from cni.runner import cache, cnitool, conflist
 
 FAKE_PLUGIN = r'''#!/usr/bin/python3
 import json, os, sys
@@ -405,7 +406,7 @@ def test_runner_does_not_import_heavy_modules_for_help() -> None:
     import subprocess
     import sys
 
-    code = ("import sys; from cni.runner import cli; cli.usage(); "
+    code = ("import sys; from cni import cli; cli.usage(); "
             "print('pyroute2' in sys.modules, 'nftables' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__)))).stdout

@@ -13,7 +13,8 @@ import pytest
 
 from cni import errors, state
 from cni.errors import CNIError
-from cni.state import Journal, atomic_write, flocked, journals, state_root
+from cni.files import atomic_write, flocked
+from cni.state import Journal, journals, state_root
 
 
 def journal(root: Path, cid: str = "c1", ifname: str = "eth0") -> Journal:

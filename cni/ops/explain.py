@@ -35,8 +35,9 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from cni.runner import ops_state
-from cni.runner.ops_state import Attachment, PortView, Table
+from cni import sysctl
+from cni.ops import view as ops_state
+from cni.ops.view import Attachment, PortView, Table
 from portmap import layout
 from portmap.layout import Mapping
 
@@ -183,14 +184,6 @@ def conntrack_count(mappings: list[Mapping]) -> tuple[int, str | None]:
     return count, None
 
 
-def read_sysctl(key: str) -> str | None:
-    try:
-        with open("/proc/sys/" + key.replace(".", "/")) as fh:
-            return fh.read().strip()
-    except OSError:
-        return None
-
-
 # --- the walk -------------------------------------------------------------------------
 
 @dataclass
@@ -310,9 +303,9 @@ def _key_text(m: Mapping) -> str:
 def _forward_hop(report: Report, att: Attachment, ctx: Context) -> None:
     families = {ipaddress.ip_address(a).version for a in att.addresses if _is_ip(a)} or {4}
     problems, warnings = [], []
-    if 4 in families and read_sysctl("net.ipv4.ip_forward") != "1":
+    if 4 in families and sysctl.read(*sysctl.IPV4_FORWARD) != "1":
         problems.append("net.ipv4.ip_forward is not 1")
-    if 6 in families and read_sysctl("net.ipv6.conf.all.forwarding") != "1":
+    if 6 in families and sysctl.read(*sysctl.IPV6_FORWARD) != "1":
         problems.append("net.ipv6.conf.all.forwarding is not 1")
     for chain in ctx.forward_chains:
         where = f"chain {chain['name']} of table ip filter (iptables FORWARD)"
@@ -371,7 +364,7 @@ def _link_hops(report: Report, att: Attachment, ctx: Context) -> None:
 
 
 def _container_hop(report: Report, att: Attachment) -> None:
-    from cni import netlink
+    from cni import netlink, netns
 
     if not att.netns:
         report.add("container", WARN, "no netns recorded")
@@ -380,7 +373,7 @@ def _container_hop(report: Report, att: Attachment) -> None:
         with netlink.open_netns(att.netns) as cont:
             link = netlink.link_by_name(cont, att.ifname)
             have = netlink.addresses(cont, link.index) if link is not None else []
-    except (netlink.NetnsNotFound, netlink.NotANetns):
+    except (netns.NetnsNotFound, netns.NotANetns):
         report.add("container", FAIL, f"netns {att.netns} is gone")
         return
     except netlink.NetlinkFailure as exc:
@@ -443,7 +436,7 @@ def _localhost_hop(report: Report, att: Attachment, focus: list[Mapping], ctx: C
     if not v4 or not bridge:
         report.add("localhost", INFO, "no IPv4 published port: 127.0.0.1 not involved (::1 cannot be NATed)")
         return
-    value = read_sysctl(f"net.ipv4.conf.{bridge}.route_localnet")
+    value = sysctl.read("net", "ipv4", "conf", bridge, "route_localnet")
     guard = ctx.table.rule_count(layout.GUARD_CHAIN) >= ops_state.STATIC_RULES.get(layout.GUARD_CHAIN, 1)
     if value == "1" and not guard:
         report.add("localhost", FAIL, f"route_localnet=1 on {bridge} but the 127/8 guard chain is missing "

@@ -24,11 +24,11 @@ COMMANDS: dict[str, Command] = {
     "del": Command("cni.runner.cnitool", "detach a netns from a network (as cnitool del)"),
     "gc": Command("cni.runner.cnitool", "remove what no cached attachment owns (as cnitool gc)"),
     "status": Command("cni.runner.cnitool", "are the network's plugins ready? (as cnitool status)"),
-    "doctor": Command("cni.runner.doctor", "show what this berth runs on (interpreter, libnftables, pyroute2)"),
+    "doctor": Command("cni.ops.doctor", "show what this berth runs on (interpreter, libnftables, pyroute2)"),
     "agent": Command("cni.agent", "serve plugin calls from a warm node agent on a root-only Unix socket"),
-    "list": Command("cni.runner.ops_list", "every attachment on this node and whether its rules are present"),
-    "explain": Command("cni.runner.ops_explain", "walk a published port's path hop by hop and give a verdict"),
-    "reconcile": Command("cni.runner.ops_reconcile", "re-create missing nft chains/elements from the journals"),
+    "list": Command("cni.ops.listing", "every attachment on this node and whether its rules are present"),
+    "explain": Command("cni.ops.explain", "walk a published port's path hop by hop and give a verdict"),
+    "reconcile": Command("cni.ops.reconcile", "re-create missing nft chains/elements from the journals"),
 }
 
 

@@ -15,8 +15,8 @@ import sys
 import time
 from typing import Any
 
-from cni.runner import ops_state
-from cni.runner.ops_state import Attachment, PortView, Table
+from cni.ops import view as ops_state
+from cni.ops.view import Attachment, PortView, Table
 
 
 def rules_status(att: Attachment, table: Table, view: PortView) -> tuple[str, list[str]]:

@@ -20,8 +20,8 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from cni.runner import ops_state
-from cni.runner.ops_state import Attachment, Missing, PortView, Table
+from cni.ops import view as ops_state
+from cni.ops.view import Attachment, Missing, PortView, Table
 from portmap import layout
 from portmap.layout import Mapping
 

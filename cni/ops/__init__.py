@@ -1,0 +1,1 @@
+"""Operator commands: list, explain, reconcile, doctor, over the joined view of journals and berth's table."""
