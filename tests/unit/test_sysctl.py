@@ -20,7 +20,8 @@ def proc(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def test_parts_keep_dots_and_refuse_path_tricks() -> None:
-    assert sysctl.path("net", "ipv4", "conf", "br.10", "route_localnet") == "/proc/sys/net/ipv4/conf/br.10/route_localnet"
+    path = sysctl.path("net", "ipv4", "conf", "br.10", "route_localnet")
+    assert path == "/proc/sys/net/ipv4/conf/br.10/route_localnet"
     for bad in ("..", ".", "", "a/b", "x\0"):
         with pytest.raises(ValueError):
             sysctl.path("net", "ipv4", "conf", bad, "route_localnet")
