@@ -119,6 +119,13 @@ def pod_in(ip: str, subnet: str) -> bool:
     return ipaddress.ip_address(ip) in ipaddress.ip_network(subnet)
 
 
+def check_egress(topo: harness.Topology, pod_exec: PodExec) -> None:
+    """The pod reaches a server in the client namespace, masqueraded to the node's address."""
+    with topo.outside.server(OUT_PORT, banner="out"):
+        answer = pod_exec(f"nc -w 3 {topo.OUTSIDE_V4} {OUT_PORT}").strip()
+    assert answer == f"out {topo.NODE_V4}", f"pod egress not masqueraded to the node's address: {answer!r}"
+
+
 def check_published_pod(topo: harness.Topology, ip: str, pod_exec: PodExec, host_port: int, page: str) -> None:
     """What a user of a pod with a published port sees, while it runs (the pod serves `page` on POD_PORT)."""
     node, outside = topo.node, topo.outside
@@ -126,9 +133,7 @@ def check_published_pod(topo: harness.Topology, ip: str, pod_exec: PodExec, host
     assert http_get(node, f"http://127.0.0.1:{host_port}/") == page, "hostPort via the node's 127.0.0.1"
     assert http_get(node, f"http://{topo.NODE_V4}:{host_port}/") == page, "hostPort via the node's address"
     assert http_get(outside, f"http://{topo.NODE_V4}:{host_port}/") == page, "hostPort from the client namespace"
-    with outside.server(OUT_PORT, banner="out"):
-        answer = pod_exec(f"nc -w 3 {topo.OUTSIDE_V4} {OUT_PORT}").strip()
-    assert answer == f"out {topo.NODE_V4}", f"pod egress not masqueraded to the node's address: {answer!r}"
+    check_egress(topo, pod_exec)
     hairpin = pod_exec(pod_get(topo.NODE_V4, host_port))
     assert page in hairpin, f"hairpin: pod to its own hostPort via {topo.NODE_V4}: {hairpin!r}"
 

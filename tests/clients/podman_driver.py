@@ -22,6 +22,7 @@ from typing import Any
 from tests import harness
 from tests.clients import image
 from tests.clients.node import Bind, NodeHost
+from tests.clients.plugins import PluginDir
 
 IMAGE = "localhost/berth-busybox:latest"
 # inside 10.202.0.0/16 like conf/'s examples, clear of them (tests/unit/test_conf_examples.py)
@@ -65,22 +66,22 @@ runroot = "/run/containers/storage"
 
 
 class Podman:
-    def __init__(self, topo: harness.Topology, work: Path, plugin_dir: Path, *, page: str,
+    def __init__(self, topo: harness.Topology, work: Path, plugins: PluginDir, *, page: str,
                  conflist: Path | None = None, network: str = "berth-podman-test",
                  subnet: str = "10.202.20.0/24") -> None:
         self.work = work
-        self.plugin_dir = plugin_dir
+        self.plugins = plugins
         self.page = page
         self.conflist = conflist
         self.network = json.loads(conflist.read_text())["name"] if conflist else network
         self.subnet = subnet
         etc = work / "etc-containers"
         etc.mkdir(parents=True, exist_ok=True)
-        (etc / "containers.conf").write_text(containers_conf(str(plugin_dir)))
+        (etc / "containers.conf").write_text(containers_conf(str(plugins.path)))
         (etc / "storage.conf").write_text(STORAGE_CONF)
         (etc / "policy.json").write_text(json.dumps({"default": [{"type": "insecureAcceptAnything"}]}))
         (etc / "registries.conf").write_text("unqualified-search-registries = []\n")  # never a registry
-        self.host = NodeHost(topo.node, work / "node", [Bind(etc, "/etc/containers")], [plugin_dir])
+        self.host = NodeHost(topo.node, work / "node", [Bind(etc, "/etc/containers")], plugins.sources)
 
     def __enter__(self) -> Podman:
         self.host.start()
