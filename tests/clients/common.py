@@ -48,7 +48,7 @@ def with_data_dir(conf: dict[str, Any], data_dir: Path) -> dict[str, Any]:
 
 
 def subnets(conf: dict[str, Any]) -> list[str]:
-    out = []
+    out: list[str] = []
     for plugin in conf.get("plugins", [conf]):
         for rset in plugin.get("ipam", {}).get("ranges", []):
             out.extend(r["subnet"] for r in rset)

@@ -127,7 +127,7 @@ class Containerd:
             cri.frame(request), timeout=120)
         headers = proc.stderr.decode(errors="replace")
         status, message = cri.grpc_status(headers)
-        if proc.returncode != 0 or status not in (0, None):
+        if proc.returncode != 0 or status != 0:
             raise cri.CriError(f"{path}: grpc-status {status} {message} (curl rc {proc.returncode})\n{headers}")
         return cri.unframe(proc.stdout)
 

@@ -22,6 +22,7 @@ import contextlib
 import ctypes
 import json
 import os
+import re
 import secrets
 import signal
 import subprocess
@@ -58,17 +59,6 @@ def _setns(path: str, flag: int) -> None:
             raise OSError(err, os.strerror(err), path)
     finally:
         os.close(fd)
-
-
-def _cgroup_roots() -> list[Path]:
-    """The host's cgroup hierarchies (each v1 controller, or the one v2 tree)."""
-    roots = []
-    with open("/proc/self/mounts") as fh:
-        for line in fh:
-            _, mountpoint, fstype = line.split()[:3]
-            if fstype in ("cgroup", "cgroup2") and mountpoint.startswith("/sys/fs/cgroup"):
-                roots.append(Path(mountpoint))
-    return roots
 
 
 class NodeHost:
@@ -171,7 +161,8 @@ class NodeHost:
             raise AssertionError(f"{' '.join(argv)} failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}")
         return proc
 
-    def run_binary(self, argv: Sequence[str], data: bytes, *, timeout: float = 120) -> subprocess.CompletedProcess[bytes]:
+    def run_binary(self, argv: Sequence[str], data: bytes, *,
+                   timeout: float = 120) -> subprocess.CompletedProcess[bytes]:
         return subprocess.run(list(argv), input=data, capture_output=True, env=self.env(), timeout=timeout,
                               check=False, preexec_fn=self._enter())
 
@@ -182,7 +173,7 @@ class NodeHost:
         """Kill what is still running in this node (containers under the cgroup parent, then every process in
         the mount namespace), remove the cgroups and the namespace. Returns what had to be killed."""
         killed = self._kill_mount_namespace() if self._holder is not None else []
-        killed += self._kill_cgroup_tree()
+        killed += remove_cgroup(self.cgroup_parent)
         if self._holder is not None:
             with contextlib.suppress(BrokenPipeError, OSError):
                 assert self._holder.stdin is not None
@@ -194,31 +185,6 @@ class NodeHost:
                 self._holder.wait()
             self._holder = None
         return killed
-
-    def _kill_cgroup_tree(self) -> list[str]:
-        killed: list[str] = []
-        tops = [root / self.cgroup_parent.lstrip("/") for root in _cgroup_roots()]
-        deadline = time.monotonic() + 10
-        while True:
-            busy = False
-            for top in tops:
-                if not top.is_dir():
-                    continue
-                for cg, _, _ in os.walk(top, topdown=False):
-                    with contextlib.suppress(OSError):
-                        for pid in Path(cg, "cgroup.procs").read_text().split():
-                            killed.append(f"{pid} ({_comm(int(pid))}) in {cg}")
-                            with contextlib.suppress(ProcessLookupError):
-                                os.kill(int(pid), signal.SIGKILL)
-                    try:
-                        os.rmdir(cg)
-                    except FileNotFoundError:
-                        pass
-                    except OSError:
-                        busy = True
-            if not busy or time.monotonic() > deadline:
-                return killed
-            time.sleep(0.1)
 
     def _kill_mount_namespace(self) -> list[str]:
         assert self._holder is not None
@@ -235,6 +201,41 @@ class NodeHost:
             except (FileNotFoundError, ProcessLookupError, PermissionError):
                 continue
         return killed
+
+
+def remove_cgroup(name: str, timeout: float = 10) -> list[str]:
+    """Kill every process in cgroup `name` and below, in every hierarchy, and remove those cgroups.
+    Returns what had to be killed."""
+    killed: dict[str, str] = {}
+    tops = [root / name.lstrip("/") for root in harness.cgroup_roots()]
+    deadline = time.monotonic() + timeout
+    while True:
+        busy = False
+        for top in tops:
+            if not top.is_dir():
+                continue
+            for cg, _, _ in os.walk(top, topdown=False):
+                with contextlib.suppress(OSError):
+                    for pid in Path(cg, "cgroup.procs").read_text().split():
+                        killed.setdefault(pid, f"{pid} ({_comm(int(pid))}) in {cg}")
+                        with contextlib.suppress(ProcessLookupError):
+                            os.kill(int(pid), signal.SIGKILL)
+                try:
+                    os.rmdir(cg)
+                except FileNotFoundError:
+                    pass
+                except OSError:
+                    busy = True  # its processes are still exiting
+        if not busy or time.monotonic() > deadline:
+            return list(killed.values())
+        time.sleep(0.1)
+
+
+def remove_stale_cgroups() -> None:
+    """Node cgroups of test sessions that are gone (an interrupted run's containers)."""
+    for name in harness.cgroups_named(harness.NS_PREFIX):
+        if re.fullmatch(rf"/{harness.NS_PREFIX}\d+-[0-9a-f]{{6}}", name) and not harness.owner_alive(name[1:]):
+            remove_cgroup(name)
 
 
 def _comm(pid: int) -> str:
