@@ -63,7 +63,11 @@ disabled_plugins = {q(DISABLED_PLUGINS)}
 
 
 class Containerd:
-    def __init__(self, topo: harness.Topology, work: Path, plugins: PluginDir, conflist: Path, *, page: str) -> None:
+    """`with Containerd(...) as ctrd:` starts containerd in the node and imports the images (the busybox one
+    serves `page` from /www); leaving the block removes every pod and task, stops containerd and
+    everything the node ran."""
+
+    def __init__(self, node: harness.Netns, work: Path, plugins: PluginDir, conflist: Path, *, page: str) -> None:
         self.work = work
         self.plugins = plugins
         self.conflist = conflist
@@ -73,7 +77,7 @@ class Containerd:
         self.config = work / "containerd.toml"
         self.config.write_text(config_toml(str(plugins.path)))
         self.log_path = work / "containerd.log"
-        self.host = NodeHost(topo.node, work / "node", [Bind(plugins.path, "/opt/cni/bin")], plugins.sources)
+        self.host = NodeHost(node, work / "node", [Bind(plugins.path, "/opt/cni/bin")], plugins.sources)
         self._daemon: subprocess.Popen[str] | None = None
         self._log: IO[str] | None = None
         self._ctr_runs: list[subprocess.Popen[str]] = []

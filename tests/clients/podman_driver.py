@@ -6,8 +6,9 @@ without any environment: the `podman container cleanup` that conmon starts when 
 gets neither the caller's environment nor its containers.conf, and would otherwise look for plugins
 in podman's built-in directories.
 
-Parameters: the plugin directory (the only one podman is given), the network: a conflist installed
-into net.d as it is, or a network podman creates itself (`podman network create`, its own conflist).
+Parameters: the plugin directory (a PluginDir: the only one podman is given), the network: a
+conflist installed into net.d as it is, or a network podman creates itself (`podman network
+create`, its own conflist, which names the reference plugin types).
 """
 
 from __future__ import annotations
@@ -66,9 +67,12 @@ runroot = "/run/containers/storage"
 
 
 class Podman:
-    def __init__(self, topo: harness.Topology, work: Path, plugins: PluginDir, *, page: str,
+    """`with Podman(...) as pm:` starts the node and imports the image (serving `page` from /www);
+    leaving the block removes every container and everything the node ran."""
+
+    def __init__(self, node: harness.Netns, work: Path, plugins: PluginDir, *, page: str,
                  conflist: Path | None = None, network: str = "berth-podman-test",
-                 subnet: str = "10.202.20.0/24") -> None:
+                 subnet: str | None = None) -> None:
         self.work = work
         self.plugins = plugins
         self.page = page
@@ -81,7 +85,7 @@ class Podman:
         (etc / "storage.conf").write_text(STORAGE_CONF)
         (etc / "policy.json").write_text(json.dumps({"default": [{"type": "insecureAcceptAnything"}]}))
         (etc / "registries.conf").write_text("unqualified-search-registries = []\n")  # never a registry
-        self.host = NodeHost(topo.node, work / "node", [Bind(etc, "/etc/containers")], plugins.sources)
+        self.host = NodeHost(node, work / "node", [Bind(etc, "/etc/containers")], plugins.sources)
 
     def __enter__(self) -> Podman:
         self.host.start()
@@ -103,7 +107,8 @@ class Podman:
         if self.conflist:
             (self.host.path("/etc/cni/net.d") / f"{self.network}.conflist").write_text(self.conflist.read_text())
         else:
-            self.podman("network", "create", "--subnet", self.subnet, self.network)
+            # without a subnet podman takes the next free one from SUBNET_POOL
+            self.podman("network", "create", *(["--subnet", self.subnet] if self.subnet else []), self.network)
 
     def podman(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         return self.host.run(["podman", *args], check=check, timeout=timeout)

@@ -31,7 +31,7 @@ def test_cri_pod_with_host_ports(topo: harness.Topology, tmp_path: Path) -> None
     plugins = PluginDir(tmp_path / "plugins", [topo.node.bin_dir, Path(common.REFERENCE_DIR) / "loopback"])
     page = f"berth-cri-{secrets.token_hex(4)}"
 
-    with Containerd(topo, tmp_path / "containerd", plugins, common.CONF_DIR / name, page=page) as ctrd:
+    with Containerd(topo.node, tmp_path / "containerd", plugins, common.CONF_DIR / name, page=page) as ctrd:
         var_lib_cni = ctrd.host.path("/var/lib/cni")
         ready, why = ctrd.cri.conditions().get("NetworkReady", (False, "no NetworkReady condition"))
         assert ready, f"CRI network not ready: {why}\n{ctrd.log()[-3000:]}"
@@ -82,7 +82,7 @@ def test_ctr_run_cni(topo: harness.Topology, tmp_path: Path) -> None:
     plugins = PluginDir(tmp_path / "plugins", [topo.node.bin_dir])  # berth alone: ctr's /usr/lib/cni is hidden
     page = f"berth-ctr-{secrets.token_hex(4)}"
 
-    with Containerd(topo, tmp_path / "containerd", plugins, common.CONF_DIR / name, page=page) as ctrd:
+    with Containerd(topo.node, tmp_path / "containerd", plugins, common.CONF_DIR / name, page=page) as ctrd:
         var_lib_cni = ctrd.host.path("/var/lib/cni")
         run = ctrd.ctr_run("web", HTTPD)
         addr = ctrd.ctr_exec("web", "ip -4 -o addr show dev eth0")

@@ -25,7 +25,7 @@ def test_podman_publish_port_through_berth(topo: harness.Topology, tmp_path: Pat
     plugins = PluginDir(tmp_path / "plugins", [topo.node.bin_dir])  # berth alone
     page = f"berth-podman-{secrets.token_hex(4)}"
 
-    with Podman(topo, tmp_path / "podman", plugins, page=page, conflist=common.CONF_DIR / CONFLIST) as pm:
+    with Podman(topo.node, tmp_path / "podman", plugins, page=page, conflist=common.CONF_DIR / CONFLIST) as pm:
         var_lib_cni = pm.host.path("/var/lib/cni")
         for cycle in range(1, CYCLES + 1):
             name = f"web{cycle}"
