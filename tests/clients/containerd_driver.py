@@ -135,6 +135,15 @@ class Containerd:
             raise cri.CriError(f"{path}: grpc-status {status} {message} (curl rc {proc.returncode})\n{headers}")
         return cri.unframe(proc.stdout)
 
+    def network_ready(self, timeout: float = 15) -> tuple[bool, str]:
+        """The CRI's NetworkReady condition (true once it has loaded a network config), waited for."""
+        deadline = time.monotonic() + timeout
+        while True:
+            ready, why = self.cri.conditions().get("NetworkReady", (False, "no NetworkReady condition"))
+            if ready or time.monotonic() > deadline:
+                return ready, why
+            time.sleep(0.2)
+
     def run_pod(self, name: str, ports: Sequence[cri.PortMapping], command: Sequence[str]) -> tuple[str, str]:
         """RunPodSandbox + CreateContainer + StartContainer, as kubelet does: (pod id, container id)."""
         pod = cri.PodConfig(name=name, namespace="berth-test", log_directory=f"/var/log/pods/{name}",
