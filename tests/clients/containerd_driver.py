@@ -9,9 +9,9 @@ CRI's CNI plugin directory and net.d. The images are made here (image.py) and im
 /usr/lib/cni behind it, which the node hides unless a plugin source lives there), so the node
 mounts the plugin directory on /opt/cni/bin.
 
-Parameters: the plugin directory (the CRI's bin_dir and ctr's /opt/cni/bin) and the conflist,
-installed into net.d as it is. The CRI also runs its `loopback` network, so that plugin must be
-in the directory.
+Parameters: the plugin directory (a PluginDir: the CRI's bin_dir and ctr's /opt/cni/bin) and the
+conflist, installed into net.d as it is (or renamed to `network`). The CRI also runs its
+`loopback` network, so that plugin must be in the directory.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import IO
 from tests import harness
 from tests.clients import cri, image
 from tests.clients.node import Bind, NodeHost
-from tests.clients.plugins import PluginDir
+from tests.clients.plugins import PluginDir, conflist_as
 
 IMAGE = "localhost/berth-busybox:latest"
 PAUSE_IMAGE = "localhost/berth-pause:latest"
@@ -67,11 +67,11 @@ class Containerd:
     serves `page` from /www); leaving the block removes every pod and task, stops containerd and
     everything the node ran."""
 
-    def __init__(self, node: harness.Netns, work: Path, plugins: PluginDir, conflist: Path, *, page: str) -> None:
+    def __init__(self, node: harness.Netns, work: Path, plugins: PluginDir, conflist: Path, *, page: str,
+                 network: str | None = None) -> None:
         self.work = work
         self.plugins = plugins
-        self.conflist = conflist
-        self.network = json.loads(conflist.read_text())["name"]
+        self.network, self.conflist_text = conflist_as(conflist, network)
         self.page = page
         work.mkdir(parents=True, exist_ok=True)
         self.config = work / "containerd.toml"
@@ -96,7 +96,7 @@ class Containerd:
         self.close()
 
     def _setup(self) -> None:
-        (self.host.path("/etc/cni/net.d") / f"10-{self.network}.conflist").write_text(self.conflist.read_text())
+        (self.host.path("/etc/cni/net.d") / f"10-{self.network}.conflist").write_text(self.conflist_text)
         self._log = self.log_path.open("w")
         self._daemon = self.host.popen(["containerd", "--config", str(self.config)], stdout=self._log,
                                        stderr=subprocess.STDOUT)

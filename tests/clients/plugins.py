@@ -89,6 +89,16 @@ class PluginDir:
         return "\n".join(str(c) for c in self.calls() if c.command != "VERSION") or "(no CNI calls)"
 
 
+def conflist_as(conflist: Path, network: str | None) -> tuple[str, str]:
+    """(network name, text) of `conflist` as a runtime gets it: unchanged, or renamed to `network`."""
+    text = conflist.read_text()
+    conf = json.loads(text)
+    if network is None or network == conf["name"]:
+        return str(conf["name"]), text
+    conf["name"] = network
+    return network, json.dumps(conf, indent=2)
+
+
 def add_del_problems(calls: Sequence[CniCall], network: str) -> list[str]:
     """Every plugin that got ADD for `network` also got a successful DEL, and no ADD or DEL failed."""
     adds = {c.key for c in calls if c.command == "ADD" and c.network == network}

@@ -6,9 +6,9 @@ without any environment: the `podman container cleanup` that conmon starts when 
 gets neither the caller's environment nor its containers.conf, and would otherwise look for plugins
 in podman's built-in directories.
 
-Parameters: the plugin directory (a PluginDir: the only one podman is given), the network: a
-conflist installed into net.d as it is, or a network podman creates itself (`podman network
-create`, its own conflist, which names the reference plugin types).
+Parameters: the plugin directory (a PluginDir: the only one podman is given) and the network: a
+conflist installed into net.d as it is (or renamed to `network`), or a network `network` that
+podman creates itself (`podman network create`: its own conflist, naming the reference plugin types).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Any
 from tests import harness
 from tests.clients import image
 from tests.clients.node import Bind, NodeHost
-from tests.clients.plugins import PluginDir
+from tests.clients.plugins import PluginDir, conflist_as
 
 IMAGE = "localhost/berth-busybox:latest"
 # inside 10.202.0.0/16 like conf/'s examples, clear of them (tests/unit/test_conf_examples.py)
@@ -71,13 +71,16 @@ class Podman:
     leaving the block removes every container and everything the node ran."""
 
     def __init__(self, node: harness.Netns, work: Path, plugins: PluginDir, *, page: str,
-                 conflist: Path | None = None, network: str = "berth-podman-test",
+                 conflist: Path | None = None, network: str | None = None,
                  subnet: str | None = None) -> None:
         self.work = work
         self.plugins = plugins
         self.page = page
-        self.conflist = conflist
-        self.network = json.loads(conflist.read_text())["name"] if conflist else network
+        self.conflist_text = ""
+        if conflist:
+            self.network, self.conflist_text = conflist_as(conflist, network)
+        else:
+            self.network = network or "berth-podman-test"
         self.subnet = subnet
         etc = work / "etc-containers"
         etc.mkdir(parents=True, exist_ok=True)
@@ -104,8 +107,8 @@ class Podman:
         tar.write_bytes(image.rootfs_tar(self.page))
         self.podman("import", "--change", 'CMD ["/bin/sh"]', "/run/tmp/rootfs.tar", IMAGE)
         tar.unlink()
-        if self.conflist:
-            (self.host.path("/etc/cni/net.d") / f"{self.network}.conflist").write_text(self.conflist.read_text())
+        if self.conflist_text:
+            (self.host.path("/etc/cni/net.d") / f"{self.network}.conflist").write_text(self.conflist_text)
         else:
             # without a subnet podman takes the next free one from SUBNET_POOL
             self.podman("network", "create", *(["--subnet", self.subnet] if self.subnet else []), self.network)
@@ -113,7 +116,7 @@ class Podman:
     def podman(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         return self.host.run(["podman", *args], check=check, timeout=timeout)
 
-    def conflist_text(self) -> str:
+    def loaded_conflist(self) -> str:
         """The network's conflist as podman loads it (the given one, or podman's own)."""
         return (self.host.path("/etc/cni/net.d") / f"{self.network}.conflist").read_text()
 

@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.clients import cri, image
-from tests.clients.plugins import CniCall, add_del_problems
+from tests.clients.plugins import CniCall, add_del_problems, conflist_as
 
 
 def test_encode_matches_the_protobuf_wire_format() -> None:
@@ -90,3 +90,11 @@ def test_add_del_problems() -> None:
     assert add_del_problems([], "net") == ["no ADD for net"]
     assert add_del_problems([_call("b", "ADD"), _call("b", "DEL", cid="c2")], "net")
     assert add_del_problems([_call("b", "ADD"), _call("b", "DEL", rc=1), _call("b", "DEL")], "net")
+
+
+def test_conflist_as_renames_only_when_asked(tmp_path: Path) -> None:
+    path = tmp_path / "x.conflist"
+    path.write_text('{"cniVersion": "1.0.0", "name": "a", "plugins": []}')
+    assert conflist_as(path, None) == ("a", path.read_text())
+    name, text = conflist_as(path, "b")
+    assert name == "b" and json.loads(text) == {"cniVersion": "1.0.0", "name": "b", "plugins": []}
