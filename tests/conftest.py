@@ -2,7 +2,8 @@
 
 Unit tests need nothing. Tests marked `netns` need root and build their own
 namespaces through the `topo` fixture; the session fails if anything named
-like ours (bt-*) or any berth nft table is left in the host namespace.
+like ours (bt-*: namespaces, the client tests' cgroups) or any berth nft table
+is left in the host namespace.
 """
 
 from __future__ import annotations
@@ -59,6 +60,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     new_links = sorted(set(after.get("links", [])) - set(_BEFORE.get("links", [])))
     if new_links:
         problems.append(f"links added to the HOST namespace: {new_links}")
+    leaked_cgroups = harness.cgroups_named(mine)
+    if leaked_cgroups:
+        problems.append(f"cgroups left behind: {leaked_cgroups}")
     if after.get("berth_tables"):
         problems.append(f"berth nft tables in the HOST namespace: {after['berth_tables']}")
     if problems:

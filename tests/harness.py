@@ -51,6 +51,26 @@ def owner_alive(name: str) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def cgroup_roots() -> list[Path]:
+    """The host's cgroup hierarchies (each v1 controller, or the one v2 tree)."""
+    roots = []
+    with open("/proc/self/mounts") as fh:
+        for line in fh:
+            _, mountpoint, fstype = line.split()[:3]
+            if fstype in ("cgroup", "cgroup2") and mountpoint.startswith("/sys/fs/cgroup"):
+                roots.append(Path(mountpoint))
+    return roots
+
+
+def cgroups_named(prefix: str) -> list[str]:
+    """Top-level cgroups (in any hierarchy) whose name starts with `prefix`: where the client tests'
+    runtimes put their containers (bt-<session>-...)."""
+    return sorted({f"/{d.name}" for root in cgroup_roots() if root.is_dir()
+                   for d in root.iterdir() if d.is_dir() and d.name.startswith(prefix)})
+
+
 CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
 

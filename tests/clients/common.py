@@ -1,26 +1,22 @@
-"""Helpers for the real-client tests: example conflists, leftovers, the realclient scripts.
+"""Helpers for the real-client tests: example conflists, traffic checks, berth's "nothing left" checks.
 
-The podman and containerd tests drive the offline smoke scripts in
-../shared/realclient (beside the checkout in CI). Those scripts put every plugin
-behind a logging wrapper, run the runtime inside their own rc-* namespaces and
-leave behind, in their work dir, every CNI call (calls.jsonl) and `nft list
-ruleset` dumps taken after ADD and after DEL inside the node namespace. We add
-berth's own "nothing left" checks on top: journal files (BERTH_STATE_DIR, which
-the runtimes pass through to the plugins), IPAM leases (ipam.dataDir redirected
-into the test's tmp dir) and per-attachment chains / map elements in
-`table inet berth`.
+The podman and containerd tests drive the runtimes through the project's own drivers
+(podman_driver.py, containerd_driver.py) on a node made by tests/clients/node.py: the test's node
+network namespace with a private mount namespace, so berth's state (journals in
+/var/lib/cni/berth, IPAM leases in /var/lib/cni/networks, libcni's cache) lands in the test's own
+directories at the default paths. Every plugin call is logged (plugins.py). On top of what a user
+sees (the pod's address, its published port, egress, hairpin) we check what berth must not leave:
+journal files, leases and per-attachment chains / map elements in `table inet berth`.
 """
 
 from __future__ import annotations
 
-import fcntl
+import ipaddress
 import json
-import os
 import re
-import secrets
 import shutil
-import subprocess
-from dataclasses import dataclass
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +26,10 @@ from tests import harness
 
 CONF_DIR = harness.ROOT / "conf"
 REFERENCE_DIR = harness.REFERENCE_DIR
-# CI checks the project out beside ../shared; BERTH_REALCLIENT_DIR overrides.
-REALCLIENT_DIR = Path(os.environ.get("BERTH_REALCLIENT_DIR") or harness.ROOT.parent / "shared" / "realclient")
-SCRIPT_LOCK = "/tmp/berth-realclient.lock"
+POD_PORT = 8080
+OUT_PORT = 9000
+# curl from the test's namespaces: no proxy settings of the caller's may redirect it
+CURL_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "NO_PROXY": "*", "no_proxy": "*"}
 # Per-attachment chains: upstream's names, "CNI-" + 24 hex / "CNI-DN-" + 21 hex.
 _ATTACHMENT_CHAIN = re.compile(r"\bCNI-(?:DN-)?[0-9a-f]{20,24}\b")
 
@@ -51,7 +48,7 @@ def with_data_dir(conf: dict[str, Any], data_dir: Path) -> dict[str, Any]:
 
 
 def subnets(conf: dict[str, Any]) -> list[str]:
-    out = []
+    out: list[str] = []
     for plugin in conf.get("plugins", [conf]):
         for rset in plugin.get("ipam", {}).get("ranges", []):
             out.extend(r["subnet"] for r in rset)
@@ -60,22 +57,6 @@ def subnets(conf: dict[str, Any]) -> list[str]:
 
 def bridge_name(conf: dict[str, Any]) -> str:
     return next(str(p["bridge"]) for p in conf.get("plugins", [conf]) if "bridge" in p)
-
-
-def berth_table_block(ruleset: str) -> str:
-    """The text of `table inet berth { ... }` inside an `nft list ruleset` dump ("" if absent)."""
-    start = ruleset.find("table inet berth {")
-    if start < 0:
-        return ""
-    depth = 0
-    for i in range(start, len(ruleset)):
-        if ruleset[i] == "{":
-            depth += 1
-        elif ruleset[i] == "}":
-            depth -= 1
-            if depth == 0:
-                return ruleset[start : i + 1]
-    return ruleset[start:]
 
 
 def nft_leftovers(table_text: str) -> list[str]:
@@ -114,93 +95,74 @@ def need_cgroups() -> None:
     if not Path("/sys/fs/cgroup").is_dir() or not any(Path("/sys/fs/cgroup").iterdir()):
         pytest.skip("no cgroup hierarchy mounted at /sys/fs/cgroup: containers cannot start here")
 
-
-def need_realclient(script: str) -> Path:
-    path = REALCLIENT_DIR / script
-    if not path.is_file():
-        pytest.skip(f"{path} missing: the realclient scripts live in ../shared/realclient beside the checkout "
-                    "(or set BERTH_REALCLIENT_DIR)")
-    return path
-
-
-@dataclass
-class SmokeRun:
-    """What one realclient script run left behind in its work dir."""
-
-    rc: int
-    output: str
-    work: Path
-    checks: dict[str, bool]
-
-    def calls(self) -> list[dict[str, Any]]:
-        path = self.work / "calls.jsonl"
-        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-
-    def ruleset(self, stem: str) -> str:
-        path = self.work / f"ruleset-{stem}.nft"
-        return path.read_text() if path.exists() else ""
-
-    def failed(self) -> list[str]:
-        return [name for name, ok in self.checks.items() if not ok]
+# --- traffic ------------------------------------------------------------------
+def http_get(ns: harness.Netns, url: str, tries: int = 10) -> str | None:
+    """The body curl gets from `url` inside `ns`, or None when unreachable (retried: servers start async)."""
+    for attempt in range(tries):
+        proc = ns.exec(["curl", "-sS", "-m", "2", "--noproxy", "*", url], check=False, env=CURL_ENV)
+        if proc.returncode == 0:
+            return proc.stdout.strip()
+        if attempt + 1 < tries:
+            time.sleep(0.3)
+    return None
 
 
-def run_smoke(script: Path, plugin_dirs: str, work: Path, state_dir: Path, args: list[str],
-              timeout: float = 240) -> SmokeRun:
-    """Run a realclient script with unique namespace names; BERTH_STATE_DIR reaches the plugins
-    because podman/containerd exec them with their own environment plus CNI_*."""
-    tag = secrets.token_hex(3)
-    # One script at a time, even under xdist: the containerd runs share /run/containerd (shim
-    # sockets) and the /opt/cni/bin mount point, which each run creates and removes.
-    lock_fd = os.open(SCRIPT_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
-    env = dict(os.environ, BERTH_STATE_DIR=str(state_dir),
-               RC_NODE_NS=f"rc-bt{tag}-n", RC_CLIENT_NS=f"rc-bt{tag}-c",
-               PATH="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
-    try:
-        fcntl.flock(lock_fd, fcntl.LOCK_EX)
-        proc = subprocess.run(["bash", str(script), "--work", str(work), *args, plugin_dirs],
-                              capture_output=True, text=True, env=env, timeout=timeout, check=False)
-    finally:
-        os.close(lock_fd)
-    output = proc.stdout + proc.stderr
-    checks: dict[str, bool] = {}
-    for line in proc.stdout.splitlines():
-        word, _, rest = line.partition(" ")
-        if word in ("PASS", "FAIL") and rest:
-            checks[rest.split(" ")[0]] = word == "PASS"
-    return SmokeRun(proc.returncode, output, work, checks)
+def pod_get(host: str, port: int) -> str:
+    """Shell for an HTTP GET from inside a busybox pod (its static wget cannot resolve; nc can connect)."""
+    return f"printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {host} {port}"
 
 
-def berth_plugin_dirs(tmp: Path, state_dir: Path) -> str:
-    """berth first, the reference behind it for `loopback` (CRI).
-
-    Each berth name is a two-line wrapper that pins BERTH_STATE_DIR and execs the real link
-    (venv entry point, or BERTH_BIN_DIR e.g. dist/berth), keeping argv[0]'s name: podman's
-    conmon-started `container cleanup` sends DEL with a trimmed environment, and without the
-    pin that DEL would look for the journal in (and write to) the host's /var/lib/cni/berth.
-    """
-    links = harness.plugin_dir(tmp / "links")
-    out = tmp / "plugins"
-    out.mkdir(parents=True, exist_ok=True)
-    for name in ("berth", "berth-bridge", "berth-host-local", "berth-portmap"):
-        wrapper = out / name
-        wrapper.write_text(f"#!/bin/sh\nexport BERTH_STATE_DIR='{state_dir}'\nexec '{links / name}' \"$@\"\n")
-        wrapper.chmod(0o755)
-    return f"{out}:{REFERENCE_DIR}"
+PodExec = Callable[[str], str]  # runs a shell script in the pod, returns its stdout
 
 
-def assert_clean_run(run: SmokeRun) -> None:
-    assert run.checks, f"script printed no checks:\n{run.output[-4000:]}"
-    assert not run.failed(), f"failed checks {run.failed()}:\n{run.output[-6000:]}"
-    assert run.rc == 0, run.output[-4000:]
+def pod_in(ip: str, subnet: str) -> bool:
+    return ipaddress.ip_address(ip) in ipaddress.ip_network(subnet)
 
 
-def assert_nothing_left(run: SmokeRun, after_del: list[str], state_dir: Path, data_dir: Path,
-                        network: str) -> None:
-    # the journal dir (and its lock) stays: proof that BERTH_STATE_DIR reached the plugins
-    assert (state_dir / network).is_dir(), f"no journal dir under {state_dir}: BERTH_STATE_DIR not passed through?"
-    assert (data_dir / network).is_dir(), f"no lease dir under {data_dir}: ipam.dataDir ignored?"
-    for stem in after_del:
-        left = nft_leftovers(berth_table_block(run.ruleset(stem)))
-        assert not left, f"per-attachment nft state left in table inet berth after {stem}: {left}"
+def check_egress(topo: harness.Topology, pod_exec: PodExec) -> None:
+    """The pod reaches a server in the client namespace, masqueraded to the node's address."""
+    with topo.outside.server(OUT_PORT, banner="out"):
+        answer = pod_exec(f"nc -w 3 {topo.OUTSIDE_V4} {OUT_PORT}").strip()
+    assert answer == f"out {topo.NODE_V4}", f"pod egress not masqueraded to the node's address: {answer!r}"
+
+
+def check_published_pod(topo: harness.Topology, ip: str, pod_exec: PodExec, host_port: int, page: str) -> None:
+    """What a user of a pod with a published port sees, while it runs (the pod serves `page` on POD_PORT)."""
+    node, outside = topo.node, topo.outside
+    assert http_get(node, f"http://{ip}:{POD_PORT}/") == page, f"pod {ip}:{POD_PORT} not reachable from the node"
+    assert http_get(node, f"http://127.0.0.1:{host_port}/") == page, "hostPort via the node's 127.0.0.1"
+    assert http_get(node, f"http://{topo.NODE_V4}:{host_port}/") == page, "hostPort via the node's address"
+    assert http_get(outside, f"http://{topo.NODE_V4}:{host_port}/") == page, "hostPort from the client namespace"
+    check_egress(topo, pod_exec)
+    hairpin = pod_exec(pod_get(topo.NODE_V4, host_port))
+    assert page in hairpin, f"hairpin: pod to its own hostPort via {topo.NODE_V4}: {hairpin!r}"
+
+
+def check_removed(topo: harness.Topology, bridge: str, host_port: int | None) -> None:
+    """After the runtime removed the pod: no veth on the bridge, the published port closed."""
+    node = topo.node
+    assert bridge in node.links(), f"bridge {bridge} missing: {node.links()}"
+    on_bridge = node.ip("-o", "link", "show", "master", bridge).stdout.strip()
+    assert not on_bridge, f"veth left on {bridge}: {on_bridge}"
+    if host_port is not None:
+        assert http_get(node, f"http://127.0.0.1:{host_port}/", tries=1) is None, "hostPort still open after removal"
+        assert http_get(topo.outside, f"http://{topo.NODE_V4}:{host_port}/", tries=1) is None, \
+            "hostPort still open from the client namespace after removal"
+
+
+# --- berth's state ------------------------------------------------------------
+def assert_nothing_left(node: harness.Netns, var_lib_cni: Path, network: str) -> None:
+    """No journal, lease, libcni cache entry or per-attachment nft state left for `network`.
+
+    `var_lib_cni` is the host-side path of the node's /var/lib/cni."""
+    state_dir, data_dir = var_lib_cni / "berth", var_lib_cni / "networks"
+    # the journal and lease dirs stay: proof that the plugins used the node's default paths
+    assert (state_dir / network).is_dir(), f"no journal dir {state_dir / network}"
+    assert (data_dir / network).is_dir(), f"no lease dir {data_dir / network}"
     assert not journal_files(state_dir), f"journal files left: {journal_files(state_dir)}"
     assert not lease_files(data_dir), f"IPAM leases left: {lease_files(data_dir)}"
+    results = var_lib_cni / "results"
+    cached = sorted(p.name for p in results.glob(f"{network}-*")) if results.is_dir() else []
+    assert not cached, f"libcni result cache left (a DEL the runtime saw fail?): {cached}"
+    left = nft_leftovers(node.nft_text())
+    assert not left, f"per-attachment nft state left in table inet berth: {left}"

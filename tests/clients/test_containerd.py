@@ -2,64 +2,105 @@
 
 from __future__ import annotations
 
-import json
+import re
+import secrets
 from pathlib import Path
 
-import pytest
-
-from tests.clients import common
+from tests import harness
+from tests.clients import common, cri
+from tests.clients.containerd_driver import Containerd
+from tests.clients.plugins import PluginDir, add_del_problems
 
 HOST_PORT = 18081
+BERTH = {"berth-bridge", "berth-host-local", "berth-portmap"}
+HTTPD = ["httpd", "-f", "-p", str(common.POD_PORT), "-h", "/www"]
 
 
-def _prepare(tmp_path: Path, name: str) -> tuple[Path, Path, Path]:
+def _need_containerd() -> None:
     common.need_root()
-    common.need_commands("containerd", "ctr", "runc", "busybox", "curl", "nft")
+    common.need_commands("containerd", "ctr", "runc", "busybox", "curl")
     common.need_cgroups()
-    state_dir, data_dir = tmp_path / "state", tmp_path / "ipam"
-    conflist = tmp_path / name
-    conflist.write_text(json.dumps(common.with_data_dir(common.load_conf(name), data_dir)))
-    return conflist, state_dir, data_dir
 
 
-def test_cri_pod_with_host_ports(tmp_path: Path) -> None:
-    script = common.need_realclient("ctr-cni-smoke.sh")
-    conflist, state_dir, data_dir = _prepare(tmp_path, "10-berth-containerd.conflist")
-    run = common.run_smoke(script, common.berth_plugin_dirs(tmp_path, state_dir), tmp_path / "work", state_dir,
-                           ["--mode", "cri", "--conflist", str(conflist), "--host-port", str(HOST_PORT)])
-    if "could not install container-runtime-interface-api" in run.output:
-        pytest.skip("CRI client stubs (PyPI container-runtime-interface-api) unavailable offline")
-    common.assert_clean_run(run)
-    for check in ("cri-pod-ip-assigned", "cri-hostport-via-127.0.0.1", "cri-hostport-from-client-ns",
-                  "cri-pod-outbound-is-masqueraded", "cri-hairpin-pod-to-own-hostport", "cri-no-veth-left-on-bridge",
-                  "cri-hostport-closed-after-remove", "every-ADD-has-a-successful-DEL"):
-        assert run.checks.get(check) is True, f"{check} not run:\n{run.output[-4000:]}"
+def test_cri_pod_with_host_ports(topo: harness.Topology, tmp_path: Path) -> None:
+    _need_containerd()
+    name = "10-berth-containerd.conflist"
+    conf = common.load_conf(name)
+    network, bridge, subnet = conf["name"], common.bridge_name(conf), common.subnets(conf)[0]
+    # the CRI also sets up its loopback network: the reference `loopback` beside berth
+    plugins = PluginDir(tmp_path / "plugins", [topo.node.bin_dir, Path(common.REFERENCE_DIR) / "loopback"])
+    page = f"berth-cri-{secrets.token_hex(4)}"
 
-    calls = [c for c in run.calls() if c["command"] != "VERSION"]
-    portmap_add = next(c for c in calls if c["plugin"] == "berth-portmap" and c["command"] == "ADD")
-    mappings = portmap_add["stdin"]["runtimeConfig"]["portMappings"]
-    tcp = next(m for m in mappings if m["Protocol"].lower() == "tcp")  # CRI: capitalised keys
-    assert tcp["HostPort"] == HOST_PORT and tcp["ContainerPort"] == 8080 and tcp["HostIP"] == ""
-    pod = portmap_add["env"]["CNI_CONTAINERID"]
-    dels = [c for c in calls if c["plugin"] == "berth-bridge" and c["command"] == "DEL"
-            and c["env"].get("CNI_CONTAINERID") == pod]
+    with Containerd(topo.node, tmp_path / "containerd", plugins, common.CONF_DIR / name, page=page) as ctrd:
+        var_lib_cni = ctrd.host.path("/var/lib/cni")
+        ready, why = ctrd.network_ready()
+        assert ready, f"CRI network not ready: {why}\n{ctrd.log()[-3000:]}"
+        ports = [cri.PortMapping(common.POD_PORT, HOST_PORT),
+                 cri.PortMapping(common.POD_PORT, HOST_PORT, cri.UDP, "127.0.0.1")]
+        pod_id, container_id = ctrd.run_pod("web", ports, HTTPD)
+        ips = ctrd.cri.pod_ips(pod_id)
+        assert ips and common.pod_in(ips[0], subnet), f"pod IPs {ips} not in {subnet}\n{plugins.table()}"
+
+        def pod_exec(script: str) -> str:
+            return ctrd.cri_exec(container_id, script)
+
+        common.check_published_pod(topo, ips[0], pod_exec, HOST_PORT, page)
+        assert "CNI-DN-" in topo.node.nft_text(), "no DNAT chain in table inet berth while the pod runs"
+        assert common.journal_files(var_lib_cni / "berth"), "ADD wrote no journal in the node's /var/lib/cni/berth"
+        assert ctrd.netns_files(), "the CRI made no pod netns under the node's /run/netns"
+
+        ctrd.remove_pod(pod_id)
+        common.check_removed(topo, bridge, HOST_PORT)
+        common.assert_nothing_left(topo.node, var_lib_cni, network)
+        assert not ctrd.netns_files(), f"pod netns left after RemovePodSandbox: {ctrd.netns_files()}"
+
+    calls = [c for c in plugins.calls() if c.command != "VERSION"]
+    assert not add_del_problems(calls, network), f"{add_del_problems(calls, network)}\n{plugins.table()}"
+    called = {c.plugin for c in calls}
+    assert {"berth-bridge", "berth-portmap", "loopback"} <= called <= BERTH | {"loopback"}, called
+    assert any(c.plugin == "loopback" and c.command == "ADD" and c.rc == 0 for c in calls), plugins.table()
+    portmap_add = next(c for c in calls if c.plugin == "berth-portmap" and c.command == "ADD")
+    assert portmap_add.stdin["cniVersion"] == conf["cniVersion"]
+    # the CRI sends capitalised keys, every mapping with its HostIP
+    assert sorted(portmap_add.stdin["runtimeConfig"]["portMappings"], key=lambda m: m["Protocol"]) == [
+        {"HostPort": HOST_PORT, "ContainerPort": common.POD_PORT, "Protocol": "tcp", "HostIP": ""},
+        {"HostPort": HOST_PORT, "ContainerPort": common.POD_PORT, "Protocol": "udp", "HostIP": "127.0.0.1"},
+    ], portmap_add.stdin
+    assert portmap_add.container_id == pod_id
+    dels = [c for c in calls if c.plugin == "berth-bridge" and c.command == "DEL" and c.container_id == pod_id]
     # StopPodSandbox and RemovePodSandbox each send DEL; the second has no netns any more
-    assert len(dels) >= 2 and all(c["rc"] == 0 for c in dels), dels
-    assert any(not c["env"].get("CNI_NETNS") for c in dels)
-    assert "CNI-DN-" in common.berth_table_block(run.ruleset("cri-after-add"))
-    common.assert_nothing_left(run, ["cri-after-del"], state_dir, data_dir, "berth-containerd")
+    assert len(dels) >= 2 and all(c.rc == 0 for c in dels), plugins.table()
+    assert any(not c.netns for c in dels), plugins.table()
 
 
-def test_ctr_run_cni(tmp_path: Path) -> None:
+def test_ctr_run_cni(topo: harness.Topology, tmp_path: Path) -> None:
     """`ctr run --cni` cannot publish ports; it proves address, egress masquerade and DEL without netns."""
-    script = common.need_realclient("ctr-cni-smoke.sh")
-    conflist, state_dir, data_dir = _prepare(tmp_path, "20-berth-ctr.conflist")
-    run = common.run_smoke(script, common.berth_plugin_dirs(tmp_path, state_dir), tmp_path / "work", state_dir,
-                           ["--mode", "ctr", "--conflist", str(conflist)])
-    common.assert_clean_run(run)
-    for check in ("ctr-task-running", "ctr-pod-ip-assigned", "ctr-http-to-pod-ip", "ctr-pod-outbound-is-masqueraded",
-                  "ctr-no-veth-left-on-bridge", "every-ADD-has-a-successful-DEL"):
-        assert run.checks.get(check) is True, f"{check} not run:\n{run.output[-4000:]}"
-    dels = [c for c in run.calls() if c["plugin"] == "berth-bridge" and c["command"] == "DEL"]
-    assert dels and all(c["rc"] == 0 and not c["env"].get("CNI_NETNS") for c in dels), dels
-    common.assert_nothing_left(run, ["ctr-after-del"], state_dir, data_dir, "berth-ctr")
+    _need_containerd()
+    name = "20-berth-ctr.conflist"
+    conf = common.load_conf(name)
+    network, bridge, subnet = conf["name"], common.bridge_name(conf), common.subnets(conf)[0]
+    plugins = PluginDir(tmp_path / "plugins", [topo.node.bin_dir])  # berth alone: ctr's /usr/lib/cni is hidden
+    page = f"berth-ctr-{secrets.token_hex(4)}"
+
+    with Containerd(topo.node, tmp_path / "containerd", plugins, common.CONF_DIR / name, page=page) as ctrd:
+        var_lib_cni = ctrd.host.path("/var/lib/cni")
+        run = ctrd.ctr_run("web", HTTPD)
+        addr = ctrd.ctr_exec("web", "ip -4 -o addr show dev eth0")
+        found = re.search(r"inet (\d+\.\d+\.\d+\.\d+)/", addr)
+        assert found and common.pod_in(found[1], subnet), f"no address from {subnet}: {addr!r}\n{plugins.table()}"
+        assert common.http_get(topo.node, f"http://{found[1]}:{common.POD_PORT}/") == page, "pod not reachable"
+        common.check_egress(topo, lambda script: ctrd.ctr_exec("web", script))
+        assert common.journal_files(var_lib_cni / "berth"), "ADD wrote no journal in the node's /var/lib/cni/berth"
+
+        out = ctrd.ctr_stop("web", run)
+        assert not ctrd.ctr_running("web"), out
+        common.check_removed(topo, bridge, None)
+        common.assert_nothing_left(topo.node, var_lib_cni, network)
+
+    calls = [c for c in plugins.calls() if c.command != "VERSION"]
+    assert not add_del_problems(calls, network), f"{add_del_problems(calls, network)}\n{plugins.table()}"
+    called = {c.plugin for c in calls}
+    assert {"berth-bridge", "berth-portmap"} <= called <= BERTH, f"ctr must call berth only: {called}"
+    dels = [c for c in calls if c.plugin == "berth-bridge" and c.command == "DEL"]
+    # ctr sends DEL once the task is gone: no netns path
+    assert dels and all(c.rc == 0 and not c.netns for c in dels), plugins.table()

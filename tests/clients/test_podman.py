@@ -2,45 +2,58 @@
 
 from __future__ import annotations
 
-import json
+import secrets
 from pathlib import Path
 
+from tests import harness
 from tests.clients import common
+from tests.clients.plugins import PluginDir, add_del_problems
+from tests.clients.podman_driver import Podman
 
 CONFLIST = "87-berth-podman.conflist"
 CYCLES = 2  # a second run/rm cycle catches leaked leases, rules and veths
+HOST_PORT = 18080
+BERTH = {"berth-bridge", "berth-host-local", "berth-portmap"}
 
 
-def test_podman_publish_port_through_berth(tmp_path: Path) -> None:
+def test_podman_publish_port_through_berth(topo: harness.Topology, tmp_path: Path) -> None:
     common.need_root()
-    script = common.need_realclient("podman-cni-smoke.sh")
-    common.need_commands("podman", "crun", "conmon", "busybox", "curl", "nft")
+    common.need_commands("podman", "crun", "conmon", "busybox", "curl")
     common.need_cgroups()
-    state_dir, data_dir = tmp_path / "state", tmp_path / "ipam"
-    conf = common.with_data_dir(common.load_conf(CONFLIST), data_dir)
-    conflist = tmp_path / CONFLIST
-    conflist.write_text(json.dumps(conf))
+    conf = common.load_conf(CONFLIST)
+    network, bridge, subnet = conf["name"], common.bridge_name(conf), common.subnets(conf)[0]
+    plugins = PluginDir(tmp_path / "plugins", [topo.node.bin_dir])  # berth alone
+    page = f"berth-podman-{secrets.token_hex(4)}"
 
-    run = common.run_smoke(script, common.berth_plugin_dirs(tmp_path, state_dir), tmp_path / "work", state_dir,
-                           ["--conflist", str(conflist), "--cycles", str(CYCLES), "--host-port", "18080"])
+    with Podman(topo.node, tmp_path / "podman", plugins, page=page, conflist=common.CONF_DIR / CONFLIST) as pm:
+        var_lib_cni = pm.host.path("/var/lib/cni")
+        for cycle in range(1, CYCLES + 1):
+            name = f"web{cycle}"
+            pm.run(name, [f"{HOST_PORT}:{common.POD_PORT}"], ["httpd", "-f", "-p", str(common.POD_PORT), "-h", "/www"])
+            ip = pm.ip(name)
+            assert common.pod_in(ip, subnet), f"cycle {cycle}: pod IP {ip!r} not in {subnet}\n{plugins.table()}"
 
-    common.assert_clean_run(run)
-    for cycle in range(1, CYCLES + 1):
-        for check in ("pod-ip-assigned", "hostport-via-127.0.0.1", "hostport-from-client-ns",
-                      "pod-outbound-is-masqueraded", "hairpin-pod-to-own-hostport", "no-veth-left-on-bridge",
-                      "hostport-closed-after-rm"):
-            assert run.checks.get(f"c{cycle}-{check}") is True, f"c{cycle}-{check} not run:\n{run.output[-4000:]}"
-    assert run.checks.get("every-ADD-has-a-successful-DEL") is True
+            def pod_exec(script: str, name: str = name) -> str:
+                return pm.exec(name, script).stdout
 
-    calls = run.calls()
-    adds = [c for c in calls if c["command"] == "ADD"]
-    plugins = {c["plugin"] for c in adds}
-    berth = {"berth-bridge", "berth-host-local", "berth-portmap"}
-    assert {"berth-bridge", "berth-portmap"} <= plugins <= berth, f"podman must call berth only: {plugins}"
-    portmap_add = next(c for c in adds if c["plugin"] == "berth-portmap")
-    mappings = portmap_add["stdin"]["runtimeConfig"]["portMappings"]
-    assert mappings and mappings[0]["hostPort"] == 18080  # podman sends lower-case keys
-    assert portmap_add["stdin"]["cniVersion"] == "0.4.0"
-    assert "CNI-DN-" in common.berth_table_block(run.ruleset("1-after-add")), "no DNAT chain while the pod ran"
-    common.assert_nothing_left(run, [f"{c}-after-del" for c in range(1, CYCLES + 1)], state_dir, data_dir,
-                               conf["name"])
+            common.check_published_pod(topo, ip, pod_exec, HOST_PORT, page)
+            assert "CNI-DN-" in topo.node.nft_text(), "no DNAT chain in table inet berth while the pod runs"
+            assert common.journal_files(var_lib_cni / "berth"), "ADD wrote no journal in the node's /var/lib/cni/berth"
+            assert pm.netns_files(), "podman made no pod netns under the node's /run/netns"
+
+            pm.rm(name)
+            common.check_removed(topo, bridge, HOST_PORT)
+            common.assert_nothing_left(topo.node, var_lib_cni, network)
+            assert not pm.netns_files(), f"pod netns left after rm: {pm.netns_files()}"
+
+    calls = plugins.calls()
+    assert not add_del_problems(calls, network), f"{add_del_problems(calls, network)}\n{plugins.table()}"
+    adds = [c for c in calls if c.command == "ADD"]
+    assert len({c.container_id for c in adds}) == CYCLES, plugins.table()
+    called = {c.plugin for c in adds}
+    assert {"berth-bridge", "berth-portmap"} <= called <= BERTH, f"podman must call berth only: {called}"
+    portmap_add = next(c for c in adds if c.plugin == "berth-portmap")
+    assert portmap_add.stdin["cniVersion"] == "0.4.0"
+    # podman sends lower-case keys
+    expected = [{"hostPort": HOST_PORT, "containerPort": common.POD_PORT, "protocol": "tcp"}]
+    assert portmap_add.stdin["runtimeConfig"]["portMappings"] == expected, portmap_add.stdin

@@ -17,8 +17,9 @@ CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 FILES = sorted(p for p in CONF_DIR.iterdir() if p.is_file())
 KNOWN_TYPES = set(PLUGINS) | set(ALIASES) | {"loopback"}  # loopback comes from the reference plugins
 NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$")
-REALCLIENT_NET = ipaddress.ip_network("10.202.0.0/16")
-# used by the realclient scripts themselves: node/client link, podman's default network and pool
+CLIENT_TESTS_NET = ipaddress.ip_network("10.202.0.0/16")
+# kept clear for the client tests' own networks: podman's default network and pool (tests/clients/podman_driver.py),
+# and 10.202.0.0/24 for a node/client link
 RESERVED = [ipaddress.ip_network(n) for n in ("10.202.0.0/24", "10.202.88.0/24", "10.202.128.0/17")]
 
 
@@ -65,7 +66,7 @@ def test_example_is_valid(path: Path) -> None:
 
 
 def test_examples_can_coexist_on_one_node() -> None:
-    """Distinct names, bridges and subnets; IPv4 inside 10.202.0.0/16 clear of what the scripts use."""
+    """Distinct names, bridges and subnets; IPv4 inside 10.202.0.0/16 clear of what the client tests use."""
     names, bridges, nets = [], [], []
     for path in FILES:
         conf = _load(path)
@@ -78,7 +79,7 @@ def test_examples_can_coexist_on_one_node() -> None:
                     net = ipaddress.ip_network(rng["subnet"])
                     assert ipaddress.ip_address(rng["gateway"]) in net
                     if net.version == 4:
-                        assert net.subnet_of(REALCLIENT_NET), net  # type: ignore[arg-type]
+                        assert net.subnet_of(CLIENT_TESTS_NET), net  # type: ignore[arg-type]
                         assert not any(net.overlaps(r) for r in RESERVED), net
                     nets.append(net)
     assert len(set(names)) == len(names)
