@@ -212,8 +212,7 @@ def run_call(req: Request, data: bytes) -> Answer:
 
     os.environ.clear()  # the request's env is the whole process env, as in an exec
     os.environ.update(req.environ)
-    if req.self_path:
-        invoke.SELF_PATH = os.path.realpath(req.self_path)
+    invoke.register_own(main.plugin_funcs, req.self_path or None)
     funcs = main.load_funcs(req.plugin)
     out, err = io.StringIO(), io.StringIO()
     # plugin code that writes to sys.stderr itself (warnings) reaches the caller too

@@ -1,14 +1,19 @@
-"""Delegating to another plugin: in-process for berth's own, exec for the rest.
+"""Running another plugin: in-process for berth's own, exec for the rest.
 
 berth's IPAM runs inside the bridge process (saves an exec and an interpreter
-start per pod); anything else is found on CNI_PATH and exec'd with the same
-stdin and a CNI_COMMAND of our choosing, as libcni's invoke package does.
+start per pod); anything else is found on CNI_PATH and exec'd. `run_plugin` is
+the one exec path, for delegation and for the runner (cni/runner/libcni.py)
+alike: one timeout, one kill, one reading of what the plugin printed.
+
+Which plugin types are berth itself is told by the entry point
+(`register_own`): this module, below the plugins, imports none of them.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 
 from cni import errors
 from cni.errors import CNIError
@@ -17,16 +22,25 @@ from cni.spec import CURRENT_VERSION, Result, convert_result
 
 # Plugin types that are this very program; run them without an exec.
 OWN_PLUGINS = ("berth-host-local", "berth-bridge", "berth-portmap")
-# Set by cni.main to the real path of the running executable, so an aliased
-# link (host-local -> berth) on CNI_PATH is recognised as ourselves.
-SELF_PATH: str | None = None
-EXEC_TIMEOUT_SECONDS = 300
+# What a plugin gets to answer: runtimes give a whole ADD a few minutes.
+EXEC_TIMEOUT_SECONDS = 300.0
+
+Resolver = Callable[[str], "PluginFuncs | None"]
+_resolver: Resolver | None = None
+_self_path: str | None = None
+
+
+def register_own(resolver: Resolver, self_path: str | None = None) -> None:
+    """How to find berth's own plugins in-process (by type or exec name), and the
+    real path of the running executable, so that a link to it on CNI_PATH
+    (an aliased `host-local`) is recognised as ourselves and not exec'd."""
+    global _resolver, _self_path
+    _resolver = resolver
+    _self_path = os.path.realpath(self_path) if self_path else None
 
 
 def own_funcs(plugin_type: str) -> PluginFuncs | None:
-    from cni.main import plugin_funcs
-
-    return plugin_funcs(plugin_type)
+    return _resolver(plugin_type) if _resolver is not None else None
 
 
 def find_plugin(plugin_type: str, path: list[str]) -> str:
@@ -43,7 +57,7 @@ def find_plugin(plugin_type: str, path: list[str]) -> str:
 
 
 def _is_self(executable: str) -> bool:
-    return SELF_PATH is not None and os.path.realpath(executable) == SELF_PATH
+    return _self_path is not None and os.path.realpath(executable) == _self_path
 
 
 def delegate(plugin_type: str, command: str, args: CmdArgs, stdin: bytes | None = None) -> Result | None:
@@ -57,20 +71,29 @@ def delegate(plugin_type: str, command: str, args: CmdArgs, stdin: bytes | None 
         if _is_self(executable):
             funcs = own_funcs(os.path.basename(executable))
         if funcs is None:
-            return _exec(executable, env, data, command)
+            out = run_plugin(executable, env, data, command)
+            if command != "ADD" or not out:
+                return None
+            return convert_result(decode_result(executable, out), CURRENT_VERSION)
     from cni.skel import execute
 
     result = execute(funcs, env, data)
     return None if result is None else convert_result(result, CURRENT_VERSION)
 
 
-def _exec(executable: str, env: dict[str, str], data: bytes, command: str) -> Result | None:
+def run_plugin(executable: str, env: dict[str, str], data: bytes, command: str,
+               timeout: float | None = None, stderr_sink: Callable[[bytes], object] | None = None) -> str:
+    """Exec `executable` with `data` on stdin and `env` as its whole environment;
+    return what it printed. A plugin that fails raises its own CNI error (code
+    kept), or 999 with what it printed when that is not one; an exec that
+    fails is code 5; no answer within the timeout is code 11, after the
+    plugin's whole process group is killed (helpers it forked would otherwise
+    keep our pipes open forever). `stderr_sink` gets what it wrote to stderr."""
     import signal
     import subprocess
 
+    limit = EXEC_TIMEOUT_SECONDS if timeout is None else timeout
     try:
-        # own session: on timeout the whole group goes, including helpers the
-        # plugin forked that would otherwise keep our pipes open forever
         proc = subprocess.Popen(
             [executable], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
             cwd="/", start_new_session=True,
@@ -78,7 +101,7 @@ def _exec(executable: str, env: dict[str, str], data: bytes, command: str) -> Re
     except OSError as exc:
         raise CNIError(errors.IO_FAILURE, f"cannot exec plugin {executable}", str(exc)) from None
     try:
-        stdout, stderr = proc.communicate(data, timeout=EXEC_TIMEOUT_SECONDS)
+        stdout, stderr = proc.communicate(data, timeout=limit)
     except subprocess.TimeoutExpired:
         try:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -86,29 +109,35 @@ def _exec(executable: str, env: dict[str, str], data: bytes, command: str) -> Re
             pass
         proc.communicate()
         raise CNIError(errors.TRY_AGAIN_LATER, f"plugin {executable} timed out",
-                       f"no answer to {command} within {EXEC_TIMEOUT_SECONDS} s") from None
+                       f"no answer to {command} within {limit:g} s") from None
+    if stderr_sink is not None and stderr:
+        stderr_sink(stderr)
     out = stdout.decode("utf-8", "replace").strip()
     if proc.returncode != 0:
-        raise _error_from(executable, out, stderr.decode("utf-8", "replace"))
-    if command != "ADD" or not out:
-        return None
+        raise error_from(executable, out, stderr.decode("utf-8", "replace"), proc.returncode)
+    return out
+
+
+def decode_result(executable: str, out: str) -> Result:
+    """The result a plugin printed; one that is no JSON object is code 6 (decode failure)."""
     try:
         result = json.loads(out)
     except (ValueError, RecursionError):
         result = None
     if not isinstance(result, dict):
-        # what libcni does too: a result that does not decode is an internal error of the chain
-        raise CNIError(errors.INTERNAL, f"plugin {executable} printed an invalid result", out[:300])
-    return convert_result(result, CURRENT_VERSION)
+        raise CNIError(errors.DECODE_FAILURE, f"plugin {executable} printed an invalid result", out[:300])
+    return result
 
 
-def _error_from(executable: str, out: str, err: str) -> CNIError:
-    """The delegate's own error JSON, re-raised with its code; anything else is 999."""
+def error_from(executable: str, out: str, err: str, status: int) -> CNIError:
+    """The plugin's own error JSON, with its code; anything else is 999."""
     try:
         parsed = json.loads(out)
         code = parsed["code"]
         if type(code) is not int or code <= 0:
             raise ValueError(code)
-        return CNIError(code, str(parsed.get("msg", "")), str(parsed.get("details", "")))
+        return CNIError(code, str(parsed.get("msg", "")), str(parsed.get("details", "") or ""))
     except Exception:
-        return CNIError(errors.INTERNAL, f"plugin {executable} failed", (out or err.strip())[:500])
+        printed = (out or err.strip())[:500]
+        detail = f"exit status {status}: {printed}" if printed else f"exit status {status}, nothing printed"
+        return CNIError(errors.INTERNAL, f"plugin {executable} failed without a CNI error", detail)

@@ -64,7 +64,7 @@ def _run_plugin(name: str, fast_exit: bool = False) -> int:
 
     # a frozen bundle knows its real binary; argv[0] may be a bare name found on PATH
     self_path = os.path.realpath(sys.executable if getattr(sys, "frozen", False) else sys.argv[0])
-    # the node agent, when one listens, does the work with warm imports (issue #10)
+    # the node agent, when one listens, does the work with warm imports
     rc, data = agent_client.forward(canonical_name(name) or name, os.environ, sys.stdin.buffer, sys.stdout,
                                     sys.stderr, self_path)
     if rc is not None:
@@ -73,7 +73,7 @@ def _run_plugin(name: str, fast_exit: bool = False) -> int:
         return rc
     from cni import invoke, skel
 
-    invoke.SELF_PATH = self_path
+    invoke.register_own(plugin_funcs, self_path)
     funcs = load_funcs(name)
     if data is None:
         return skel.main(funcs)

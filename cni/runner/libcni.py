@@ -8,22 +8,19 @@ with the CNI_* variables replaced, its stdin the injected config.
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from cni import errors
 from cni.errors import CNIError
-from cni.invoke import find_plugin
+from cni.invoke import decode_result, find_plugin, run_plugin
 from cni.runner import cache
 from cni.runner.conflist import NetworkList, plugin_config
 from cni.skel import validate_container_id, validate_ifname, validate_network_name
 from cni.spec import convert_result, version_at_least
-
-EXEC_TIMEOUT_SECONDS = 300
 
 
 @dataclass
@@ -55,32 +52,20 @@ class Runner:
         return env
 
     def exec_plugin(self, plugin: dict[str, Any], command: str, stdin: bytes, rt: RuntimeConf) -> dict[str, Any] | None:
-        """Exec the plugin for one verb; its ADD result as printed, None otherwise."""
+        """Exec the plugin for one verb (cni.invoke's exec path); its ADD result as
+        printed, None otherwise. Errors keep the plugin's code, prefixed like libcni's."""
         plugin_type = str(plugin.get("type", ""))
         executable = find_plugin(plugin_type, self.path)
         try:
-            # the plugin's stderr goes straight to ours, as libcni's RawExec does
-            proc = subprocess.run(
-                [executable], input=stdin, env=self._env(command, rt), stdout=subprocess.PIPE,
-                timeout=EXEC_TIMEOUT_SECONDS, check=False,
-            )
-        except subprocess.TimeoutExpired:
-            raise CNIError(errors.TRY_AGAIN_LATER, f"plugin {describe(plugin)} timed out ({command.lower()})") from None
-        except OSError as exc:
-            raise CNIError(errors.IO_FAILURE, f"cannot exec plugin {executable}", str(exc)) from None
-        out = proc.stdout.decode("utf-8", "replace").strip()
-        if proc.returncode != 0:
-            raise plugin_error(plugin, command, out, proc.returncode)
-        if command != "ADD":
-            return None
-        try:
-            result = json.loads(out)
-        except ValueError:
-            raise CNIError(errors.DECODE_FAILURE, f"plugin {describe(plugin)} printed no valid result (add)",
-                           out[:300]) from None
-        if not isinstance(result, dict):
-            raise CNIError(errors.DECODE_FAILURE, f"plugin {describe(plugin)} printed a result that is not an object")
-        return result
+            # the plugin's stderr goes on to ours, as libcni's RawExec does
+            out = run_plugin(executable, self._env(command, rt), stdin, command,
+                             stderr_sink=sys.stderr.buffer.write)
+            if command != "ADD":
+                return None
+            return decode_result(executable, out)
+        except CNIError as err:
+            raise CNIError(err.code, f"plugin {describe(plugin)} failed ({command.lower()}): {err.msg}",
+                           err.details) from None
 
     # --- lists -----------------------------------------------------------------
     def add(self, netlist: NetworkList, rt: RuntimeConf) -> dict[str, Any]:
@@ -169,15 +154,3 @@ def describe(plugin: Mapping[str, Any]) -> str:
     if plugin.get("name"):
         out += f" name={str(plugin['name'])!r}"
     return out
-
-
-def plugin_error(plugin: Mapping[str, Any], command: str, out: str, status: int) -> CNIError:
-    """The plugin's own error (its code kept), prefixed like libcni's messages."""
-    prefix = f"plugin {describe(plugin)} failed ({command.lower()})"
-    try:
-        parsed = json.loads(out)
-        code = int(parsed["code"])
-        return CNIError(code, f"{prefix}: {parsed.get('msg', '')}", str(parsed.get("details", "") or ""))
-    except Exception:
-        detail = out.strip()[:500] or f"exit status {status}, nothing on stdout"
-        return CNIError(errors.INTERNAL, f"{prefix}: plugin exited without a CNI error", detail)

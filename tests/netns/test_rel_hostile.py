@@ -127,7 +127,7 @@ def run_isolated(plugin: str, environ: dict[str, str], data: bytes, cwd: str) ->
 
             nft._handle = None  # never reuse a context opened in another netns
             nft.set_backend(None)
-            invoke.SELF_PATH = str(Path(environ["CNI_PATH"].split(":")[0]) / "berth")
+            invoke.register_own(main.plugin_funcs, str(Path(environ["CNI_PATH"].split(":")[0]) / "berth"))
             out, err = io.StringIO(), io.StringIO()
             rc = skel.run(main.load_funcs(plugin), environ, io.BytesIO(data), out, err)
             table = nft.list_table()

@@ -104,9 +104,9 @@ def test_exec_failure_without_error_json_is_999(tmp_path: Path, out: str) -> Non
 
 
 @pytest.mark.parametrize("out", ["garbage", "[]", '"x"', "{" * 5000])
-def test_exec_garbage_result_is_999(tmp_path: Path, out: str) -> None:
+def test_exec_garbage_result_is_a_decode_failure(tmp_path: Path, out: str) -> None:
     script(tmp_path, "fake-ipam", f"printf '%s' '{out}'")
-    raises(errors.INTERNAL, invoke.delegate, "fake-ipam", "ADD", make_args([str(tmp_path)]))
+    raises(errors.DECODE_FAILURE, invoke.delegate, "fake-ipam", "ADD", make_args([str(tmp_path)]))
 
 
 def test_exec_unknown_result_version(tmp_path: Path) -> None:
@@ -133,6 +133,20 @@ def test_exec_timeout_kills_the_whole_group(tmp_path: Path, monkeypatch: pytest.
 # --- in-process ----------------------------------------------------------------------------------
 
 
+def own(monkeypatch: pytest.MonkeyPatch, resolver: Any, self_path: str | None = None) -> None:
+    """Register berth's own plugins as the entry point does, undone after the test."""
+    monkeypatch.setattr(invoke, "_resolver", None)
+    monkeypatch.setattr(invoke, "_self_path", None)
+    invoke.register_own(resolver, self_path)
+
+
+def test_without_registration_nothing_runs_in_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """invoke knows berth's own plugins only from its entry point: unregistered, it execs."""
+    monkeypatch.setattr(invoke, "_resolver", None)
+    script(tmp_path, "berth-host-local", "echo '{\"cniVersion\": \"1.1.0\", \"ips\": []}'")
+    assert invoke.delegate("berth-host-local", "ADD", make_args([str(tmp_path)])) == {"cniVersion": "1.1.0", "ips": []}
+
+
 def test_own_plugin_runs_in_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[CmdArgs] = []
 
@@ -141,9 +155,7 @@ def test_own_plugin_runs_in_process(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         return {"cniVersion": "1.1.0", "ips": [{"address": "10.1.0.7/24"}]}
 
     fake = PluginFuncs(name="berth-host-local", add=add, delete=add)
-    import cni.main
-
-    monkeypatch.setattr(cni.main, "plugin_funcs", lambda name: fake if name == "berth-host-local" else None)
+    own(monkeypatch, lambda name: fake if name == "berth-host-local" else None)
     args = make_args([str(tmp_path)])  # nothing on CNI_PATH: an exec would fail
     result = invoke.delegate("berth-host-local", "ADD", args, stdin=json.dumps({**CONF, "name": "inner"}).encode())
     assert result == {"cniVersion": "1.1.0", "ips": [{"address": "10.1.0.7/24"}]}
@@ -156,18 +168,13 @@ def test_own_plugin_errors_keep_their_code(monkeypatch: pytest.MonkeyPatch) -> N
     def add(args: CmdArgs) -> None:
         raise CNIError(errors.ADDRESS_EXHAUSTED, "full")
 
-    import cni.main
-
-    monkeypatch.setattr(cni.main, "plugin_funcs", lambda name: PluginFuncs(name=name, add=add))
+    own(monkeypatch, lambda name: PluginFuncs(name=name, add=add))
     raises(errors.ADDRESS_EXHAUSTED, invoke.delegate, "berth-host-local", "ADD", make_args(["/nonexistent"]))
 
 
 def test_self_link_on_path_runs_in_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     target = script(tmp_path, "berth", "echo should-not-exec; exit 1")
     (tmp_path / "host-local").symlink_to(target)
-    monkeypatch.setattr(invoke, "SELF_PATH", str(target))
-    import cni.main
-
     fake = PluginFuncs(name="berth-host-local", add=lambda a: {"cniVersion": "1.1.0", "ips": []})
-    monkeypatch.setattr(cni.main, "plugin_funcs", lambda name: fake if name == "host-local" else None)
+    own(monkeypatch, lambda name: fake if name == "host-local" else None, str(target))
     assert invoke.delegate("host-local", "ADD", make_args([str(tmp_path)])) == {"cniVersion": "1.1.0", "ips": []}

@@ -62,6 +62,16 @@ def accelerator() -> str:
     return os.environ.get("VM_ACCEL", "tcg")
 
 
+def ensure_bundle() -> None:
+    """The guest runs the bundle (dist/berth): rebuild it when a source is newer."""
+    exe = REPO / "dist" / "berth" / "berth"
+    built = exe.stat().st_mtime if exe.exists() else 0.0
+    sources = [p for d in ("cni", "ipam", "portmap", "packaging") for p in (REPO / d).rglob("*.py")]
+    if not exe.exists() or any(p.stat().st_mtime > built for p in sources):
+        print("tests/vm: dist/berth is older than the sources: make bundle", flush=True)
+        subprocess.run(["make", "-C", str(REPO), "bundle"], check=True)
+
+
 def boot(kernel: matrix.Kernel, args: list[str], *, timeout: float, echo: bool,
          script: Path | None = None, env: dict[str, str] | None = None) -> tuple[int, str, str, float]:
     """Build, boot, wait: (guest rc or -1, package used, summary line, seconds)."""
@@ -127,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     # no xdist in the guest: under emulation two workers importing the suite cost more than they gain
     args = ["-q", "--color=no", "-p", "no:xdist", "-m", "not slow and not clients", *(opts.pytest_args or selection)]
     env = {"BERTH_CHURN_LOOPS": str(CHURN_LOOPS[opts.subset])}
+    ensure_bundle()
     results = []
     for name in opts.kernels.split(","):
         kernel = matrix.by_name(name.strip())
