@@ -85,23 +85,23 @@ KERNEL_SUBSET ?= full
 test-kernels: venv kernel-deps bundle
 	$(PY) -m tests.vm.run $(if $(KERNELS),--kernels $(KERNELS)) --subset $(KERNEL_SUBSET) --quiet
 
-# One onedir bundle, one multi-call executable; the plugins are links to it (see berth.spec).
+# One onedir bundle, one multi-call executable; the plugins are links to it (see packaging/berth.spec).
 BUNDLE_LINKS := berth-bridge berth-host-local berth-portmap
 # The bootloader is PyInstaller's own, built from its sources without the onedir restart
-# (pyi_bootloader.py: ~1.7 ms less per plugin exec, cached in build/bootloader);
+# (packaging/bootloader.py: one restart less per plugin exec, cached in build/bootloader);
 # `make bundle STOCK_BOOTLOADER=1` uses PyInstaller's prebuilt one instead.
 bundle: venv
-	boot=$$($(if $(STOCK_BOOTLOADER),true,$(PY) pyi_bootloader.py build/bootloader)) || { boot=; \
+	boot=$$($(if $(STOCK_BOOTLOADER),true,$(PY) packaging/bootloader.py build/bootloader)) || { boot=; \
 	  echo "WARNING: building the bootloader failed (see above); PyInstaller's stock one restarts once per exec"; } && \
 	  BERTH_PYI_BOOTLOADER=$$boot \
-	  $(PY) -m PyInstaller --noconfirm --clean --log-level WARN --distpath dist --workpath build/onedir berth.spec
+	  $(PY) -m PyInstaller --noconfirm --clean --log-level WARN --distpath dist --workpath build/onedir packaging/berth.spec
 	cd dist/berth && for n in $(BUNDLE_LINKS); do ln -sfn berth $$n; done
 	@cd / && out=$$(env -i $(CURDIR)/dist/berth/berth-bridge </dev/null 2>&1) && echo "bundle: dist/berth ($$(du -sh $(CURDIR)/dist/berth | cut -f1)): $${out%%$$'\n'*}"
 
 # For measurement only (start-up unpacks to /tmp on every exec): dist/berth-onefile.
 .PHONY: bundle-onefile test-bundle
 bundle-onefile: venv
-	BERTH_ONEFILE=1 $(PY) -m PyInstaller --noconfirm --clean --log-level WARN --distpath dist --workpath build/onefile berth.spec
+	BERTH_ONEFILE=1 $(PY) -m PyInstaller --noconfirm --clean --log-level WARN --distpath dist --workpath build/onefile packaging/berth.spec
 
 # Build the bundle and run the tests that exec it (plugins via links, the runner) against it.
 test-bundle: bundle

@@ -124,7 +124,7 @@ trap 'echo; echo "interrupted"; exit 130' INT TERM
 cd "$ROOT"
 stale_source() {
   [ -x dist/berth/berth ] || { echo "no dist/berth"; return; }
-  find cni ipam portmap berth.spec -newer dist/berth/berth \( -name '*.py' -o -name '*.spec' \) | head -1
+  find cni ipam portmap packaging -newer dist/berth/berth \( -name '*.py' -o -name '*.spec' \) | head -1
 }
 stale=$(stale_source)
 [ "${BERTH_DEMO_REBUILD:-0}" = 1 ] && [ -z "$stale" ] && stale="BERTH_DEMO_REBUILD=1"

@@ -182,7 +182,7 @@ def hash_input(network: str, container_id: str, ifname: str) -> str:
 
 def format_chain_name(prefix: str, to_hash: str) -> str:
     """upstream utils.MustFormatHashWithPrefix(28, prefix, toHash)."""
-    digest = sha512(to_hash.encode()).hexdigest()
+    digest: str = sha512(to_hash.encode()).hexdigest()
     return (prefix + digest)[:CHAIN_NAME_LENGTH]
 
 

@@ -83,7 +83,7 @@ def _pick_version(raw: dict[str, Any]) -> str:
         return version
     if not isinstance(versions, list) or not all(isinstance(v, str) for v in versions):
         raise errors.invalid_config("error parsing configuration list: cniVersions must be a list of strings")
-    usable = [v for v in versions if not _newer(v, CURRENT_VERSION)]
+    usable: list[str] = [str(v) for v in versions if not _newer(v, CURRENT_VERSION)]
     if version and not _newer(version, CURRENT_VERSION):
         usable.append(version)
     if not usable:

@@ -34,8 +34,8 @@ def bundle_dir() -> Path | None:
 def stale(bundle: Path) -> bool:
     """dist/berth older than the code it was built from (a forgotten `make bundle`)."""
     built = (bundle / "berth").stat().st_mtime
-    sources = [harness.ROOT / "berth.spec", harness.ROOT / "bundle_entry.py"]
-    for package in ("cni", "ipam", "portmap"):
+    sources: list[Path] = []
+    for package in ("cni", "ipam", "portmap", "packaging"):
         sources += (harness.ROOT / package).rglob("*.py")
     return any(p.stat().st_mtime > built for p in sources if p.exists())
 

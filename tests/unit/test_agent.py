@@ -357,7 +357,7 @@ def test_version_exits_fast_with_its_output(fake: Any) -> None:
 
 
 def test_lazy_ctypes_hook_runs_pyinstallers_hooks_on_first_import() -> None:
-    """pyi_lazy_ctypes (the bundle's pyimod03_ctypes) defers PyInstaller's hooks to `import ctypes`."""
+    """packaging/lazy_ctypes.py (the bundle's pyimod03_ctypes) defers PyInstaller's hooks to `import ctypes`."""
     script = """
 import sys, types
 calls = []
@@ -368,8 +368,9 @@ def install():
     ctypes.CDLL.patched = True
 eager.install = install
 sys.modules["pyimod03_ctypes_eager"] = eager
-import pyi_lazy_ctypes
-pyi_lazy_ctypes.install()
+sys.path.insert(0, 'packaging')
+import lazy_ctypes
+lazy_ctypes.install()
 assert "ctypes" not in sys.modules and calls == []
 import json  # other imports are not touched
 assert calls == []

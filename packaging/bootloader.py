@@ -9,7 +9,7 @@ branch PyInstaller already uses on macOS and Windows (no restart); berth.spec
 then gives every bundled library RUNPATH=$ORIGIN, so they find each other
 without LD_LIBRARY_PATH.
 
-    python pyi_bootloader.py OUT_DIR     -> OUT_DIR/run (prints its path)
+    python packaging/bootloader.py OUT_DIR     -> OUT_DIR/run (prints its path)
 
 Needs a C compiler, zlib headers and network access to PyPI for the sdist
 (`make deps` installs gcc, libc6-dev, zlib1g-dev). The source is checked for
@@ -66,7 +66,7 @@ def patch(source: Path) -> None:
     text = main_c.read_text()
     if text.count(ONEDIR_BRANCH) != 1:
         raise SystemExit(f"{main_c}: the onedir restart branch is not where berth expects it; "
-                         "check pyi_bootloader.py against this PyInstaller release")
+                         "check packaging/bootloader.py against this PyInstaller release")
     main_c.write_text(text.replace(ONEDIR_BRANCH, PATCHED_BRANCH))
 
 
