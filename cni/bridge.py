@@ -32,7 +32,7 @@ from cni.bridge_conf import BridgeConf, parse
 from cni.errors import CNIError
 from cni.invoke import delegate
 from cni.skel import CmdArgs, PluginFuncs
-from cni.spec import CURRENT_VERSION, Result, prev_result
+from cni.spec import CURRENT_VERSION, Result, prev_result, valid_attachments
 from cni.state import Journal, journals, remove_empty_journals, state_root
 
 SECTION = "bridge"
@@ -480,22 +480,9 @@ def cmd_status(args: CmdArgs) -> None:
             raise CNIError(errors.PLUGIN_NOT_AVAILABLE, f"IPAM {conf.ipam_type}: {exc.msg}", exc.details) from None
 
 
-def _valid_attachments(config: dict[str, Any]) -> set[tuple[str, str]]:
-    raw = config.get("cni.dev/valid-attachments")
-    if raw is None:
-        raw = config.get("cni.dev/attachments")
-    if not isinstance(raw, list):
-        raise errors.invalid_config("GC needs cni.dev/valid-attachments (a list)")
-    out = set()
-    for item in raw:
-        if isinstance(item, dict) and isinstance(item.get("containerID"), str):
-            out.add((item["containerID"], str(item.get("ifname", ""))))
-    return out
-
-
 def cmd_gc(args: CmdArgs) -> None:
     conf = parse(args.config, args.args)
-    valid = _valid_attachments(args.config)
+    valid = valid_attachments(args.config)
     problems: list[str] = []
     root = state_root(args.environ)
     spared: list[dict[str, str]] = []

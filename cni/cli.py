@@ -22,7 +22,7 @@ COMMANDS: dict[str, Command] = {
     "add": Command("cni.runner.cnitool", "attach a netns to a network (as cnitool add)"),
     "check": Command("cni.runner.cnitool", "check an attachment (as cnitool check)"),
     "del": Command("cni.runner.cnitool", "detach a netns from a network (as cnitool del)"),
-    "gc": Command("cni.runner.cnitool", "remove what no cached attachment owns (as cnitool gc)"),
+    "gc": Command("cni.runner.cnitool", "remove what the cache does not list (cnitool gc removes everything)"),
     "status": Command("cni.runner.cnitool", "are the network's plugins ready? (as cnitool status)"),
     "doctor": Command("cni.ops.doctor", "show what this berth runs on (interpreter, libnftables, pyroute2)"),
     "agent": Command("cni.agent", "serve plugin calls from a warm node agent on a root-only Unix socket"),

@@ -8,7 +8,7 @@ is converted to the current shape before a plugin reads it.
 
 from __future__ import annotations
 
-from cni.errors import DECODE_FAILURE, INCOMPATIBLE_VERSION, CNIError
+from cni.errors import DECODE_FAILURE, INCOMPATIBLE_VERSION, INVALID_NETWORK_CONFIG, CNIError
 
 # copy, ipaddress and typing are imported where used: a VERSION call needs none of them.
 TYPE_CHECKING = False  # mypy treats this name as True
@@ -188,3 +188,27 @@ def prev_result(config: dict[str, Any]) -> Result | None:
     if shaped["cniVersion"] not in SUPPORTED_VERSIONS:
         shaped["cniVersion"] = config.get("cniVersion", CURRENT_VERSION)
     return convert_result(shaped, CURRENT_VERSION)
+
+
+def valid_attachments(config: dict[str, Any]) -> set[tuple[str, str]]:
+    """GC's list of attachments that are still in use, as (containerID, ifname).
+
+    Spec 1.1.0 names it `cni.dev/valid-attachments` (libcni also sends the
+    earlier `cni.dev/attachments`). A missing or null list means what an empty
+    one means, nothing is valid: libcni sends none when its caller gave no
+    list (cnitool gc), and GC then removes every attachment of the network."""
+    raw = config.get("cni.dev/valid-attachments")
+    if raw is None:
+        raw = config.get("cni.dev/attachments")
+    if raw is None:
+        return set()
+    if not isinstance(raw, list):
+        raise CNIError(INVALID_NETWORK_CONFIG, "cni.dev/valid-attachments must be a list")
+    valid: set[tuple[str, str]] = set()
+    for i, item in enumerate(raw):
+        if not isinstance(item, dict) or not isinstance(item.get("containerID"), str) \
+                or not isinstance(item.get("ifname"), str):
+            raise CNIError(INVALID_NETWORK_CONFIG,
+                           f"cni.dev/valid-attachments[{i}] needs containerID and ifname strings")
+        valid.add((item["containerID"].strip(), item["ifname"]))
+    return valid

@@ -13,7 +13,7 @@ from typing import Any
 from cni import errors
 from cni.errors import CNIError
 from cni.skel import CmdArgs, PluginFuncs
-from cni.spec import CURRENT_VERSION, Result, prev_result
+from cni.spec import CURRENT_VERSION, Result, prev_result, valid_attachments
 from ipam import allocator, config
 from ipam.ranges import parse_ip
 from ipam.store import DiskStore, Owner, Store
@@ -67,25 +67,8 @@ def check(net_config: dict[str, Any], container_id: str, ifname: str,
                        f"failed to find an address held by {container_id} ({ifname}) in network {conf.network}")
 
 
-def _attachments(net_config: dict[str, Any]) -> set[Owner]:
-    raw = net_config.get("cni.dev/valid-attachments")
-    if raw is None:
-        raw = net_config.get("cni.dev/attachments")
-    if raw is None:
-        raw = []
-    if not isinstance(raw, list):
-        raise errors.invalid_config("cni.dev/valid-attachments must be a list")
-    valid: set[Owner] = set()
-    for i, item in enumerate(raw):
-        if not isinstance(item, dict) or not isinstance(item.get("containerID"), str) \
-                or not isinstance(item.get("ifname"), str):
-            raise errors.invalid_config(f"cni.dev/valid-attachments[{i}] needs containerID and ifname strings")
-        valid.add((item["containerID"].strip(), item["ifname"]))
-    return valid
-
-
 def gc(net_config: dict[str, Any], store_factory: StoreFactory = disk_store) -> None:
-    valid = _attachments(net_config)
+    valid = valid_attachments(net_config)
     store = store_factory(*config.location(net_config))
     with store.lock(create=False) as present:
         if present:

@@ -21,7 +21,7 @@ from typing import Any
 from cni import errors, state, sysctl
 from cni.errors import CNIError
 from cni.skel import CmdArgs, PluginFuncs
-from cni.spec import Result, prev_result
+from cni.spec import Result, prev_result, valid_attachments
 from portmap import conntrack, generation, layout, nft, ports
 from portmap.layout import Mapping
 
@@ -464,24 +464,8 @@ def check_record(record: dict[str, Any]) -> list[str]:
     return problems
 
 
-def valid_attachments(config: dict[str, Any]) -> set[tuple[str, str]] | None:
-    raw = config.get("cni.dev/valid-attachments", config.get("cni.dev/attachments"))
-    if raw is None:
-        return None
-    if not isinstance(raw, list):
-        raise errors.invalid_config("cni.dev/valid-attachments must be a list")
-    out = set()
-    for item in raw:
-        if not isinstance(item, dict):
-            raise errors.invalid_config("cni.dev/valid-attachments entries must be objects")
-        out.add((str(item.get("containerID", "")), str(item.get("ifname", ""))))
-    return out
-
-
 def cmd_gc(args: CmdArgs) -> None:
     valid = valid_attachments(args.config)
-    if valid is None:
-        return None  # without a list nothing can be called stale
     root = state.state_root(args.environ)
     problems = []
     for _path, data in list(state.journals(root, args.network)):

@@ -80,6 +80,9 @@ def leftovers(node: harness.Node, network: str = NET) -> list[str]:
         vmap = item.get("map")  # sets (bridges, ...) hold node-level names, not attachments
         if vmap and vmap.get("elem"):
             out.append(f"{vmap['name']} elements {vmap['elem']}")
+        addrs = item.get("set")  # except the ipMasq address sets: those hold attachments' addresses
+        if addrs and addrs["name"].startswith(layout.IPMASQ_SET_PREFIX) and addrs.get("elem"):
+            out.append(f"{addrs['name']} elements {addrs['elem']}")
     return out
 
 
@@ -144,6 +147,24 @@ def test_kill_after_step_then_del_gc_leave_nothing(topo: harness.Topology, step:
     if step in ("masq", "portmap-nft"):
         publish_works(topo, ns)
     del_pod(node, ns.path, "c1", conf)
+    assert leftovers(node) == []
+
+
+def test_gc_without_a_list_removes_every_attachment(topo: harness.Topology) -> None:
+    """cnitool gc sends GC with no cni.dev/valid-attachments at all: nothing is
+    valid, so every plugin removes every attachment of the network."""
+    node = topo.node
+    conf = bridge_conf(node)
+    for cid, mappings in (("c1", MAPPINGS), ("c2", [])):
+        br, pm = add_pod(node, topo.container(), cid, conf, mappings=mappings)
+        br.ok()
+        assert pm is not None
+        pm.ok()
+    assert leftovers(node)
+    age_journals(node)
+    for plugin, c in (("berth-portmap", portmap_conf(conf["name"], None)), ("berth-bridge", conf)):
+        node.plugin(plugin, "GC", c).ok()
+    node.plugin("berth-host-local", "GC", conf).ok()
     assert leftovers(node) == []
 
 
