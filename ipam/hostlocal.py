@@ -16,7 +16,7 @@ from cni.skel import CmdArgs, PluginFuncs
 from cni.spec import CURRENT_VERSION, Result, prev_result, valid_attachments
 from ipam import allocator, config
 from ipam.ranges import parse_ip
-from ipam.store import DiskStore, Owner, Store
+from ipam.store import DiskStore, Store
 
 StoreFactory = Callable[[str, str], Store]  # (network, dataDir) -> Store
 
