@@ -135,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
         opts.kernels, opts.subset = matrix.CI_KERNEL, "ci"
     selection = list(CI_SUBSET if opts.subset == "ci" else FULL_SUBSET)
     # no xdist in the guest: under emulation two workers importing the suite cost more than they gain
-    args = ["-q", "--color=no", "-p", "no:xdist", "-m", "not slow and not clients", *(opts.pytest_args or selection)]
+    args = ["-q", "--color=no", "-p", "no:xdist", "--durations=15", "-m", "not slow and not clients",
+            *(opts.pytest_args or selection)]
     env = {"BERTH_CHURN_LOOPS": str(CHURN_LOOPS[opts.subset])}
     ensure_bundle()
     results = []
