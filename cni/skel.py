@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from typing import IO, Any
 
 MAX_STDIN_BYTES = 4 * 1024 * 1024
-MAX_ID_LENGTH = 200  # the journal file name <id>-<ifname>.json must fit NAME_MAX
+MAX_ID_LENGTH = 200  # the journal file name <id>:<ifname>.json (and its .tmp) must fit NAME_MAX
 MAX_NAME_LENGTH = 128
 MAX_IFNAME_LENGTH = 15  # IFNAMSIZ - 1, counted in bytes as the kernel does
 

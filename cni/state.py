@@ -1,8 +1,13 @@
 """Per-attachment journal: what an ADD created, so DEL/CHECK/GC can work without
 the runtime's help (empty netns, no prevResult, second DEL, after a reboot).
 
-Layout: <root>/<network>/<containerID>-<ifname>.json, one JSON object with one
-section per plugin ("bridge", "portmap", ...). Writes are atomic (tmp + rename)
+Layout: <root>/<network>/<containerID>:<ifname>.json, one JSON object with one
+section per plugin ("bridge", "portmap", ...). Neither a container ID nor an
+interface name may contain ":", so the name stands for one attachment only.
+Berth before this layout wrote <containerID>-<ifname>.json, which two
+attachments can share ("a" + "b-c" and "a-b" + "c"): such a file is still read,
+and written, for the attachment its content names, never for another one
+(see Journal.path); new attachments get the new name. Writes are atomic (tmp + rename)
 under an flock on <root>/<network>/journal.lock, so a crashed or killed plugin
 leaves either the old or the new file, never a torn one.
 
@@ -91,17 +96,28 @@ def flocked(path: str, timeout: float = LOCK_TIMEOUT_SECONDS) -> Iterator[None]:
         os.close(fd)  # closing releases the lock; a dead holder never wedges us
 
 
+def journal_name(container_id: str, ifname: str) -> str:
+    """The journal file name of an attachment: injective, as ":" is in neither part."""
+    return f"{container_id}:{ifname}.json"
+
+
+def legacy_journal_name(container_id: str, ifname: str) -> str:
+    """The name berth used before journal_name: shared by ("a", "b-c") and ("a-b", "c")."""
+    return f"{container_id}-{ifname}.json"
+
+
 class Journal:
     """One attachment's journal file. A plain class, not a dataclass: importing
     dataclasses (it pulls inspect) would cost every exec; nothing compares journals."""
 
-    __slots__ = ("container_id", "ifname", "network", "root")
+    __slots__ = ("_path", "container_id", "ifname", "network", "root")
 
     def __init__(self, root: str, network: str, container_id: str, ifname: str) -> None:
         self.root = root
         self.network = network
         self.container_id = container_id
         self.ifname = ifname
+        self._path: str | None = None
 
     @property
     def directory(self) -> str:
@@ -109,7 +125,16 @@ class Journal:
 
     @property
     def path(self) -> str:
-        return os.path.join(self.directory, f"{self.container_id}-{self.ifname}.json")
+        """The new name, unless a journal of this attachment has the legacy name:
+        then that one, for as long as it exists (berth never writes a legacy name
+        for an attachment that has none, so the choice, made once, stays right)."""
+        if self._path is None:
+            new = os.path.join(self.directory, journal_name(self.container_id, self.ifname))
+            old = os.path.join(self.directory, legacy_journal_name(self.container_id, self.ifname))
+            mine = not os.path.lexists(new) and os.path.lexists(old) and \
+                legacy_is_ours(old, self.container_id, self.ifname)
+            self._path = old if mine else new
+        return self._path
 
     def _ensure_dir(self) -> None:
         os.makedirs(self.directory, mode=0o700, exist_ok=True)
@@ -176,6 +201,38 @@ class Journal:
     def _remove_file(self) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
+
+
+def legacy_is_ours(path: str, container_id: str, ifname: str) -> bool:
+    """Does the legacy-named journal at `path` belong to (container_id, ifname)?
+    Its content says so; one that cannot say (unreadable, empty, no names) is
+    ours only when its name has no other reading."""
+    try:
+        with open(path, "rb") as fh:
+            data = json.loads(fh.read())
+    except (OSError, ValueError):
+        data = None
+    if isinstance(data, dict) and isinstance(data.get("containerID"), str) and isinstance(data.get("ifname"), str):
+        return (data["containerID"], data["ifname"]) == (container_id, ifname)
+    return legacy_readings(f"{container_id}-{ifname}") == [(container_id, ifname)]
+
+
+def legacy_readings(stem: str) -> list[tuple[str, str]]:
+    """Every (containerID, ifname) whose legacy name is `stem`.json."""
+    from cni import skel
+
+    out = []
+    for i, char in enumerate(stem):
+        if char != "-":
+            continue
+        cid, ifname = stem[:i], stem[i + 1:]
+        try:
+            skel.validate_container_id(cid)
+            skel.validate_ifname(ifname)
+        except CNIError:
+            continue
+        out.append((cid, ifname))
+    return out
 
 
 def journal_lock(directory: str) -> str:
