@@ -107,6 +107,33 @@ def is_live(root: str, owner: Owner) -> bool:
     return not (made_in and boot_id() and made_in != boot_id())
 
 
+def name_sharers(root: str, me: Owner) -> list[tuple[Owner, dict[str, Any]]]:
+    """Other attachments, with a journal, whose names hash like ours: upstream's
+    chain names (and berth's older ipMasq tags) hash network + containerID, one
+    string for ("ab", "c1") and ("a", "bc1") alike. One listing of the state
+    root, a journal read only where a network's name starts the joined string."""
+    from cni import skel
+
+    joined = me.network + me.container_id
+    try:
+        networks = sorted(os.listdir(root))
+    except OSError:
+        return []
+    out = []
+    for net in networks:
+        cid = joined[len(net):]
+        if net == me.network or not cid or not joined.startswith(net):
+            continue
+        try:
+            skel.validate_container_id(cid)
+            data = state.Journal(root, net, cid, me.ifname).load()
+        except CNIError:
+            continue
+        if data:
+            out.append((Owner(net, cid, me.ifname), data))
+    return out
+
+
 class Takeover:
     __slots__ = ("claim", "live")
 

@@ -100,3 +100,31 @@ def test_ids_and_ifnames_with_dashes_are_separate_attachments(topo: harness.Topo
     assert first.host_veth not in node.links()
     assert journal_names(node) == [] and masq_addresses(node) == []
     assert "CNI-DN-" not in node.nft_text()
+
+
+def test_networks_whose_names_join_alike_never_share_a_dnat_chain(topo: harness.Topology) -> None:
+    node = topo.node
+    first = Attachment(topo, "c1", "eth0", 18083, network="ab")
+    second = Attachment(topo, "bc1", "eth0", 18084, network="a")
+    second.bridge_conf["bridge"] = "bt1"
+    second.bridge_conf["ipam"]["ranges"] = [[{"subnet": "10.89.0.0/24"}]]
+    chain = layout.dnat_chain_name("ab", "c1")
+    assert chain == layout.dnat_chain_name("a", "bc1")
+    first.add().ok()
+    res = second.add()
+    assert res.rc == 1 and res.json["code"] == 103 and chain in res.json["msg"], res
+    assert "container c1 (network ab" in res.json["msg"]
+    assert first.reachable(topo)
+    second.delete()  # the refused attachment's DEL, as a runtime sends it after the failed ADD
+    second.delete(netns="")
+    assert first.reachable(topo)
+    assert journal_names(node) == ["ab/c1:eth0.json"]
+    # journal lost: the chain's rule comments still name its attachment
+    (node.state_dir / "ab" / "c1:eth0.json").rename(node.state_dir / "kept.json")
+    res = second.add()
+    assert res.rc == 1 and res.json["code"] == 103 and "net: ab, if: eth0, id: c1" in res.json["msg"], res
+    second.delete()
+    assert first.reachable(topo)
+    (node.state_dir / "kept.json").rename(node.state_dir / "ab" / "c1:eth0.json")
+    first.delete()
+    assert "CNI-DN-" not in node.nft_text() and journal_names(node) == []
