@@ -52,10 +52,12 @@ def fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def atomic_write(path: str, data: bytes, mode: int = 0o600, durable: bool = True) -> None:
-    """tmp + rename; `durable` adds an fsync of the data before and of the directory after."""
+def atomic_write(path: str, data: bytes, mode: int = 0o600, durable: bool = True, tmp: str | None = None) -> None:
+    """tmp + rename; `durable` adds an fsync of the data before and of the directory after.
+    A writer holding the lock all writers of `path` take passes tmp=locked_tmp(path):
+    what a kill leaves under that name is overwritten by the next write, not left forever."""
     directory = os.path.dirname(path)
-    tmp = f"{path}.tmp.{os.getpid()}"
+    tmp = tmp or f"{path}.tmp.{os.getpid()}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
         try:
@@ -73,6 +75,31 @@ def atomic_write(path: str, data: bytes, mode: int = 0o600, durable: bool = True
         raise
     if durable:
         fsync_dir(directory)
+
+
+TMP_SUFFIX = ".tmp"
+
+
+def locked_tmp(path: str) -> str:
+    """The one temporary name of `path` for writers that hold its lock."""
+    return path + TMP_SUFFIX
+
+
+def remove_temporaries(directory: str) -> list[str]:
+    """Unlink every temporary in `directory` (`*.tmp`, and the `*.tmp.<pid>` of
+    writers before locked_tmp): only a killed writer leaves one, and the caller
+    holds the lock every writer there takes."""
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return []
+    removed = []
+    for name in names:
+        if name.endswith(TMP_SUFFIX) or f"{TMP_SUFFIX}." in name:
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(directory, name))
+                removed.append(name)
+    return removed
 
 
 @contextlib.contextmanager
@@ -177,7 +204,8 @@ class Journal:
             data.setdefault("network", self.network)
             data.setdefault("created", round(time.time(), 3))
             data[name] = value
-            atomic_write(self.path, json.dumps(data, indent=1, sort_keys=True).encode(), durable=False)
+            atomic_write(self.path, json.dumps(data, indent=1, sort_keys=True).encode(), durable=False,
+                         tmp=locked_tmp(self.path))
 
     def drop(self, name: str) -> None:
         """Remove one plugin's section; the file goes when no section is left."""
@@ -194,13 +222,15 @@ class Journal:
                 return
             data.pop(name, None)
             if any(isinstance(v, dict) for v in data.values()):
-                atomic_write(self.path, json.dumps(data, indent=1, sort_keys=True).encode(), durable=False)
+                atomic_write(self.path, json.dumps(data, indent=1, sort_keys=True).encode(), durable=False,
+                         tmp=locked_tmp(self.path))
             else:
                 self._remove_file()
 
     def _remove_file(self) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
+        for path in (self.path, locked_tmp(self.path)):  # and what a write killed midway left
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
 
 
 def legacy_is_ours(path: str, container_id: str, ifname: str) -> bool:
@@ -247,8 +277,9 @@ def holds_nothing(raw: bytes) -> bool:
 
 
 def remove_empty_journals(root: str, network: str) -> list[str]:
-    """Remove the network's empty journals (see holds_nothing); GC calls it, since
-    journals() passes them over and no DEL may ever come for them."""
+    """Remove the network's empty journals (see holds_nothing) and the temporaries
+    of killed writers; GC calls it, since journals() passes them over and no DEL
+    may ever come for them."""
     directory = os.path.join(root, network)
     try:
         names = sorted(n for n in os.listdir(directory) if n.endswith(".json"))
@@ -256,6 +287,7 @@ def remove_empty_journals(root: str, network: str) -> list[str]:
         return []
     removed: list[str] = []
     with flocked(journal_lock(directory)):  # no put() renames one in meanwhile
+        removed += [os.path.join(directory, n) for n in remove_temporaries(directory)]
         for name in names:
             path = os.path.join(directory, name)
             try:

@@ -518,9 +518,12 @@ def valid_attachments(config: dict[str, Any]) -> set[tuple[str, str]] | None:
 
 def cmd_gc(args: CmdArgs) -> None:
     valid = valid_attachments(args.config)
+    root = state.state_root(args.environ)
+    if os.path.isdir(ports.ports_dir(root)):
+        with ports.locked(root):  # no writer is midway: every temporary is a killed one's
+            ports.remove_temporaries(root)
     if valid is None:
         return None  # without a list nothing can be called stale
-    root = state.state_root(args.environ)
     problems = []
     for _path, data in list(state.journals(root, args.network)):
         if not isinstance(data.get(SECTION), dict):

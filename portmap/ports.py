@@ -169,7 +169,7 @@ def write(root: str, me: Owner, chain: str, mappings: list[Mapping]) -> None:
     for m in mappings:
         data = json.dumps(Claim(me, chain, m.map_name(), m.map_key()).to_json(), sort_keys=True).encode()
         for path in port_files(root, m):
-            state.atomic_write(path, data, durable=False)
+            state.atomic_write(path, data, durable=False, tmp=state.locked_tmp(path))  # under locked()
 
 
 def owns_all(root: str, me: Owner, m: Mapping) -> bool:
@@ -187,19 +187,29 @@ def release(root: str, me: Owner, mappings: list[Mapping]) -> None:
 
 def release_owner(root: str, me: Owner) -> None:
     """Remove every port file naming `me` (a DEL that lost its journal: a scan of
-    the ports directory, so only on that path)."""
+    the ports directory, so only on that path), and, the scan being made, every
+    temporary (the caller holds locked(): each is a killed writer's)."""
     try:
         names = os.listdir(ports_dir(root))
     except FileNotFoundError:
         return
-    paths = [os.path.join(ports_dir(root), n) for n in names if n != "lock" and ".tmp." not in n]
+    paths = [os.path.join(ports_dir(root), n) for n in names if n != "lock" and state.TMP_SUFFIX not in n]
     _remove_claims(root, me, paths)
+    remove_temporaries(root)
+
+
+def remove_temporaries(root: str) -> list[str]:
+    """What writers killed midway left in the ports directory (the caller holds locked())."""
+    return state.remove_temporaries(ports_dir(root))
 
 
 def _remove_claims(root: str, me: Owner, paths: list[str]) -> None:
-    """Unlink those of `paths` whose claim names `me`."""
+    """Unlink those of `paths` whose claim names `me`, and the temporary a write of
+    that port killed midway may have left."""
     for path in paths:
         claim = read(path)
         if claim is not None and claim.owner == me:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(state.locked_tmp(path))
