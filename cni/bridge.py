@@ -176,9 +176,9 @@ def _add(
     }
     if conf.ip_masq:
         # intent before any nft change, in the first journal write (no second one after
-        # IPAM): {} means "addresses not known", so after a crash masq.teardown finds the
-        # map elements by the attachment's tag (and a chain of an older berth by its name)
-        record["masq"] = {}
+        # IPAM): no addresses yet, so after a crash masq.teardown finds the map elements
+        # by the tag recorded here (an older berth's {}: by its tag and chain name)
+        record["masq"] = _masq().intent(args.network, args.container_id, args.ifname)
     if conf.isolate:
         record["isolate"] = conf.isolate  # journaled first: a racing DEL counts this attachment
     with _kernel_errors("ADD"):

@@ -23,10 +23,12 @@ def fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def atomic_write(path: str, data: bytes, mode: int = 0o600, durable: bool = True) -> None:
-    """tmp + rename; `durable` adds an fsync of the data before and of the directory after."""
+def atomic_write(path: str, data: bytes, mode: int = 0o600, durable: bool = True, tmp: str | None = None) -> None:
+    """tmp + rename; `durable` adds an fsync of the data before and of the directory after.
+    A writer holding the lock all writers of `path` take passes tmp=locked_tmp(path):
+    what a kill leaves under that name is overwritten by the next write, not left forever."""
     directory = os.path.dirname(path)
-    tmp = f"{path}.tmp.{os.getpid()}"
+    tmp = tmp or f"{path}.tmp.{os.getpid()}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
         try:
@@ -44,6 +46,31 @@ def atomic_write(path: str, data: bytes, mode: int = 0o600, durable: bool = True
         raise
     if durable:
         fsync_dir(directory)
+
+
+TMP_SUFFIX = ".tmp"
+
+
+def locked_tmp(path: str) -> str:
+    """The one temporary name of `path` for writers that hold its lock."""
+    return path + TMP_SUFFIX
+
+
+def remove_temporaries(directory: str) -> list[str]:
+    """Unlink every temporary in `directory` (`*.tmp`, and the `*.tmp.<pid>` of
+    writers before locked_tmp): only a killed writer leaves one, and the caller
+    holds the lock every writer there takes."""
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return []
+    removed = []
+    for name in names:
+        if name.endswith(TMP_SUFFIX) or f"{TMP_SUFFIX}." in name:
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(directory, name))
+                removed.append(name)
+    return removed
 
 
 @contextlib.contextmanager

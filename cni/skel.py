@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from typing import IO, Any
 
 MAX_STDIN_BYTES = 4 * 1024 * 1024
-MAX_ID_LENGTH = 200  # the journal file name <id>-<ifname>.json must fit NAME_MAX
+MAX_ID_LENGTH = 200  # the journal file name <id>:<ifname>.json (and its .tmp) must fit NAME_MAX
 MAX_NAME_LENGTH = 128
 MAX_IFNAME_LENGTH = 15  # IFNAMSIZ - 1, counted in bytes as the kernel does
 
@@ -275,7 +275,11 @@ def parse_args(funcs: PluginFuncs, environ: Mapping[str, str], stdin: bytes) -> 
 
 def execute(funcs: PluginFuncs, environ: Mapping[str, str], stdin: bytes) -> Result | None:
     """Run one verb and return its result in the config's version (None for DEL/GC/STATUS)."""
-    args = parse_args(funcs, environ, stdin)
+    return dispatch(funcs, parse_args(funcs, environ, stdin))
+
+
+def dispatch(funcs: PluginFuncs, args: CmdArgs) -> Result | None:
+    """execute() for arguments parse_args accepted."""
     handler = funcs.handler(args.command)
     if handler is None:
         raise CNIError(errors.NOT_IMPLEMENTED, f"{funcs.name} does not implement {args.command}")
@@ -320,12 +324,15 @@ def run(
     started = time.monotonic()
     outcome = "ok"
     message = ""
+    accepted = False  # the config passed parse_args: only then may it name the log file
     try:
         if command == "VERSION":
             stdout.write(_version_json() + "\n")
             return 0
         data = read_stdin(stdin)
-        result = execute(funcs, environ, data)
+        args = parse_args(funcs, environ, data)
+        accepted = True
+        result = dispatch(funcs, args)
         if result is not None:
             import json
 
@@ -345,7 +352,16 @@ def run(
         _print_error(internal, data, stdout, stderr, funcs.name)
         return 1
     finally:
-        _log_call(funcs.name, environ, data, started, outcome, message)
+        _flush(stdout, stderr)  # the runtime's answer is complete before anything else happens
+        _log_call(funcs.name, environ, data, started, outcome, message, accepted)
+
+
+def _flush(*streams: IO[str]) -> None:
+    for stream in streams:
+        try:
+            stream.flush()
+        except (OSError, ValueError, AttributeError):  # closed pipes
+            pass
 
 
 def _print_error(err: CNIError, data: bytes, stdout: IO[str], stderr: IO[str], name: str) -> None:
@@ -363,46 +379,65 @@ LOG_CONFIG_KEY = "berthLogFile"
 
 
 def _log_call(name: str, environ: Mapping[str, str], data: bytes, started: float, outcome: str,
-              message: str = "") -> None:
+              message: str = "", accepted: bool = True) -> None:
     """One structured line per call (off by default) to the file named by env
     BERTH_LOG_FILE or, failing that, by the plugin config's top-level
-    "berthLogFile" (an absolute path; anything else is ignored)."""
+    "berthLogFile" (an absolute path; anything else is ignored, and so is a
+    config the call refused). Never fails or blocks the call (see _append)."""
     path = environ.get("BERTH_LOG_FILE")
-    if not path and not data:
+    if not path and not (data and accepted):
         return
-    import json
-
-    network = ""
     try:
-        conf = json.loads(data) if data else {}
-        network = str(conf.get("name", ""))[:MAX_NAME_LENGTH]
-        configured = conf.get(LOG_CONFIG_KEY)
-        if not path and isinstance(configured, str) and configured.startswith("/") and "\0" not in configured:
-            path = configured[:4096]
+        import json
+
+        network = ""
+        try:
+            conf = json.loads(data) if data else {}
+            network = str(conf.get("name", ""))[:MAX_NAME_LENGTH]
+            configured = conf.get(LOG_CONFIG_KEY) if accepted else None
+            if not path and isinstance(configured, str) and configured.startswith("/") and "\0" not in configured:
+                path = configured[:4096]
+        except Exception:
+            pass
+        if not path:
+            return
+        line = {
+            "ts": round(time.time(), 3),
+            "plugin": name,
+            "verb": environ.get("CNI_COMMAND", "")[:16],
+            "container": environ.get("CNI_CONTAINERID", "")[:MAX_ID_LENGTH],
+            "ifname": environ.get("CNI_IFNAME", "")[:MAX_IFNAME_LENGTH],
+            "network": network,
+            "ms": round((time.monotonic() - started) * 1000, 1),
+            "outcome": outcome,
+        }
+        if message:
+            line["msg"] = message[:500]
+        _append(path, (json.dumps(line) + "\n").encode())
     except Exception:
         pass
-    if not path:
-        return
-    line = {
-        "ts": round(time.time(), 3),
-        "plugin": name,
-        "verb": environ.get("CNI_COMMAND", "")[:16],
-        "container": environ.get("CNI_CONTAINERID", "")[:MAX_ID_LENGTH],
-        "ifname": environ.get("CNI_IFNAME", "")[:MAX_IFNAME_LENGTH],
-        "network": network,
-        "ms": round((time.monotonic() - started) * 1000, 1),
-        "outcome": outcome,
-    }
-    if message:
-        line["msg"] = message[:500]
+
+
+LOG_OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _append(path: str, line: bytes) -> None:
+    """Append to a regular file only: a FIFO (whose open or write would block), a
+    device, a socket, a directory or a symlink is left alone, unopened when lstat
+    tells, and the fstat after the open catches one swapped in meanwhile."""
+    import stat
+
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        try:
-            os.write(fd, (json.dumps(line) + "\n").encode())
-        finally:
-            os.close(fd)
-    except OSError:
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            return
+    except FileNotFoundError:
         pass
+    fd = os.open(path, LOG_OPEN_FLAGS, 0o600)
+    try:
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            os.write(fd, line)
+    finally:
+        os.close(fd)
 
 
 def main(funcs: PluginFuncs) -> int:

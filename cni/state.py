@@ -1,8 +1,13 @@
 """Per-attachment journal: what an ADD created, so DEL/CHECK/GC can work without
 the runtime's help (empty netns, no prevResult, second DEL, after a reboot).
 
-Layout: <root>/<network>/<containerID>-<ifname>.json, one JSON object with one
-section per plugin ("bridge", "portmap", ...). Writes are atomic (tmp + rename)
+Layout: <root>/<network>/<containerID>:<ifname>.json, one JSON object with one
+section per plugin ("bridge", "portmap", ...). Neither a container ID nor an
+interface name may contain ":", so the name stands for one attachment only.
+Berth before this layout wrote <containerID>-<ifname>.json, which two
+attachments can share ("a" + "b-c" and "a-b" + "c"): such a file is still read,
+and written, for the attachment its content names, never for another one
+(see Journal.path); new attachments get the new name. Writes are atomic (tmp + rename)
 under an flock on <root>/<network>/journal.lock, so a crashed or killed plugin
 leaves either the old or the new file, never a torn one.
 
@@ -26,7 +31,7 @@ from typing import Any
 
 from cni import errors
 from cni.errors import CNIError
-from cni.files import atomic_write, flocked
+from cni.files import atomic_write, flocked, locked_tmp, remove_temporaries
 
 DEFAULT_ROOT = "/var/lib/cni/berth"
 MAX_EMPTY_CHECK_BYTES = 1 << 16  # an empty journal is never larger (a real one is a few hundred bytes)
@@ -38,17 +43,28 @@ def state_root(environ: Any = None) -> str:
     return str(env.get("BERTH_STATE_DIR") or DEFAULT_ROOT)
 
 
+def journal_name(container_id: str, ifname: str) -> str:
+    """The journal file name of an attachment: injective, as ":" is in neither part."""
+    return f"{container_id}:{ifname}.json"
+
+
+def legacy_journal_name(container_id: str, ifname: str) -> str:
+    """The name berth used before journal_name: shared by ("a", "b-c") and ("a-b", "c")."""
+    return f"{container_id}-{ifname}.json"
+
+
 class Journal:
     """One attachment's journal file. A plain class, not a dataclass: importing
     dataclasses (it pulls inspect) would cost every exec; nothing compares journals."""
 
-    __slots__ = ("container_id", "ifname", "network", "root")
+    __slots__ = ("_path", "container_id", "ifname", "network", "root")
 
     def __init__(self, root: str, network: str, container_id: str, ifname: str) -> None:
         self.root = root
         self.network = network
         self.container_id = container_id
         self.ifname = ifname
+        self._path: str | None = None
 
     @property
     def directory(self) -> str:
@@ -56,7 +72,16 @@ class Journal:
 
     @property
     def path(self) -> str:
-        return os.path.join(self.directory, f"{self.container_id}-{self.ifname}.json")
+        """The new name, unless a journal of this attachment has the legacy name:
+        then that one, for as long as it exists (berth never writes a legacy name
+        for an attachment that has none, so the choice, made once, stays right)."""
+        if self._path is None:
+            new = os.path.join(self.directory, journal_name(self.container_id, self.ifname))
+            old = os.path.join(self.directory, legacy_journal_name(self.container_id, self.ifname))
+            mine = not os.path.lexists(new) and os.path.lexists(old) and \
+                legacy_is_ours(old, self.container_id, self.ifname)
+            self._path = old if mine else new
+        return self._path
 
     def _ensure_dir(self) -> None:
         os.makedirs(self.directory, mode=0o700, exist_ok=True)
@@ -99,7 +124,8 @@ class Journal:
             data.setdefault("network", self.network)
             data.setdefault("created", round(time.time(), 3))
             data[name] = value
-            atomic_write(self.path, json.dumps(data, indent=1, sort_keys=True).encode(), durable=False)
+            atomic_write(self.path, json.dumps(data, indent=1, sort_keys=True).encode(), durable=False,
+                         tmp=locked_tmp(self.path))
 
     def drop(self, name: str) -> None:
         """Remove one plugin's section; the file goes when no section is left."""
@@ -116,13 +142,47 @@ class Journal:
                 return
             data.pop(name, None)
             if any(isinstance(v, dict) for v in data.values()):
-                atomic_write(self.path, json.dumps(data, indent=1, sort_keys=True).encode(), durable=False)
+                atomic_write(self.path, json.dumps(data, indent=1, sort_keys=True).encode(), durable=False,
+                         tmp=locked_tmp(self.path))
             else:
                 self._remove_file()
 
     def _remove_file(self) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
+        for path in (self.path, locked_tmp(self.path)):  # and what a write killed midway left
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+
+
+def legacy_is_ours(path: str, container_id: str, ifname: str) -> bool:
+    """Does the legacy-named journal at `path` belong to (container_id, ifname)?
+    Its content says so; one that cannot say (unreadable, empty, no names) is
+    ours only when its name has no other reading."""
+    try:
+        with open(path, "rb") as fh:
+            data = json.loads(fh.read())
+    except (OSError, ValueError):
+        data = None
+    if isinstance(data, dict) and isinstance(data.get("containerID"), str) and isinstance(data.get("ifname"), str):
+        return (data["containerID"], data["ifname"]) == (container_id, ifname)
+    return legacy_readings(f"{container_id}-{ifname}") == [(container_id, ifname)]
+
+
+def legacy_readings(stem: str) -> list[tuple[str, str]]:
+    """Every (containerID, ifname) whose legacy name is `stem`.json."""
+    from cni import skel
+
+    out = []
+    for i, char in enumerate(stem):
+        if char != "-":
+            continue
+        cid, ifname = stem[:i], stem[i + 1:]
+        try:
+            skel.validate_container_id(cid)
+            skel.validate_ifname(ifname)
+        except CNIError:
+            continue
+        out.append((cid, ifname))
+    return out
 
 
 def journal_lock(directory: str) -> str:
@@ -137,8 +197,9 @@ def holds_nothing(raw: bytes) -> bool:
 
 
 def remove_empty_journals(root: str, network: str) -> list[str]:
-    """Remove the network's empty journals (see holds_nothing); GC calls it, since
-    journals() passes them over and no DEL may ever come for them."""
+    """Remove the network's empty journals (see holds_nothing) and the temporaries
+    of killed writers; GC calls it, since journals() passes them over and no DEL
+    may ever come for them."""
     directory = os.path.join(root, network)
     try:
         names = sorted(n for n in os.listdir(directory) if n.endswith(".json"))
@@ -146,6 +207,7 @@ def remove_empty_journals(root: str, network: str) -> list[str]:
         return []
     removed: list[str] = []
     with flocked(journal_lock(directory)):  # no put() renames one in meanwhile
+        removed += [os.path.join(directory, n) for n in remove_temporaries(directory)]
         for name in names:
             path = os.path.join(directory, name)
             try:

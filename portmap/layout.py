@@ -540,10 +540,11 @@ def portmap_layout(record: dict[str, Any] | None) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
-def portmap_del(chain: str, elements: dict[str, list[Any]]) -> list[Cmd]:
+def portmap_del(chain: str, elements: dict[str, list[Any]], keep_chain: bool = False) -> list[Cmd]:
     """The DEL transaction: add-then-delete our elements (absence-tolerant; the
-    caller passes only elements it still owns), then add+flush+delete the chain.
-    The table is asserted first so a DEL on a node without it still succeeds."""
+    caller passes only elements it still owns), then add+flush+delete the chain
+    (unless `keep_chain`: another attachment uses it too). The table is asserted
+    first so a DEL on a node without it still succeeds."""
     cmds: list[Cmd] = [add_table()]
     for name, key, interval in MAPS + LEGACY_MAPS:
         if name in elements:
@@ -555,7 +556,8 @@ def portmap_del(chain: str, elements: dict[str, list[Any]]) -> list[Cmd]:
     for name, elems in elements.items():
         if elems:
             cmds += [add_elements(name, elems), delete_elements(name, elems)]
-    cmds += [flush_chain(chain), delete_chain(chain)]
+    if not keep_chain:
+        cmds += [flush_chain(chain), delete_chain(chain)]
     return cmds
 
 
@@ -592,8 +594,19 @@ def is_ipmasq_map(name: str) -> bool:
 
 
 def ipmasq_tag(network: str, container_id: str, ifname: str = DEFAULT_IFNAME) -> int:
-    """The attachment's 32-bit tag (the map elements' data): from the same hash as its chain names."""
-    return int(sha512(hash_input(network, container_id, ifname).encode()).hexdigest()[:8], 16)
+    """The attachment's 32-bit tag (the map elements' data): a hash of the three
+    names joined by a character none of them may contain, so no two attachments
+    hash the same string (as the chain names' input, network + containerID, can)."""
+    return _tag(f"{network}\n{container_id}\n{ifname}")
+
+
+def legacy_ipmasq_tag(network: str, container_id: str, ifname: str = DEFAULT_IFNAME) -> int:
+    """The tag berth used before ipmasq_tag: from the chain names' input."""
+    return _tag(hash_input(network, container_id, ifname))
+
+
+def _tag(text: str) -> int:
+    return int(sha512(text.encode()).hexdigest()[:8], 16)
 
 
 def ipmasq_map(subnet: str) -> Cmd:

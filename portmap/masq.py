@@ -61,6 +61,12 @@ def setup(network: str, container_id: str, ifname: str, bridge: str, addresses: 
             "addresses": [str(ipaddress.ip_interface(c).ip) for c in cidrs], "bridge": bridge}
 
 
+def intent(network: str, container_id: str, ifname: str) -> dict[str, Any]:
+    """What the bridge journals before ADD touches nft: the tag its elements will
+    carry, so that after a crash teardown finds them by that tag alone."""
+    return {"tag": layout.ipmasq_tag(network, container_id, ifname)}
+
+
 def journal_layout(journal_masq: dict[str, Any] | None) -> int:
     """The masquerade layout the ADD recorded (0: a CNI-<hash> chain, before layout 2)."""
     value = (journal_masq or {}).get("layout")
@@ -110,7 +116,15 @@ def teardown(journal_masq: dict[str, Any] | None, network: str, container_id: st
         objects = nft.list_table()
         if objects is None:
             return  # no table: nothing of ours can exist
+        if isinstance(data.get("tag"), int):  # this berth's intent: elements with that tag, never a chain
+            _remove_elements(tagged(objects, data["tag"]))
+            return
         _remove_elements(tagged(objects, layout.ipmasq_tag(network, container_id, ifname)))
+        # no journal, or an older berth's intent: its tag and chain derive from network +
+        # containerID, which another attachment may share; then nothing found by them is ours
+        if ports.name_sharers(root, ports.Owner(network, container_id, ifname)):
+            return
+        _remove_elements(tagged(objects, layout.legacy_ipmasq_tag(network, container_id, ifname)))
         found = jumping_to(chain, (layout.MASQ_V4_MAP, layout.MASQ_V6_MAP), objects)
         if found or chain in nft.table_names(objects)[0]:
             _teardown(chain, found or {})

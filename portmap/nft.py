@@ -205,6 +205,21 @@ def set_exists(name: str) -> bool | None:
     return backend().set_exists(name)
 
 
+def chain_exists(name: str) -> bool | None:
+    """Does berth's table hold this chain (None: cannot tell)? One raw GET on the
+    kernel; a test backend answers from its listing."""
+    handle = backend()
+    if isinstance(handle, NFT):
+        return kernel_chain_exists(name)
+    return name in table_names(handle.list_table())[0]
+
+
+def rule_comments(objects: list[dict[str, Any]] | None, chain: str) -> set[str]:
+    """The comments of the rules of `chain` in a listing of berth's table."""
+    return {str(o["rule"]["comment"]) for o in objects or []
+            if isinstance(o.get("rule"), dict) and o["rule"].get("chain") == chain and o["rule"].get("comment")}
+
+
 def existing(names: tuple[str, ...]) -> tuple[str, ...]:
     """Those of these sets/maps that berth's table holds (one raw GET each; a
     backend that cannot tell answers none)."""
@@ -267,12 +282,14 @@ def dump(commands: list[dict[str, Any]]) -> str:
 NETLINK_NETFILTER = 12
 NFNL_SUBSYS_NFTABLES = 10
 NFT_MSG_NEWTABLE, NFT_MSG_GETTABLE = 0, 1
+NFT_MSG_NEWCHAIN, NFT_MSG_GETCHAIN = 3, 4
 NFT_MSG_NEWSET, NFT_MSG_GETSET = 9, 10
 NFT_MSG_NEWGEN, NFT_MSG_GETGEN = 15, 16
 NFTA_GEN_ID = 1
 NLMSG_ERROR = 2
 NFTA_TABLE_NAME = 1
 NFTA_SET_TABLE, NFTA_SET_NAME = 1, 2
+NFTA_CHAIN_TABLE, NFTA_CHAIN_NAME = 1, 3
 NFPROTO = {"inet": 1, "ip": 2, "ip6": 10}
 
 
@@ -367,6 +384,12 @@ def kernel_table_exists(family: str = "", name: str = "") -> bool | None:
     nothing from it."""
     return _kernel_get(NFT_MSG_GETTABLE, NFT_MSG_NEWTABLE, family or layout.FAMILY,
                        _attr(NFTA_TABLE_NAME, name or layout.TABLE))
+
+
+def kernel_chain_exists(name: str) -> bool | None:
+    """Does berth's table hold the chain `name`? (False also when the table is gone.)"""
+    return _kernel_get(NFT_MSG_GETCHAIN, NFT_MSG_NEWCHAIN, layout.FAMILY,
+                       _attr(NFTA_CHAIN_TABLE, layout.TABLE) + _attr(NFTA_CHAIN_NAME, name))
 
 
 def kernel_set_exists(name: str) -> bool | None:

@@ -266,6 +266,7 @@ def cmd_add(args: CmdArgs) -> Result:
     nft.prepare()  # outside the node-wide lock
     with ports.locked(root):
         prior = journal.section(SECTION)
+        _refuse_shared_chain(root, me, chain, note, prior)
         takeovers = ports.check(root, me, conf.mappings, conf.last_wins)
         record = {"chain": chain, "addresses": addresses, "bridge": bridge, "state": "adding",
                   "mappings": [m.to_json() for m in conf.mappings], "snat": conf.snat,
@@ -319,6 +320,33 @@ def cmd_add(args: CmdArgs) -> Result:
     if conntrack.needs_flush(conf.mappings):
         _warn(conntrack.flush(conf.mappings, _versions(addresses)))
     return prev
+
+
+def chain_owners(root: str, me: ports.Owner, chain: str) -> list[str]:
+    """Other attachments whose journal records `chain` (its name hashes network +
+    containerID, as upstream's does: ("ab", "c1") and ("a", "bc1") share it)."""
+    return [owner.describe() for owner, data in ports.name_sharers(root, me)
+            if isinstance(data.get(SECTION), dict) and data[SECTION].get("chain") == chain]
+
+
+def foreign_rules(objects: list[dict[str, Any]] | None, chain: str, note: str) -> list[str]:
+    """Comments of rules in `chain` that another attachment wrote (its journal may be lost)."""
+    return sorted(c for c in nft.rule_comments(objects, chain) if c != note)
+
+
+def _refuse_shared_chain(root: str, me: ports.Owner, chain: str, note: str, prior: dict[str, Any] | None) -> None:
+    """Two attachments must never share a DNAT chain: the second ADD would replace
+    the first one's rules, and each DEL would remove the other's."""
+    if prior and prior.get("chain") == chain:
+        return  # a re-ADD of this attachment
+    owners = chain_owners(root, me, chain)
+    if not owners and nft.chain_exists(chain) is True:
+        owners = [f"the attachment of its rules ({c})" for c in foreign_rules(nft.list_table(), chain, note)]
+    if owners:
+        raise CNIError(errors.LINK_CONFLICT, f"nftables chain {chain} already belongs to {owners[0]}",
+                       "the chain is named, as upstream's portmap names it, by a hash of network name + "
+                       "container ID, which are the same string joined for both attachments: "
+                       "use another network name or container ID")
 
 
 def _versions(addresses: list[str]) -> tuple[int, ...]:
@@ -386,13 +414,14 @@ def remove_attachment(root: str, journal: state.Journal) -> None:
         # no table (flushed, or a reboot): nothing of ours is in it, and DEL must not create it
         if nft.table_exists() is not False:
             intact, before = generation.layout_known(root)
+            keep = bool(chain_owners(root, me, chain))  # shared since before berth refused that: the other's too
             try:
-                nft.apply(layout.portmap_del(chain, recorded_elements(chain, owned, record)))
+                nft.apply(layout.portmap_del(chain, recorded_elements(chain, owned, record), keep_chain=keep))
             except CNIError:
                 strict = [m for m in owned if ports.owns_all(root, me, m)]
                 if strict == owned:
                     raise
-                nft.apply(layout.portmap_del(chain, recorded_elements(chain, strict, record)))
+                nft.apply(layout.portmap_del(chain, recorded_elements(chain, strict, record), keep_chain=keep))
                 before = None  # two commits: the next ADD re-asserts
             generation.note_commit(root, before, intact)
         ports.release(root, me, mappings)
@@ -426,10 +455,14 @@ def remove_derived(root: str, me: ports.Owner) -> None:
     from portmap import masq
 
     chain = layout.dnat_chain_name(me.network, me.container_id, me.ifname)
+    note = layout.comment(me.network, me.container_id, me.ifname)
     with ports.locked(root):
-        found = masq.jumping_to(chain, layout.HOSTPORT_MAPS)
-        if found is not None:
-            nft.apply(layout.portmap_del(chain, found))
+        objects = nft.list_table()
+        # the derived name may be another attachment's chain: then nothing in it is ours
+        if not chain_owners(root, me, chain) and not foreign_rules(objects, chain, note):
+            found = masq.jumping_to(chain, layout.HOSTPORT_MAPS, objects)
+            if found is not None:
+                nft.apply(layout.portmap_del(chain, found))
         ports.release_owner(root, me)
 
 
@@ -467,6 +500,9 @@ def check_record(record: dict[str, Any]) -> list[str]:
 def cmd_gc(args: CmdArgs) -> None:
     valid = valid_attachments(args.config)
     root = state.state_root(args.environ)
+    if os.path.isdir(ports.ports_dir(root)):
+        with ports.locked(root):  # no writer is midway: every temporary is a killed one's
+            ports.remove_temporaries(root)
     problems = []
     for _path, data in list(state.journals(root, args.network)):
         if not isinstance(data.get(SECTION), dict):

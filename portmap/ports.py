@@ -100,6 +100,33 @@ def is_live(root: str, owner: Owner) -> bool:
     return not (made_in and boot_id() and made_in != boot_id())
 
 
+def name_sharers(root: str, me: Owner) -> list[tuple[Owner, dict[str, Any]]]:
+    """Other attachments, with a journal, whose names hash like ours: upstream's
+    chain names (and berth's older ipMasq tags) hash network + containerID, one
+    string for ("ab", "c1") and ("a", "bc1") alike. One listing of the state
+    root, a journal read only where a network's name starts the joined string."""
+    from cni import skel
+
+    joined = me.network + me.container_id
+    try:
+        networks = sorted(os.listdir(root))
+    except OSError:
+        return []
+    out = []
+    for net in networks:
+        cid = joined[len(net):]
+        if net == me.network or not cid or not joined.startswith(net):
+            continue
+        try:
+            skel.validate_container_id(cid)
+            data = state.Journal(root, net, cid, me.ifname).load()
+        except CNIError:
+            continue
+        if data:
+            out.append((Owner(net, cid, me.ifname), data))
+    return out
+
+
 class Takeover:
     __slots__ = ("claim", "live")
 
@@ -135,7 +162,7 @@ def write(root: str, me: Owner, chain: str, mappings: list[Mapping]) -> None:
     for m in mappings:
         data = json.dumps(Claim(me, chain, m.map_name(), m.map_key()).to_json(), sort_keys=True).encode()
         for path in port_files(root, m):
-            files.atomic_write(path, data, durable=False)
+            files.atomic_write(path, data, durable=False, tmp=files.locked_tmp(path))  # under locked()
 
 
 def owns_all(root: str, me: Owner, m: Mapping) -> bool:
@@ -153,19 +180,29 @@ def release(root: str, me: Owner, mappings: list[Mapping]) -> None:
 
 def release_owner(root: str, me: Owner) -> None:
     """Remove every port file naming `me` (a DEL that lost its journal: a scan of
-    the ports directory, so only on that path)."""
+    the ports directory, so only on that path), and, the scan being made, every
+    temporary (the caller holds locked(): each is a killed writer's)."""
     try:
         names = os.listdir(ports_dir(root))
     except FileNotFoundError:
         return
-    paths = [os.path.join(ports_dir(root), n) for n in names if n != "lock" and ".tmp." not in n]
+    paths = [os.path.join(ports_dir(root), n) for n in names if n != "lock" and files.TMP_SUFFIX not in n]
     _remove_claims(root, me, paths)
+    remove_temporaries(root)
+
+
+def remove_temporaries(root: str) -> list[str]:
+    """What writers killed midway left in the ports directory (the caller holds locked())."""
+    return files.remove_temporaries(ports_dir(root))
 
 
 def _remove_claims(root: str, me: Owner, paths: list[str]) -> None:
-    """Unlink those of `paths` whose claim names `me`."""
+    """Unlink those of `paths` whose claim names `me`, and the temporary a write of
+    that port killed midway may have left."""
     for path in paths:
         claim = read(path)
         if claim is not None and claim.owner == me:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(files.locked_tmp(path))

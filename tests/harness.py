@@ -365,3 +365,13 @@ def bridge_conf(name: str = "testnet", subnet: str = "10.88.0.0/24", *, version:
     }
     conf.update(extra)
     return conf
+
+
+def journal_path(state_dir: Path, network: str, container_id: str, ifname: str = "eth0") -> Path:
+    """An attachment's journal file: today's name, or an older berth's where only that exists."""
+    from cni import state
+
+    directory = state_dir / network
+    current = directory / state.journal_name(container_id, ifname)
+    legacy = directory / state.legacy_journal_name(container_id, ifname)
+    return legacy if legacy.exists() and not current.exists() else current

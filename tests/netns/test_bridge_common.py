@@ -55,7 +55,7 @@ def journal_files(node: harness.Node, network: str = "testnet") -> list[str]:
 
 
 def journal(node: harness.Node, cid: str = "c1", ifname: str = "eth0", network: str = "testnet") -> Any:
-    return json.loads((node.state_dir / network / f"{cid}-{ifname}.json").read_text())
+    return json.loads((node.state_dir / network / f"{cid}:{ifname}.json").read_text())
 
 
 def _static_chains() -> set[str]:

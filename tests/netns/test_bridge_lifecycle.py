@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from cni import state
 from tests import harness
 from tests.netns.test_bridge_common import (
     IPAM,
@@ -138,7 +139,7 @@ def test_gc_removes_attachments_not_listed(topo: harness.Topology) -> None:
     gc = dict(c, **{"cni.dev/valid-attachments": [{"containerID": "keep", "ifname": "eth0"}]})
     node.plugin("berth-bridge", "GC", gc).ok()
     assert len(veths(node)) == 1 and b.links() == ["lo"] and "eth0" in a.links()
-    assert [p.name for p in (node.state_dir / "l2net").glob("*.json")] == ["keep-eth0.json"]
+    assert [p.name for p in (node.state_dir / "l2net").glob("*.json")] == [state.journal_name("keep", "eth0")]
     node.plugin("berth-bridge", "GC", dict(c, **{"cni.dev/valid-attachments": []})).ok()
     assert_clean(node, "l2net")
     node.plugin("berth-bridge", "GC", c).ok()  # no list: nothing valid (and nothing left to remove)
@@ -163,7 +164,7 @@ def test_gc_spares_a_recent_unfinished_add(topo: harness.Topology) -> None:
     assert res.rc == -9
     gc = dict(c, **{"cni.dev/valid-attachments": []})
     node.plugin("berth-bridge", "GC", gc).ok()
-    path = node.state_dir / "l2net" / "c1-eth0.json"
+    path = harness.journal_path(node.state_dir, "l2net", "c1")
     assert path.exists() and len(veths(node)) == 1  # might be an ADD in flight
     data = json.loads(path.read_text())
     data["created"] -= 3600
@@ -210,7 +211,7 @@ def test_del_with_corrupt_journal_still_cleans(topo: harness.Topology) -> None:
     node, ns = topo.node, topo.container()
     c = conf(node)
     add(node, c, ns)
-    journal = node.state_dir / "testnet" / "c1-eth0.json"
+    journal = harness.journal_path(node.state_dir, "testnet", "c1")
     journal.write_text("{not json")
     delete(node, c, netns=ns.path)
     assert veths(node) == [] and leases(node) == []

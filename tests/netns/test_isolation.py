@@ -181,7 +181,7 @@ def test_membership_follows_the_last_attachment_of_a_bridge(topo: harness.Topolo
 
     # an element no journal accounts for (journal lost): GC of that network clears it too
     p4 = Pod(topo, n1, "p4").add()
-    (node.state_dir / "share-1" / "p4-eth0.json").unlink()
+    (node.state_dir / "share-1" / "p4:eth0.json").unlink()
     node.plugin("berth-bridge", "GC", gc).ok()
     assert members(node)["isolated"] == []
     p4.delete().ok()

@@ -41,7 +41,7 @@ class Attached:
 
     @property
     def journal(self) -> Any:
-        return json.loads((self.node.state_dir / NET / f"{self.cid}-eth0.json").read_text())
+        return json.loads((self.node.state_dir / NET / f"{self.cid}:eth0.json").read_text())
 
     @property
     def address(self) -> str:
@@ -189,8 +189,8 @@ def test_foreign_forward_drop(pod: Attached) -> None:
 
 def test_port_claimed_by_second_journal(pod: Attached) -> None:
     node = pod.node
-    src = node.state_dir / NET / "c1-eth0.json"
-    dst = node.state_dir / NET / "c2-eth0.json"
+    src = node.state_dir / NET / "c1:eth0.json"
+    dst = node.state_dir / NET / "c2:eth0.json"
     data = json.loads(src.read_text())
     data["containerID"] = "c2"
     del data["bridge"]

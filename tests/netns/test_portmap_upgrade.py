@@ -118,7 +118,7 @@ def test_old_attachments_survive_the_upgrade_and_go_cleanly(topo: harness.Topolo
     after = maps(node)
     assert after["hostport"][0] == [] and after["hostports"][0] == ["interval"]
     elems = targets(node)
-    new_chain = json.loads((node.state_dir / "pmnet" / "new-eth0.json").read_text())["portmap"]["chain"]
+    new_chain = json.loads(harness.journal_path(node.state_dir, "pmnet", "new").read_text())["portmap"]["chain"]
     assert elems["hostport"] == [[{"concat": ["tcp", 8081]}, new_chain]]
     assert any(e[0] == {"concat": ["tcp", 8080]} for e in elems["hostports"])  # old elements stay put
     with old1.netns.server(80, "tcp", banner="o1"), new.netns.server(80, "tcp", banner="n"), \
@@ -144,12 +144,12 @@ def test_old_attachments_survive_the_upgrade_and_go_cleanly(topo: harness.Topolo
     text = node.nft_text()
     assert "8080" not in text and "8053" not in text
     assert not any(name.endswith(("_8080", "_8053")) for name in port_files(node))
-    assert not (node.state_dir / "pmnet" / "old1-eth0.json").exists()
+    assert not harness.journal_path(node.state_dir, "pmnet", "old1").exists()
 
     # a re-ADD of an old attachment by the new binary moves its element to the hash map
     old3.portmap("ADD").ok()
     elems = targets(node)
-    old3_chain = json.loads((node.state_dir / "pmnet" / "old3-eth0.json").read_text())["portmap"]["chain"]
+    old3_chain = json.loads(harness.journal_path(node.state_dir, "pmnet", "old3").read_text())["portmap"]["chain"]
     assert [{"concat": ["tcp", 8082]}, old3_chain] in elems["hostport"]
     assert not any(e[0] == {"concat": ["tcp", 8082]} for e in elems["hostports"])
     with old3.netns.server(80, "tcp", banner="o3"):

@@ -242,7 +242,7 @@ def test_portmap_journal_records_mark_settings(topo: harness.Topology) -> None:
     br = node.plugin("berth-bridge", "ADD", conf, container_id="c1", netns=ns.path).ok()
     node.plugin("berth-portmap", "ADD", portmap_conf(NET, br, markMasqBit=7, masqAll=True),
                 container_id="c1", netns=ns.path).ok()
-    record = json.loads((node.state_dir / NET / "c1-eth0.json").read_text())["portmap"]
+    record = json.loads((node.state_dir / NET / "c1:eth0.json").read_text())["portmap"]
     assert (record["markMasqBit"], record["masqAll"], record["externalSetMarkChain"]) == (7, True, None)
     del_pod(node, ns.path, "c1", conf)
     assert leftovers(node) == []

@@ -122,7 +122,7 @@ def test_reboot_gc_frees_the_rest_and_new_adds_work(topo: harness.Topology) -> N
     node.plugin("berth-portmap", "GC", gc_conf(portmap_conf(NET, None), valid)).ok()
     node.plugin("berth-bridge", "GC", gc_conf(conf, valid)).ok()
     left = leftovers(node)
-    assert [p.name for p in node.state_dir.rglob("*.json")] == ["new1-eth0.json"], left
+    assert [p.name for p in node.state_dir.rglob("*.json")] == ["new1:eth0.json"], left
     leases = [p.name for p in (node.data_dir / NET).glob("10.*")]
     assert leases == [br.json["ips"][0]["address"].split("/")[0]]
     assert _published(topo, fresh, 18080, "after-gc")

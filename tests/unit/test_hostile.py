@@ -174,4 +174,4 @@ def test_hostile_chain(tmp_path: Path, version: str, prev: dict[str, Any], cid: 
 def test_valid_input_succeeds(tmp_path: Path) -> None:
     """The properties above hold for valid input too: success, and the journal lands in the state dir."""
     drive(tmp_path, env_with(), json.dumps(GOOD_CONF).encode())
-    assert (tmp_path / "state" / "net1" / "c1-eth0.json").exists()
+    assert (tmp_path / "state" / "net1" / "c1:eth0.json").exists()

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import os
+import stat
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from cni import skel
 from cni.errors import CNIError
@@ -63,3 +70,69 @@ def test_off_by_default_and_bad_values_ignored(tmp_path: Path, monkeypatch: Any)
 
 def test_unwritable_log_never_fails_the_call(tmp_path: Path) -> None:
     assert run(conf(berthLogFile=str(tmp_path / "missing-dir" / "x.log")))[0] == 0
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def exec_plugin(tmp_path: Path, config: dict[str, Any], **env: str) -> subprocess.CompletedProcess[bytes]:
+    """berth-bridge as a process (a CHECK refused before any kernel work), as a runtime runs it."""
+    full = {**ENV, "CNI_COMMAND": "CHECK", "BERTH_AGENT_SOCKET": "off", "BERTH_STATE_DIR": str(tmp_path / "state"),
+            "PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", **env}
+    return subprocess.run([sys.executable, "-m", "cni", "plugin", "berth-bridge"], input=json.dumps(config).encode(),
+                          capture_output=True, env=full, timeout=30, check=False, cwd=str(tmp_path))
+
+
+@pytest.mark.parametrize("where", ["env", "config"])
+@pytest.mark.parametrize("version", ["1.0.0", "9.9.9"])
+def test_a_fifo_as_log_file_never_blocks_the_call(tmp_path: Path, where: str, version: str) -> None:
+    fifo = tmp_path / "log.fifo"
+    os.mkfifo(fifo)
+    config = {"cniVersion": version, "name": "net1", "type": "berth-bridge", "bridge": "bt0"}
+    env: dict[str, str] = {}
+    if where == "env":
+        env["BERTH_LOG_FILE"] = str(fifo)
+    else:
+        config["berthLogFile"] = str(fifo)
+    try:
+        proc = exec_plugin(tmp_path, config, **env)
+    finally:
+        with contextlib.suppress(OSError):  # let a writer blocked in open() go (the old behaviour)
+            os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr.decode(), proc
+    assert json.loads(proc.stdout)["code"] in (1, 7), proc.stdout
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+
+
+def test_a_symlinked_log_file_is_not_followed(tmp_path: Path) -> None:
+    target = tmp_path / "elsewhere"
+    target.write_text("")
+    link = tmp_path / "berth.log"
+    link.symlink_to(target)
+    for env in ({"BERTH_LOG_FILE": str(link)}, {}):
+        assert run(conf(berthLogFile=str(link)), **env)[0] == 0
+    assert target.read_text() == "" and link.is_symlink()
+
+
+def test_a_refused_config_does_not_create_its_log_file(tmp_path: Path) -> None:
+    log = tmp_path / "refused.log"
+    for bad in ({"cniVersion": "9.9.9"}, {"name": "../x"}, {"type": 5}):
+        rc, out, _err = run({**conf(berthLogFile=str(log)), **bad})
+        assert rc == 1 and json.loads(out)["code"] in (1, 7)
+    assert not log.exists()
+    env_log = tmp_path / "env.log"  # the runtime's own BERTH_LOG_FILE still logs a refused call
+    assert run({**conf(), "cniVersion": "9.9.9"}, BERTH_LOG_FILE=str(env_log))[0] == 1
+    assert [g["outcome"] for g in lines(env_log)] == ["error 1"]
+
+
+def test_stdout_is_flushed_before_the_log_line(tmp_path: Path) -> None:
+    log = tmp_path / "order.log"
+    order: list[str] = []
+
+    class Out(io.StringIO):
+        def flush(self) -> None:
+            order.append("flush:" + ("log" if log.exists() else "no log"))
+
+    rc = skel.run(PluginFuncs(name="berth-test", add=lambda a: {"cniVersion": "1.0.0", "ips": []}),
+                  {**ENV, "BERTH_LOG_FILE": str(log)}, io.BytesIO(json.dumps(conf()).encode()), Out(), io.StringIO())
+    assert rc == 0 and order and order[0] == "flush:no log" and lines(log)

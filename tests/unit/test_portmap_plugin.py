@@ -121,7 +121,7 @@ def test_add_del_one_transaction_each(tmp_path: Path, fake: nft.Fake) -> None:
     chain = layout.dnat_chain_name("pmnet", "c1")
     assert len(fake.transactions) == 1 and chain in fake.chains
     assert fake.elements["hostport"] == [[{"concat": ["tcp", 8080]}, {"jump": {"target": chain}}]]
-    journal = json.loads((tmp_path / "pmnet" / "c1-eth0.json").read_text())["portmap"]
+    journal = json.loads((tmp_path / "pmnet" / "c1:eth0.json").read_text())["portmap"]
     assert journal["state"] == "done" and journal["addresses"] == ["10.88.0.5", "fd00:88::5"]
     assert (tmp_path / "ports" / "any_tcp_8080").exists()
     portmap.cmd_check(args(tmp_path, "CHECK", m))
@@ -129,7 +129,7 @@ def test_add_del_one_transaction_each(tmp_path: Path, fake: nft.Fake) -> None:
     portmap.cmd_del(args(tmp_path, "DEL", None, prev=None))
     assert len(fake.transactions) == 2 and chain not in fake.chains and fake.elements["hostport"] == []
     assert not (tmp_path / "ports" / "any_tcp_8080").exists()
-    assert not (tmp_path / "pmnet" / "c1-eth0.json").exists()
+    assert not (tmp_path / "pmnet" / "c1:eth0.json").exists()
     portmap.cmd_del(args(tmp_path, "DEL", None, prev=None))  # repeated DEL: nothing to do
     assert len(fake.transactions) == 2
 
@@ -139,7 +139,7 @@ def test_failed_transaction_leaves_nothing(tmp_path: Path, fake: nft.Fake) -> No
     with pytest.raises(CNIError) as err:
         portmap.cmd_add(args(tmp_path, "ADD", [{"hostPort": 8080, "containerPort": 80}]))
     assert err.value.code == errors.NFTABLES_FAILURE and "Could not process rule" in err.value.details
-    assert not (tmp_path / "pmnet" / "c1-eth0.json").exists()
+    assert not (tmp_path / "pmnet" / "c1:eth0.json").exists()
     assert not (tmp_path / "ports" / "any_tcp_8080").exists()
 
 
@@ -156,7 +156,7 @@ def test_conflict_names_owner_then_last_wins_and_stale(tmp_path: Path, fake: nft
     portmap.cmd_del(args(tmp_path, "DEL", None, cid="first", prev=None))
     assert fake.elements["hostport"] == [[{"concat": ["tcp", 8080]}, {"jump": {"target": third}}]]
     # a stale owner (journal gone) is taken over without the option
-    (tmp_path / "pmnet" / "third-eth0.json").unlink()
+    (tmp_path / "pmnet" / "third:eth0.json").unlink()
     portmap.cmd_add(args(tmp_path, "ADD", m, cid="fourth"))
     assert json.loads((tmp_path / "ports" / "any_tcp_8080").read_text())["containerID"] == "fourth"
 
@@ -169,7 +169,7 @@ def test_gc_removes_unlisted(tmp_path: Path, fake: nft.Fake) -> None:
                         **{"cni.dev/valid-attachments": [{"containerID": "keep", "ifname": "eth0"}]}))
     assert layout.dnat_chain_name("pmnet", "gone") not in fake.chains
     assert layout.dnat_chain_name("pmnet", "keep") in fake.chains
-    assert not (tmp_path / "pmnet" / "gone-eth0.json").exists()
+    assert not (tmp_path / "pmnet" / "gone:eth0.json").exists()
 
 
 def test_check_reports_missing(tmp_path: Path, fake: nft.Fake) -> None:
@@ -185,7 +185,7 @@ def _make_legacy(tmp_path: Path, fake: nft.Fake, cid: str = "c1") -> str:
     """Turn an attachment ADDed now into what berth before layout 2 left: its
     elements in the interval maps, no "layout" in the journal, port files naming
     the interval maps."""
-    journal = tmp_path / "pmnet" / f"{cid}-eth0.json"
+    journal = tmp_path / "pmnet" / f"{cid}:eth0.json"
     data = json.loads(journal.read_text())
     del data["portmap"]["layout"]
     journal.write_text(json.dumps(data))
@@ -245,7 +245,7 @@ def test_del_after_half_done_add(tmp_path: Path, fake: nft.Fake) -> None:
     """ADD committed nft but died before writing port files: DEL still cleans up."""
     m = [{"hostPort": 8080, "containerPort": 80}]
     portmap.cmd_add(args(tmp_path, "ADD", m))
-    journal = tmp_path / "pmnet" / "c1-eth0.json"
+    journal = tmp_path / "pmnet" / "c1:eth0.json"
     data = json.loads(journal.read_text())
     data["portmap"]["state"] = "adding"
     journal.write_text(json.dumps(data))

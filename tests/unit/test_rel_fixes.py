@@ -44,11 +44,11 @@ def args(root: Path, command: str, cid: str = "c1", mappings: list[dict[str, Any
 
 def test_journal_records_mark_settings(tmp_path: Path, fake: nft.Fake) -> None:
     portmap.cmd_add(args(tmp_path, "ADD", markMasqBit=5, masqAll=True))
-    record = json.loads((tmp_path / "pmnet" / "c1-eth0.json").read_text())["portmap"]
+    record = json.loads((tmp_path / "pmnet" / "c1:eth0.json").read_text())["portmap"]
     assert record["markMasqBit"] == 5 and record["masqAll"] is True and record["externalSetMarkChain"] is None
     portmap.cmd_add(args(tmp_path, "ADD", cid="c2", mappings=[{"hostPort": 9, "containerPort": 9}],
                          externalSetMarkChain="KUBE-MARK-MASQ"))
-    record = json.loads((tmp_path / "pmnet" / "c2-eth0.json").read_text())["portmap"]
+    record = json.loads((tmp_path / "pmnet" / "c2:eth0.json").read_text())["portmap"]
     assert record["externalSetMarkChain"] == "KUBE-MARK-MASQ" and record["markMasqBit"] == 13
 
 
@@ -57,7 +57,7 @@ def test_del_without_journal_removes_derived_chain_elements_and_port_files(tmp_p
     portmap.cmd_add(args(tmp_path, "ADD", cid="other", mappings=[{"hostPort": 9090, "containerPort": 80}]))
     mine = layout.dnat_chain_name("pmnet", "c1", "eth0")
     assert mine in fake.chains and len(list((tmp_path / "ports").glob("*_*_*"))) == 3
-    (tmp_path / "pmnet" / "c1-eth0.json").unlink()  # the journal is lost
+    (tmp_path / "pmnet" / "c1:eth0.json").unlink()  # the journal is lost
     portmap.cmd_del(args(tmp_path, "DEL", prev=None))
     assert mine not in fake.chains
     assert fake.elements["hostport"] == [[{"concat": ["tcp", 9090]},

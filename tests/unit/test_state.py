@@ -37,14 +37,14 @@ def test_round_trip_and_removal(tmp_path: Path) -> None:
     assert j.section("portmap") == {"chain": "CNI-DN-x"}
     data = json.loads(Path(j.path).read_text())
     assert (data["containerID"], data["ifname"], data["network"]) == ("c1", "eth0", "net1")
-    assert j.path == str(tmp_path / "root" / "net1" / "c1-eth0.json")
+    assert j.path == str(tmp_path / "root" / "net1" / "c1:eth0.json")
     j.drop("bridge")
     assert j.section("bridge") is None and j.section("portmap") == {"chain": "CNI-DN-x"}
     j.drop("portmap")
     assert not os.path.exists(j.path)
     j.drop("portmap")  # idempotent, and on a missing file
     journal(tmp_path / "never").drop("bridge")
-    assert not (tmp_path / "never" / "net1" / "c1-eth0.json").exists()
+    assert not (tmp_path / "never" / "net1" / "c1:eth0.json").exists()
 
 
 def test_attachments_are_separate(tmp_path: Path) -> None:
@@ -58,13 +58,62 @@ def test_attachments_are_separate(tmp_path: Path) -> None:
     assert list(journals(str(tmp_path / "missing"))) == []
 
 
+def test_names_cannot_collide(tmp_path: Path) -> None:
+    """("a", "b-c") and ("a-b", "c") shared a-b-c.json: each has its own journal now."""
+    first, second = journal(tmp_path, "a", "b-c"), journal(tmp_path, "a-b", "c")
+    first.put("bridge", {"n": 1})
+    assert second.section("bridge") is None
+    second.put("bridge", {"n": 2})
+    assert first.path != second.path and first.section("bridge") == {"n": 1}
+    second.drop("bridge")
+    assert first.section("bridge") == {"n": 1} and not os.path.exists(second.path)
+    assert [(d["containerID"], d["ifname"]) for _, d in journals(str(tmp_path))] == [("a", "b-c")]
+
+
+def _legacy(root: Path, cid: str, ifname: str, content: dict[str, object] | None = None) -> Path:
+    """A journal as berth wrote it before the injective names: <id>-<ifname>.json."""
+    path = root / "net1" / f"{cid}-{ifname}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    body = {"containerID": cid, "ifname": ifname, "network": "net1", "bridge": {"n": 0}}
+    path.write_text(json.dumps(body if content is None else content))
+    return path
+
+
+def test_a_legacy_journal_is_its_owners_only(tmp_path: Path) -> None:
+    old = _legacy(tmp_path, "a", "b-c")
+    owner, other = journal(tmp_path, "a", "b-c"), journal(tmp_path, "a-b", "c")
+    assert owner.path == str(old) and owner.section("bridge") == {"n": 0}
+    assert other.path != str(old) and other.section("bridge") is None  # same old name, not its content
+    other.put("bridge", {"n": 2})
+    owner.put("portmap", {"chain": "x"})  # the owner keeps writing its legacy file
+    assert json.loads(old.read_text())["portmap"] == {"chain": "x"}
+    assert sorted(os.listdir(tmp_path / "net1")) == ["a-b-c.json", "a-b:c.json", "journal.lock"]
+    owner.drop("bridge")
+    owner.drop("portmap")
+    assert not old.exists() and other.section("bridge") == {"n": 2}
+    again = journal(tmp_path, "a", "b-c")
+    again.put("bridge", {"n": 3})
+    assert again.path == str(tmp_path / "net1" / "a:b-c.json")  # a new ADD writes the new name
+
+
+def test_an_unreadable_legacy_journal_is_ours_only_if_its_name_is(tmp_path: Path) -> None:
+    plain = _legacy(tmp_path, "c1", "eth0")
+    plain.write_text("{torn")
+    assert journal(tmp_path, "c1", "eth0").path == str(plain)  # c1-eth0 has one reading: DEL may remove it
+    shared = _legacy(tmp_path, "a", "b-c")
+    shared.write_text("{torn")
+    assert journal(tmp_path, "a", "b-c").path != str(shared)  # a-b-c: ("a", "b-c") or ("a-b", "c")
+    assert journal(tmp_path, "a-b", "c").path != str(shared)
+    assert state.legacy_readings("a-b-c") == [("a", "b-c"), ("a-b", "c")]
+
+
 def test_modes_and_no_tmp_left(tmp_path: Path) -> None:
     j = journal(tmp_path)
     for i in range(5):
         j.put("bridge", {"i": i})
     assert stat.S_IMODE(os.stat(j.path).st_mode) == 0o600
     assert stat.S_IMODE(os.stat(j.directory).st_mode) == 0o700
-    assert sorted(os.listdir(j.directory)) == ["c1-eth0.json", "journal.lock"]
+    assert sorted(os.listdir(j.directory)) == ["c1:eth0.json", "journal.lock"]
 
 
 def test_atomic_write_failure_leaves_nothing(tmp_path: Path) -> None:
