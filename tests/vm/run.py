@@ -28,25 +28,23 @@ INIT = Path(__file__).resolve().parent / "init.sh"
 # What CI boots on every submission (the matrix's Debian 12 kernel): the feature
 # probes and ADD/DEL churn of every map kind, bridge egress and dual-stack, ipMasq,
 # published ports by traffic (outside, localhost, hairpin, ranges, IPv6, the
-# 127/8 guard), isolation both ways, DEL/GC cleanup, and a kill in the middle of
+# 127/8 guard), isolation both ways, DEL cleanup, and a kill in the middle of
 # each plugin's nft step. Plain emulation runs Python some 20x slower than the
 # host, so this is a few minutes; `make test-kernels` runs everything.
 CI_SUBSET = (
     "tests/netns/test_kernel_features.py",
     "tests/netns/test_bridge.py::test_masquerade_outside_sees_node_address",
-    "tests/netns/test_bridge.py::test_dual_stack",
     "tests/netns/test_ipmasq.py::test_one_rule_per_subnet_one_element_per_attachment",
     "tests/netns/test_portmap.py::test_tcp_udp_outside_localhost_hairpin",
     "tests/netns/test_portmap.py::test_ipv6_and_port_range",
     "tests/netns/test_portmap.py::test_localnet_guard_cve_2020_8558",
     "tests/netns/test_isolation.py::test_strict_network_refuses_open_and_isolated_ones",
     "tests/netns/test_bridge_lifecycle.py::test_del_with_empty_netns_and_twice",
-    "tests/netns/test_bridge_lifecycle.py::test_gc_removes_attachments_not_listed",
     "tests/netns/test_rel_crash.py::test_kill_after_step_then_del_gc_leave_nothing[masq]",
     "tests/netns/test_rel_crash.py::test_kill_after_step_then_del_gc_leave_nothing[portmap-nft]",
 )
 # ADD/DEL loops of the churn test (tests/netns/test_kernel_features.py) per subset
-CHURN_LOOPS = {"ci": 30, "full": 150}
+CHURN_LOOPS = {"ci": 10, "full": 100}
 # everything that runs against the kernel; the real-client tests need container
 # runtimes and cgroups the guest does not have (they run on the host)
 FULL_SUBSET = ("tests/vm", "tests/netns", "tests/parity")
