@@ -44,11 +44,37 @@ CI_SUBSET = (
     "tests/netns/test_rel_crash.py::test_kill_after_step_then_del_gc_leave_nothing[portmap-nft]",
 )
 # ADD/DEL loops of the churn test (tests/netns/test_kernel_features.py) per subset
-CHURN_LOOPS = {"ci": 10, "full": 100}
+CHURN_LOOPS = {"ci": 10, "kernel": 100, "full": 100}
+# `make test-kernels`: every test that exercises the kernel's networking and
+# nftables, leaving out what does not depend on the kernel (input validation,
+# locks, the agent, the runner, the bundle) and the load tests (storms, scale,
+# a hundred networks), which emulation would stretch to hours.
+KERNEL_SUBSET = (
+    "tests/netns/test_kernel_features.py",
+    "tests/netns/test_bridge.py",
+    "tests/netns/test_bridge_lifecycle.py",
+    "tests/netns/test_ipmasq.py",
+    "tests/netns/test_portmap.py",
+    "tests/netns/test_portmap_upgrade.py",
+    "tests/netns/test_isolation.py",
+    "tests/netns/test_rel_crash.py",
+    "tests/netns/test_rel_flush_reboot.py",
+    "tests/netns/test_rel_ipv6.py",
+    "tests/netns/test_rel_naming.py",
+    "tests/netns/test_nft_generation.py",
+    "tests/netns/test_ops_tools.py",
+    "tests/netns/test_veth_delete.py",
+    "tests/netns/test_rel_lock_security.py::test_off_node_packets_to_loopback_are_dropped",
+    "tests/netns/test_rel_lock_security.py::test_foreign_tables_are_never_modified",
+    "tests/parity/test_bridge_parity.py",
+    "tests/parity/test_portmap_parity.py",
+    "--deselect", "tests/netns/test_bridge_lifecycle.py::test_32_concurrent_adds_then_dels",
+    "--deselect", "tests/netns/test_isolation.py::test_hundred_networks_constant_rule_count",
+)
 # everything that runs against the kernel; the real-client tests need container
 # runtimes and cgroups the guest does not have (they run on the host)
-FULL_SUBSET = ("tests/vm", "tests/netns", "tests/parity")
-
+FULL_SUBSET = ("tests/netns", "tests/parity")
+SUBSETS = {"ci": CI_SUBSET, "kernel": KERNEL_SUBSET, "full": FULL_SUBSET}
 RESULT = re.compile(r"BERTH-VM-RESULT rc=(\d+)")
 SUMMARY = re.compile(r"=+ (.*(?:passed|failed|error|skipped).*) in [\d.]+s")
 
@@ -121,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.vm.run", description=__doc__.split("\n\n")[0])
     parser.add_argument("--kernels", default=",".join(k.name for k in matrix.MATRIX),
                         help="comma-separated names from tests/vm/matrix.py (default: all)")
-    parser.add_argument("--subset", choices=("ci", "full"), default="full")
+    parser.add_argument("--subset", choices=tuple(SUBSETS), default="kernel")
     parser.add_argument("--ci", action="store_true", help="what CI runs: the CI kernel, the CI subset")
     parser.add_argument("--timeout", type=float, default=float(os.environ.get("VM_TIMEOUT", "3600")),
                         help="seconds per kernel")
@@ -131,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     opts = parser.parse_args(argv)
     if opts.ci:
         opts.kernels, opts.subset = matrix.CI_KERNEL, "ci"
-    selection = list(CI_SUBSET if opts.subset == "ci" else FULL_SUBSET)
+    selection = list(SUBSETS[opts.subset])
     # no xdist in the guest: under emulation two workers importing the suite cost more than they gain
     args = ["-q", "--color=no", "-p", "no:xdist", "--durations=15", "-m", "not slow and not clients",
             *(opts.pytest_args or selection)]
