@@ -96,16 +96,20 @@ def ensure_bundle() -> None:
         subprocess.run(["make", "-C", str(REPO), "bundle"], check=True)
 
 
-def boot(kernel: matrix.Kernel, args: list[str], *, timeout: float, echo: bool,
-         script: Path | None = None, env: dict[str, str] | None = None) -> tuple[int, str, str, float]:
-    """Build, boot, wait: (guest rc or -1, package used, summary line, seconds)."""
+def prepare(kernel: matrix.Kernel, args: list[str], script: Path | None = None,
+            env: dict[str, str] | None = None) -> tuple[str, Path, Path]:
+    """Fetch the kernel and build its root filesystem from this checkout: (package, vmlinuz, image)."""
     cache = BUILD / "kernels"
     unpacked = fetch.fetch(kernel, cache)
     package = (unpacked / ".unpacked").read_text().strip()
     release = fetch.release_of(unpacked)
     image = initramfs.build(BUILD / "vm" / f"root-{kernel.name}", BUILD / "vm" / f"{kernel.name}.cpio",
                             unpacked, release, REPO, INIT, args, script, env)
-    vmlinuz = unpacked / "boot" / f"vmlinuz-{release}"
+    return package, unpacked / "boot" / f"vmlinuz-{release}", image
+
+
+def boot(kernel: matrix.Kernel, vmlinuz: Path, image: Path, *, timeout: float, echo: bool) -> tuple[int, str, float]:
+    """Boot and wait: (guest rc or -1, summary line, seconds)."""
     log_path = BUILD / "vm" / f"{kernel.name}.log"
     cpus = str(max(1, min(2, os.cpu_count() or 1)))
     argv = ["qemu-system-x86_64", "-accel", accelerator(), "-m", os.environ.get("VM_MEMORY", "3072"),
@@ -140,7 +144,7 @@ def boot(kernel: matrix.Kernel, args: list[str], *, timeout: float, echo: bool,
             if proc.poll() is None:
                 proc.kill()
             proc.wait()
-    return rc, package, summary, time.monotonic() - start
+    return rc, summary, time.monotonic() - start
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -163,11 +167,12 @@ def main(argv: list[str] | None = None) -> int:
             *(opts.pytest_args or selection)]
     env = {"BERTH_CHURN_LOOPS": str(CHURN_LOOPS[opts.subset])}
     ensure_bundle()
+    kernels = [matrix.by_name(name.strip()) for name in opts.kernels.split(",")]
+    # every image first: the guests test the checkout as it is now, whatever happens to it meanwhile
+    prepared = [prepare(k, args, opts.script, env) for k in kernels]
     results = []
-    for name in opts.kernels.split(","):
-        kernel = matrix.by_name(name.strip())
-        rc, package, summary, seconds = boot(kernel, args, timeout=opts.timeout, echo=not opts.quiet,
-                                             script=opts.script, env=env)
+    for kernel, (package, vmlinuz, image) in zip(kernels, prepared, strict=True):
+        rc, summary, seconds = boot(kernel, vmlinuz, image, timeout=opts.timeout, echo=not opts.quiet)
         results.append((kernel, rc, package, summary, seconds))
     print("\nkernel matrix:")
     failed = 0
