@@ -109,7 +109,7 @@ def warm_up() -> list[str]:
     except Exception as exc:
         problems.append(f"nftables: {exc}")
     with contextlib.suppress(ImportError):
-        import cni.ops.reconcile  # noqa: F401  # warm for the flush watcher
+        import portmap.reconcile  # noqa: F401  # warm for the flush watcher
     return problems
 
 
@@ -387,7 +387,7 @@ def journals_exist(root: str) -> bool:
 
 def reconcile_child(root: str) -> int:
     try:
-        from cni.ops.reconcile import reconcile
+        from portmap.reconcile import reconcile
     except ImportError as exc:
         log(f"reconcile: not available ({exc})")
         return 1

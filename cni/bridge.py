@@ -31,6 +31,7 @@ from cni import errors, netlink, netns, sysctl
 from cni.bridge_conf import BridgeConf, parse
 from cni.errors import CNIError
 from cni.invoke import delegate
+from cni.records import Attachment, BridgeRecord
 from cni.skel import CmdArgs, PluginFuncs
 from cni.spec import CURRENT_VERSION, Result, prev_result, valid_attachments
 from cni.state import Journal, journals, remove_empty_journals, state_root
@@ -399,7 +400,8 @@ def cmd_check(args: CmdArgs) -> None:
         problems += _check_links(args, conf, prev, node, cont)
     record = _journal(args).section(SECTION) or {}
     if conf.ip_masq and record.get("masq") is not None:
-        problems += _masq().check(record["masq"], args.environ)
+        att = Attachment(args.network, args.container_id, args.ifname, bridge=BridgeRecord.from_json(record))
+        problems += _masq().check(att)
     elif conf.ip_masq and record:
         problems.append("journal records no masquerade for this attachment")
     if conf.isolate:

@@ -32,6 +32,7 @@ from typing import Any
 from cni import errors
 from cni.errors import CNIError
 from cni.files import atomic_write, flocked, locked_tmp, remove_temporaries
+from cni.records import Attachment
 
 DEFAULT_ROOT = "/var/lib/cni/berth"
 MAX_EMPTY_CHECK_BYTES = 1 << 16  # an empty journal is never larger (a real one is a few hundred bytes)
@@ -245,3 +246,16 @@ def journals(root: str, network: str | None = None) -> Iterator[tuple[str, dict[
                 continue
             if isinstance(data, dict):
                 yield path, data
+
+
+def attachments(root: str) -> list[Attachment]:
+    """Every attachment the journals under root describe (a file that does not
+    name its attachment is passed over)."""
+    out = []
+    for path, data in journals(root):
+        if path.startswith(os.path.join(root, "ports") + os.sep):
+            continue
+        att = Attachment.from_journal(path, data)
+        if att is not None:
+            out.append(att)
+    return out

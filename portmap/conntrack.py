@@ -15,12 +15,12 @@ import socket
 from typing import Any
 
 from cni import sysctl
-from portmap.layout import Mapping
+from cni.records import PortMapping
 
 PROTOCOLS = {"udp": socket.IPPROTO_UDP, "sctp": socket.IPPROTO_SCTP}
 
 
-def needs_flush(mappings: list[Mapping]) -> bool:
+def needs_flush(mappings: list[PortMapping]) -> bool:
     return any(m.protocol in PROTOCOLS for m in mappings)
 
 
@@ -31,7 +31,7 @@ def table_empty() -> bool:
     return count is None or count == "0"  # None: nf_conntrack not loaded, no entries can exist
 
 
-def flush(mappings: list[Mapping], versions: tuple[int, ...] = (4, 6)) -> list[str]:
+def flush(mappings: list[PortMapping], versions: tuple[int, ...] = (4, 6)) -> list[str]:
     """Delete entries whose original destination is (hostIP or any local address,
     hostPort) for each UDP/SCTP mapping, in the container's address families.
     Best effort: returns problems, never raises."""

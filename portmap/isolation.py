@@ -145,13 +145,12 @@ def release(network: str, container_id: str, ifname: str, bridge: str, mode: str
 
 
 def check(bridge: str, mode: str) -> list[str]:
-    """What is missing of the bridge's isolation (empty when all is there)."""
-    from portmap import nft
+    """What is missing of the bridge's isolation (empty when all is there): the
+    static layout that holds the sets and CNI-ISOLATION, and the bridge's elements."""
+    from portmap import diff
 
-    _chains, present = nft.table_names(nft.list_table())
-    return [f"bridge {bridge} is missing from nft set {name} (isolate)"
-            for name, elems in elements(bridge, mode).items()
-            for elem in elems if elem not in present.get(name, [])]
+    table = diff.snapshot()
+    return diff.static_problems(table) + [m.what for m in diff.isolation_missing(bridge, mode, table)]
 
 
 def journaled(root: str) -> dict[str, str]:

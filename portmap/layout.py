@@ -53,7 +53,9 @@ from __future__ import annotations
 
 import ipaddress
 from _sha512 import sha512  # builtin: hashlib would import OpenSSL (~3 ms) on every exec
-from typing import Any, NamedTuple
+from typing import Any
+
+from cni.records import MASQ_SCHEMA, PORTMAP_SCHEMA, PortMapping
 
 FAMILY = "inet"
 TABLE = "berth"
@@ -65,10 +67,7 @@ ADMIN_CHAIN = "CNI-ADMIN"
 IPMASQ_CHAIN = "CNI-IPMASQ"  # one masquerade rule per pod subnet (bridge ipMasq)
 IPMASQ_PREFIX = "ipmasq-"  # + the subnet: the map of that subnet's attached addresses -> owner tag
 IPMASQ_SET_PREFIX = "ipmasq-src-"  # + the subnet: the set the subnet's rule looks addresses up in
-# the bridge journal's masq "layout": 3 = per-subnet owner map, address set and rule; 2 = the same
-# without the set (the rule looked the map up as a set, which kernels before 6.2 refuse);
-# absent = a CNI-<hash> chain per attachment
-IPMASQ_LAYOUT = 3
+IPMASQ_LAYOUT = MASQ_SCHEMA  # the schemas are cni/records.py's
 GUARD_CHAIN = "guard"
 
 PROTOCOLS = ("tcp", "udp", "sctp")
@@ -82,10 +81,7 @@ HOSTPORTS_V4_MAP = "hostports-v4"
 HOSTPORTS_V6_MAP = "hostports-v6"
 # interval maps keyed [daddr .] l4proto . dport of older berths (see the module docstring)
 LEGACY_RANGE_MAPS = (HOSTPORTS_V4_MAP, HOSTPORTS_V6_MAP, HOSTPORTS_MAP)
-# the portmap journal's "layout": 3 = ranges in the per-protocol maps; 2 = ranges in the
-# legacy interval maps; absent (berth before 2) = every mapping in the legacy interval maps.
-# Single ports are in the hostport* hash maps from 2 on.
-PORTMAP_LAYOUT = 3
+PORTMAP_LAYOUT = PORTMAP_SCHEMA
 MASQ_V4_MAP = "masq-v4"
 MASQ_V6_MAP = "masq-v6"
 BRIDGES_SET = "bridges"
@@ -388,62 +384,32 @@ def mark_layout(mark_bit: int = DEFAULT_MASQ_BIT) -> list[Cmd]:
 
 # --- port mappings -------------------------------------------------------------
 
-class Mapping(NamedTuple):
-    """One validated portMapping; ports are inclusive ranges (lo == hi for one port).
-    A NamedTuple, not a frozen dataclass: importing dataclasses (it pulls inspect)
-    would cost every exec."""
-
-    host_lo: int
-    host_hi: int
-    container_lo: int
-    protocol: str  # tcp | udp | sctp
-    host_ip: str = ""  # "" = any local address
-
-    @property
-    def container_hi(self) -> int:
-        return self.container_lo + (self.host_hi - self.host_lo)
-
-    @property
-    def host_version(self) -> int | None:
-        return ipaddress.ip_address(self.host_ip).version if self.host_ip else None
-
-    def applies_to(self, version: int) -> bool:
-        """A v4 hostIP only maps to v4 container addresses and vice versa."""
-        return self.host_version in (None, version)
-
-    def per_protocol(self, version: int) -> bool:
-        """Does the element of a journal of this layout live in a per-protocol range map?"""
-        return version >= 3 and self.host_lo != self.host_hi
-
-    def map_name(self, version: int = PORTMAP_LAYOUT) -> str:
-        """The verdict map holding this mapping's element, for a journal of layout
-        `version`: a single port in the hash maps (hostport*, from 2), a range in
-        its protocol's interval map (from 3), else the legacy interval maps."""
-        if version >= 2 and self.host_lo == self.host_hi:
-            return {None: HOSTPORT_MAP, 4: HOSTPORT_V4_MAP, 6: HOSTPORT_V6_MAP}[self.host_version]
-        if self.per_protocol(version):
-            return range_map_name(self.host_version, self.protocol)
-        return {None: HOSTPORTS_MAP, 4: HOSTPORTS_V4_MAP, 6: HOSTPORTS_V6_MAP}[self.host_version]
-
-    def map_key(self, version: int = PORTMAP_LAYOUT) -> Any:
-        ports = port_value(self.host_lo, self.host_hi)
-        if self.per_protocol(version):
-            return {"concat": [self.host_ip, ports] if self.host_ip else [ports, ANY_SOURCE_PORT]}
-        if self.host_ip:
-            return {"concat": [self.host_ip, self.protocol, ports]}
-        return {"concat": [self.protocol, ports]}
-
-    def to_json(self) -> dict[str, Any]:
-        return {"hostPort": self.host_lo, "hostPortEnd": self.host_hi, "containerPort": self.container_lo,
-                "protocol": self.protocol, "hostIP": self.host_ip}
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Mapping:
-        return cls(int(data["hostPort"]), int(data["hostPortEnd"]), int(data["containerPort"]),
-                   str(data["protocol"]), str(data.get("hostIP", "")))
+def per_protocol(m: PortMapping, version: int) -> bool:
+    """Does the element of a journal of this schema live in a per-protocol range map?"""
+    return version >= 3 and m.host_lo != m.host_hi
 
 
-def _dnat_target(m: Mapping, addr: str, version: int) -> Expr:
+def map_name(m: PortMapping, version: int = PORTMAP_LAYOUT) -> str:
+    """The verdict map holding the mapping's element, for a journal of schema
+    `version`: a single port in the hash maps (hostport*, from 2), a range in
+    its protocol's interval map (from 3), else the legacy interval maps."""
+    if version >= 2 and m.host_lo == m.host_hi:
+        return {None: HOSTPORT_MAP, 4: HOSTPORT_V4_MAP, 6: HOSTPORT_V6_MAP}[m.host_version]
+    if per_protocol(m, version):
+        return range_map_name(m.host_version, m.protocol)
+    return {None: HOSTPORTS_MAP, 4: HOSTPORTS_V4_MAP, 6: HOSTPORTS_V6_MAP}[m.host_version]
+
+
+def map_key(m: PortMapping, version: int = PORTMAP_LAYOUT) -> Any:
+    ports = port_value(m.host_lo, m.host_hi)
+    if per_protocol(m, version):
+        return {"concat": [m.host_ip, ports] if m.host_ip else [ports, ANY_SOURCE_PORT]}
+    if m.host_ip:
+        return {"concat": [m.host_ip, m.protocol, ports]}
+    return {"concat": [m.protocol, ports]}
+
+
+def _dnat_target(m: PortMapping, addr: str, version: int) -> Expr:
     fam = ip_proto(version)
     if m.host_lo == m.host_hi:
         return {"dnat": {"family": fam, "addr": addr, "port": m.container_lo}}
@@ -455,7 +421,7 @@ def _dnat_target(m: Mapping, addr: str, version: int) -> Expr:
     return {"dnat": {"family": fam, "addr": {"map": {"key": payload("th", "dport"), "data": {"set": pairs}}}}}
 
 
-def dnat_rules(chain: str, mappings: list[Mapping], addresses: list[str], *, snat: bool = True,
+def dnat_rules(chain: str, mappings: list[PortMapping], addresses: list[str], *, snat: bool = True,
                masq_all: bool = False, setmark_chain: str = SETMARK_CHAIN, note: str | None = None,
                conditions: dict[int, list[Expr]] | None = None) -> list[Cmd]:
     """The rules of CNI-DN-<hash>: first the marks for hairpin (the container
@@ -500,7 +466,7 @@ def dnat_rules(chain: str, mappings: list[Mapping], addresses: list[str], *, sna
     return cmds
 
 
-def attachment_add(chain: str, mappings: list[Mapping], addresses: list[str], *, snat: bool = True,
+def attachment_add(chain: str, mappings: list[PortMapping], addresses: list[str], *, snat: bool = True,
                    masq_all: bool = False, external_setmark: str | None = None,
                    note: str | None = None, conditions: dict[int, list[Expr]] | None = None) -> list[Cmd]:
     """The attachment's part of an ADD: chain add+flush+rules, then its map elements."""
@@ -513,7 +479,7 @@ def attachment_add(chain: str, mappings: list[Mapping], addresses: list[str], *,
     return cmds
 
 
-def portmap_add(chain: str, mappings: list[Mapping], addresses: list[str], *, snat: bool = True,
+def portmap_add(chain: str, mappings: list[PortMapping], addresses: list[str], *, snat: bool = True,
                 masq_all: bool = False, mark_bit: int = DEFAULT_MASQ_BIT, external_setmark: str | None = None,
                 note: str | None = None) -> list[Cmd]:
     """A whole ADD transaction with nothing to replace: base ensure + the attachment."""
@@ -522,22 +488,11 @@ def portmap_add(chain: str, mappings: list[Mapping], addresses: list[str], *, sn
                              external_setmark=external_setmark, note=note))
 
 
-def elements_by_map(chain: str, mappings: list[Mapping], version: int = PORTMAP_LAYOUT) -> dict[str, list[Any]]:
+def elements_by_map(chain: str, mappings: list[PortMapping], version: int = PORTMAP_LAYOUT) -> dict[str, list[Any]]:
     out: dict[str, list[Any]] = {}
     for m in mappings:
-        out.setdefault(m.map_name(version), []).append(verdict_elem(m.map_key(version), chain))
+        out.setdefault(map_name(m, version), []).append(verdict_elem(map_key(m, version), chain))
     return out
-
-
-# every journal layout whose elements DEL may have to find (see portmap.recorded_elements)
-PORTMAP_LAYOUTS = (0, 2, PORTMAP_LAYOUT)
-
-
-def portmap_layout(record: dict[str, Any] | None) -> int:
-    """The layout of the ADD that wrote this portmap journal record (0: a berth
-    before layout 2, whose elements all live in the legacy interval maps)."""
-    value = (record or {}).get("layout")
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
 def portmap_del(chain: str, elements: dict[str, list[Any]], keep_chain: bool = False) -> list[Cmd]:

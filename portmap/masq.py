@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
-from collections.abc import Iterable
 from collections.abc import Mapping as MappingT
 from typing import Any
 
-from cni import errors, state
+from cni import errors, records, state
 from cni.errors import CNIError
-from portmap import generation, layout, nft, ports
+from cni.records import Attachment, MasqRecord
+from portmap import diff, generation, layout, nft, ports
 
 
 def _cidrs(addresses: list[str]) -> list[str]:
@@ -57,39 +57,24 @@ def setup(network: str, container_id: str, ifname: str, bridge: str, addresses: 
         legacy = nft.existing(layout.LEGACY_RANGE_MAPS) if new else ()
         nft.apply(layout.ipmasq_add(cidrs, tag, bridge or None, new, legacy))
         generation.note_commit(root, before, intact)
-    return {"layout": layout.IPMASQ_LAYOUT, "tag": tag, "subnets": subnets,
-            "addresses": [str(ipaddress.ip_interface(c).ip) for c in cidrs], "bridge": bridge}
+    return MasqRecord(schema=records.MASQ_SCHEMA, tag=tag, subnets=tuple(subnets), bridge=bridge,
+                      addresses=tuple(str(ipaddress.ip_interface(c).ip) for c in cidrs)).to_json()
 
 
 def intent(network: str, container_id: str, ifname: str) -> dict[str, Any]:
     """What the bridge journals before ADD touches nft: the tag its elements will
     carry, so that after a crash teardown finds them by that tag alone."""
-    return {"tag": layout.ipmasq_tag(network, container_id, ifname)}
-
-
-def journal_layout(journal_masq: dict[str, Any] | None) -> int:
-    """The masquerade layout the ADD recorded (0: a CNI-<hash> chain, before layout 2)."""
-    value = (journal_masq or {}).get("layout")
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+    return MasqRecord(tag=layout.ipmasq_tag(network, container_id, ifname)).to_json()
 
 
 def is_current(journal_masq: dict[str, Any] | None) -> bool:
-    """Was this attachment's masquerade made with per-subnet maps (layout 2 or later)?"""
-    return journal_layout(journal_masq) >= 2
+    """Was this attachment's masquerade made with per-subnet maps (schema 2 or later)?"""
+    return records.schema(journal_masq) >= 2
 
 
 def elements_of(journal_masq: dict[str, Any]) -> dict[str, list[Any]]:
-    """The per-subnet map elements a current-layout journal records."""
-    tag = int(journal_masq.get("tag") or 0)
-    addresses = [str(a) for a in journal_masq.get("addresses") or []]
-    subnets = [ipaddress.ip_network(str(s), strict=False) for s in journal_masq.get("subnets") or []]
-    out: dict[str, list[Any]] = {}
-    for addr in addresses:
-        ip = ipaddress.ip_address(addr)
-        subnet = next((n for n in subnets if n.version == ip.version and ip in n), None)
-        if subnet is not None:
-            out.setdefault(layout.ipmasq_map_name(str(subnet)), []).append([addr, tag])
-    return out
+    """The per-subnet owner-map elements a per-subnet journal records."""
+    return diff.owner_elements(MasqRecord.from_json(journal_masq))
 
 
 def teardown(journal_masq: dict[str, Any] | None, network: str, container_id: str, ifname: str,
@@ -126,15 +111,14 @@ def teardown(journal_masq: dict[str, Any] | None, network: str, container_id: st
             return
         _remove_elements(tagged(objects, layout.legacy_ipmasq_tag(network, container_id, ifname)))
         found = jumping_to(chain, (layout.MASQ_V4_MAP, layout.MASQ_V6_MAP), objects)
-        if found or chain in nft.table_names(objects)[0]:
+        if found or chain in diff.Table.from_objects(objects).chains:
             _teardown(chain, found or {})
 
 
 def tagged(objects: list[dict[str, Any]], tag: int) -> dict[str, list[Any]]:
     """Elements of the ipmasq-* maps that carry this tag."""
-    _chains, elements = nft.table_names(objects)
     out: dict[str, list[Any]] = {}
-    for name, elems in elements.items():
+    for name, elems in diff.Table.from_objects(objects).elements.items():
         if layout.is_ipmasq_map(name):
             out.update({name: [e for e in elems if isinstance(e, list) and len(e) == 2 and e[1] == tag]})
     return {name: elems for name, elems in out.items() if elems}
@@ -165,7 +149,7 @@ def jumping_to(chain: str, maps: tuple[str, ...],
         objects = nft.list_table()
     if objects is None:
         return None
-    _chains, elements = nft.table_names(objects)
+    elements = diff.Table.from_objects(objects).elements
     out: dict[str, list[Any]] = {}
     for name in maps:
         for elem in elements.get(name, []):
@@ -186,74 +170,11 @@ def _teardown(chain: str, elements: dict[str, list[Any]]) -> None:
             raise
 
 
-def check(journal_masq: dict[str, Any], environ: MappingT[str, str] | None = None) -> list[str]:
-    """What is missing of this attachment's masquerade (empty when all is there)."""
-    objects = nft.list_table()
-    chains, elements = nft.table_names(objects)
-    problems = []
-    if is_current(journal_masq):
-        lookups = rule_lookups(obj["rule"] for obj in objects or [] if isinstance(obj.get("rule"), dict))
-        for subnet in journal_masq.get("subnets") or []:
-            if not serves(lookups, str(subnet), journal_layout(journal_masq)):
-                problems.append(f"the ipMasq rule for {subnet} in {layout.IPMASQ_CHAIN} is missing")
-        for name, elems in elements_of(journal_masq).items():
-            for elem in elems:
-                if not _has_element(elements.get(name, []), elem):
-                    problems.append(f"map {name} element {elem[0]} is missing")
-        for name, addrs in set_elements_of(journal_masq, lookups).items():
-            for addr in addrs:
-                if addr not in elements.get(name, []):
-                    problems.append(f"set {name} element {addr} is missing")
-        return problems
-    chain = str(journal_masq.get("chain", ""))
-    if chain not in chains:
-        problems.append(f"nftables chain {chain} is missing")
-    for name, elems in layout.masq_elements(chain, [str(a) for a in journal_masq.get("addresses") or []]).items():
-        for elem in elems:
-            if not _has_element(elements.get(name, []), elem):
-                problems.append(f"{name} element {elem[0]} -> {chain} is missing")
-    return problems
+def check(att: Attachment) -> list[str]:
+    """What is missing of this attachment's masquerade (empty when all is there):
+    what `berth explain` reports for it (portmap/diff.py), the static layout
+    (postrouting's jump to CNI-IPMASQ) included."""
+    from portmap import diff
 
-
-SET_FORM, MAP_FORM = "set", "map"
-
-
-def rule_lookups(rules: Iterable[dict[str, Any]]) -> dict[str, set[str]]:
-    """Per subnet rule comment (`ipMasq <subnet>`), how CNI-IPMASQ's rules for it find
-    the addresses: SET_FORM (@ipmasq-src-…, layout 3) or MAP_FORM (layout 2's lookup
-    of the owner map as a set, left on nodes an older berth set up)."""
-    out: dict[str, set[str]] = {}
-    for rule in rules:
-        if rule.get("chain") != layout.IPMASQ_CHAIN or not rule.get("comment"):
-            continue
-        for expr in rule.get("expr") or []:
-            right = expr.get("match", {}).get("right") if isinstance(expr, dict) else None
-            if isinstance(right, str) and right.startswith("@"):
-                form = SET_FORM if right[1:].startswith(layout.IPMASQ_SET_PREFIX) else MAP_FORM
-                out.setdefault(str(rule["comment"]), set()).add(form)
-                break
-    return out
-
-
-def serves(lookups: dict[str, set[str]], subnet: str, version: int) -> bool:
-    """Does a rule masquerade this subnet for an attachment of masq layout `version`?"""
-    forms = lookups.get(layout.ipmasq_note(subnet), set())
-    return SET_FORM in forms or (version == 2 and MAP_FORM in forms)
-
-
-def set_elements_of(journal_masq: dict[str, Any], lookups: dict[str, set[str]]) -> dict[str, list[str]]:
-    """The address-set elements this attachment needs: all of layout 3's; a layout 2
-    attachment's only where no rule of its own form serves its subnet."""
-    version = journal_layout(journal_masq)
-    subnets = {layout.ipmasq_map_name(str(s)): str(s) for s in journal_masq.get("subnets") or []}
-    out: dict[str, list[str]] = {}
-    for name, elems in elements_of(journal_masq).items():
-        subnet = subnets.get(name, "")
-        if version == 2 and MAP_FORM in lookups.get(layout.ipmasq_note(subnet), set()):
-            continue
-        out[layout.ipmasq_set_name(name)] = [e[0] for e in elems]
-    return out
-
-
-def _has_element(present: list[Any], wanted: list[Any]) -> bool:
-    return any(isinstance(e, list) and len(e) == 2 and e[0] == wanted[0] and e[1] == wanted[1] for e in present)
+    table = diff.snapshot()
+    return diff.static_problems(table) + [m.what for m in diff.masq_missing(att, table)]

@@ -19,10 +19,13 @@ from typing import Any, Protocol
 
 from cni import errors
 from cni.errors import CNIError
-from portmap import layout
 
 _lock = threading.Lock()
 _handle: Any = None
+# The table this adapter works in, and only that one (portmap/layout.py builds its
+# objects under the same names; a unit test holds the two together).
+FAMILY = "inet"
+TABLE = "berth"
 MAX_DETAIL_CHARS = 4000
 # how the kernel answers a construct it does not support (or a module it lacks):
 # then portmap/features.py names what is missing
@@ -106,7 +109,7 @@ class NFT:
 
     def list_table(self) -> list[dict[str, Any]] | None:
         """Objects of `table inet berth` (None when it does not exist)."""
-        cmd = {"list": {"table": {"family": layout.FAMILY, "name": layout.TABLE}}}
+        cmd = {"list": {"table": {"family": FAMILY, "name": TABLE}}}
         rc, out, _err = _nft().json_cmd(wrap([cmd]))
         if rc != 0:
             return None
@@ -123,35 +126,76 @@ class NFT:
 
 
 class Fake:
-    """In-memory stand-in recording transactions; enough state for unit tests of
-    the plugin logic (which chains and elements exist)."""
+    """In-memory stand-in for the kernel's side of berth's table: chains with their
+    rules, sets and maps with their elements, applied transaction by transaction
+    (all or nothing, as the kernel does), listed back in libnftables' shape and
+    dumped as text, so CHECK, diff and reconcile get golden tests without a kernel."""
 
     def __init__(self) -> None:
         self.transactions: list[list[dict[str, Any]]] = []
-        self.chains: set[str] = set()
-        self.elements: dict[str, list[Any]] = {}
+        self.table = False
+        self.rules: dict[str, list[dict[str, Any]]] = {}  # chain -> rules, in order
+        self.sets: dict[str, tuple[str, list[Any]]] = {}  # name -> (kind, elements)
         self.fail_next: str | None = None
+
+    @property
+    def chains(self) -> set[str]:
+        return set(self.rules)
+
+    @property
+    def elements(self) -> dict[str, list[Any]]:
+        return {name: elems for name, (_kind, elems) in self.sets.items()}
 
     def apply(self, commands: list[dict[str, Any]]) -> None:
         if self.fail_next:
             msg, self.fail_next = self.fail_next, None
             raise CNIError(errors.NFTABLES_FAILURE, "nftables transaction failed", _details(msg, commands))
+        before = (self.table, {c: list(r) for c, r in self.rules.items()},
+                  {n: (k, list(e)) for n, (k, e) in self.sets.items()})
+        try:
+            for cmd in commands:
+                self._one(cmd)
+        except KeyError as exc:  # what the kernel answers with ENOENT: nothing of the transaction stays
+            self.table, self.rules, self.sets = before
+            raise CNIError(errors.NFTABLES_FAILURE, "nftables transaction failed",
+                           _details(f"No such file or directory: {exc}", commands)) from None
         self.transactions.append(commands)
-        for cmd in commands:
-            verb, body = next(iter(cmd.items()))
-            kind, obj = next(iter(body.items()))
-            if kind == "chain" and verb == "add":
-                self.chains.add(obj["name"])
-            elif kind == "chain" and verb == "delete":
-                self.chains.discard(obj["name"])
-            elif kind == "element":
-                elems = self.elements.setdefault(obj["name"], [])
-                for elem in obj["elem"]:
-                    if verb == "add" and elem not in elems:
-                        elems.append(elem)
-                    elif verb == "delete":  # nft deletes by key, whatever the value
-                        key = elem[0] if isinstance(elem, list) else elem
-                        elems[:] = [e for e in elems if (e[0] if isinstance(e, list) else e) != key]
+
+    def _one(self, cmd: dict[str, Any]) -> None:
+        verb, body = next(iter(cmd.items()))
+        kind, obj = next(iter(body.items()))
+        if kind == "table":
+            if verb == "delete":
+                self.table, self.rules, self.sets = False, {}, {}
+            else:
+                self.table = True
+            return
+        if not self.table:
+            raise KeyError(f"table {TABLE}")
+        name = obj.get("name") or obj.get("chain")
+        if kind == "chain":
+            if verb == "add":
+                self.rules.setdefault(name, [])
+            elif verb == "flush":
+                self.rules[name][:] = []
+            elif verb == "delete":
+                del self.rules[name]
+        elif kind == "rule" and verb == "add":
+            rule = {"chain": obj["chain"], "expr": obj["expr"]}
+            self.rules[obj["chain"]].append({**rule, "comment": obj["comment"]} if "comment" in obj else rule)
+        elif kind in ("set", "map"):
+            if verb == "add":
+                self.sets.setdefault(name, (kind, []))
+            elif verb == "delete":
+                del self.sets[name]
+        elif kind == "element":
+            elems = self.sets[name][1]
+            for elem in obj["elem"]:
+                if verb == "add" and elem not in elems:
+                    elems.append(elem)
+                elif verb == "delete":  # nft deletes by key, whatever the value
+                    key = elem[0] if isinstance(elem, list) else elem
+                    elems[:] = [e for e in elems if (e[0] if isinstance(e, list) else e) != key]
 
     def table_exists(self) -> bool | None:
         return None  # "cannot tell": the plugins then send their DEL transactions, as they always did
@@ -163,12 +207,29 @@ class Fake:
         return None  # "cannot tell": every ADD re-asserts the static layout
 
     def list_table(self) -> list[dict[str, Any]] | None:
-        if not self.transactions:
+        """What `nft -j list table inet berth` would show (None: no table)."""
+        if not self.table:
             return None
-        out: list[dict[str, Any]] = [{"chain": {"name": c}} for c in sorted(self.chains)]
-        for name, elems in self.elements.items():
-            out.append({"map": {"name": name, "elem": list(elems)}})
+        out: list[dict[str, Any]] = [{"table": {"family": FAMILY, "name": TABLE}}]
+        for name, (kind, elems) in self.sets.items():
+            out.append({kind: {"family": FAMILY, "table": TABLE, "name": name,
+                               **({"elem": list(elems)} if elems else {})}})
+        for chain, rules in self.rules.items():
+            out.append({"chain": {"family": FAMILY, "table": TABLE, "name": chain}})
+            out += [{"rule": {"family": FAMILY, "table": TABLE, **r}} for r in rules]
         return out
+
+    def dump(self) -> str:
+        """The table as text, one line per object, in a stable order (for golden tests)."""
+        if not self.table:
+            return ""
+        lines = [f"table {FAMILY} {TABLE}"]
+        for name, (kind, elems) in sorted(self.sets.items()):
+            lines.append(f"{kind} {name}" + (f" {json.dumps(elems, sort_keys=True)}" if elems else ""))
+        for chain, rules in sorted(self.rules.items()):
+            lines.append(f"chain {chain}")
+            lines += [f"  rule {json.dumps(r, sort_keys=True)}" for r in rules]
+        return "\n".join(lines) + "\n"
 
 
 _backend: Backend | None = None
@@ -211,7 +272,7 @@ def chain_exists(name: str) -> bool | None:
     handle = backend()
     if isinstance(handle, NFT):
         return kernel_chain_exists(name)
-    return name in table_names(handle.list_table())[0]
+    return any(o.get("chain", {}).get("name") == name for o in handle.list_table() or [])
 
 
 def rule_comments(objects: list[dict[str, Any]] | None, chain: str) -> set[str]:
@@ -259,23 +320,6 @@ def list_foreign(family: str, table: str) -> list[dict[str, Any]] | None:
     if rc != 0:
         return None
     return [o for o in (out or {}).get("nftables", []) if "metainfo" not in o]
-
-
-def table_names(objects: list[dict[str, Any]] | None) -> tuple[set[str], dict[str, list[Any]]]:
-    """(chain names, map/set name -> elements) from list_table()'s objects."""
-    chains: set[str] = set()
-    elements: dict[str, list[Any]] = {}
-    for obj in objects or []:
-        if "chain" in obj:
-            chains.add(obj["chain"]["name"])
-        for kind in ("map", "set"):
-            if kind in obj:
-                elements[obj[kind]["name"]] = list(obj[kind].get("elem") or [])
-    return chains, elements
-
-
-def dump(commands: list[dict[str, Any]]) -> str:
-    return json.dumps(wrap(commands), indent=1)
 
 
 # nfnetlink constants (linux/netfilter/nfnetlink.h, nf_tables.h)
@@ -382,17 +426,17 @@ def kernel_table_exists(family: str = "", name: str = "") -> bool | None:
     """Does berth's table exist? The agent's flush watcher asks it every few
     seconds; DEL asks it so that it never creates the table just to delete
     nothing from it."""
-    return _kernel_get(NFT_MSG_GETTABLE, NFT_MSG_NEWTABLE, family or layout.FAMILY,
-                       _attr(NFTA_TABLE_NAME, name or layout.TABLE))
+    return _kernel_get(NFT_MSG_GETTABLE, NFT_MSG_NEWTABLE, family or FAMILY,
+                       _attr(NFTA_TABLE_NAME, name or TABLE))
 
 
 def kernel_chain_exists(name: str) -> bool | None:
     """Does berth's table hold the chain `name`? (False also when the table is gone.)"""
-    return _kernel_get(NFT_MSG_GETCHAIN, NFT_MSG_NEWCHAIN, layout.FAMILY,
-                       _attr(NFTA_CHAIN_TABLE, layout.TABLE) + _attr(NFTA_CHAIN_NAME, name))
+    return _kernel_get(NFT_MSG_GETCHAIN, NFT_MSG_NEWCHAIN, FAMILY,
+                       _attr(NFTA_CHAIN_TABLE, TABLE) + _attr(NFTA_CHAIN_NAME, name))
 
 
 def kernel_set_exists(name: str) -> bool | None:
     """Does berth's table hold the set or map `name`? (False also when the table is gone.)"""
-    return _kernel_get(NFT_MSG_GETSET, NFT_MSG_NEWSET, layout.FAMILY,
-                       _attr(NFTA_SET_TABLE, layout.TABLE) + _attr(NFTA_SET_NAME, name))
+    return _kernel_get(NFT_MSG_GETSET, NFT_MSG_NEWSET, FAMILY,
+                       _attr(NFTA_SET_TABLE, TABLE) + _attr(NFTA_SET_NAME, name))

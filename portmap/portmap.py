@@ -18,12 +18,12 @@ import signal
 import sys
 from typing import Any
 
-from cni import errors, state, sysctl
+from cni import errors, records, state, sysctl
 from cni.errors import CNIError
+from cni.records import Attachment, PortMapping, PortmapRecord
 from cni.skel import CmdArgs, PluginFuncs
 from cni.spec import Result, prev_result, valid_attachments
 from portmap import conntrack, generation, layout, nft, ports
-from portmap.layout import Mapping
 
 SECTION = "portmap"
 PROTOCOLS = ("tcp", "udp", "sctp")
@@ -65,7 +65,7 @@ def _port_span(value: Any, what: str) -> tuple[int, int]:
     return lo, hi
 
 
-def parse_mapping(entry: Any) -> Mapping:
+def parse_mapping(entry: Any) -> PortMapping:
     if not isinstance(entry, dict):
         raise errors.invalid_config("portMappings entries must be objects")
     host_lo, host_hi = _port_span(_get(entry, "hostPort"), "hostPort")
@@ -97,17 +97,17 @@ def parse_mapping(entry: Any) -> Mapping:
             raise errors.invalid_config(f"invalid hostIP {host_ip!r}") from None
         # 0.0.0.0 / :: mean "any local address", as upstream treats them
         host_ip = "" if parsed.is_unspecified else parsed.compressed
-    return Mapping(host_lo, host_hi, cont_lo, protocol.lower(), host_ip)
+    return PortMapping(host_lo, host_hi, cont_lo, protocol.lower(), host_ip)
 
 
-def parse_mappings(config: dict[str, Any]) -> list[Mapping]:
+def parse_mappings(config: dict[str, Any]) -> list[PortMapping]:
     runtime = config.get("runtimeConfig") or {}
     if not isinstance(runtime, dict):
         raise errors.invalid_config("runtimeConfig must be an object")
     raw = runtime.get("portMappings") or []
     if not isinstance(raw, list):
         raise errors.invalid_config("runtimeConfig.portMappings must be a list")
-    out: list[Mapping] = []
+    out: list[PortMapping] = []
     for entry in raw:
         m = parse_mapping(entry)
         if m in out:
@@ -273,7 +273,7 @@ def cmd_add(args: CmdArgs) -> Result:
                   # what `berth reconcile` needs to rebuild the mark chains as this ADD did
                   "markMasqBit": conf.mark_bit, "masqAll": conf.masq_all,
                   "externalSetMarkChain": conf.external_setmark, "boot": ports.boot_id(),
-                  # where the elements go (layout.Mapping.map_name): DEL/CHECK of a journal
+                  # where the elements go (PortMapping.map_name): DEL/CHECK of a journal
                   # an older berth wrote look in the interval maps instead
                   "layout": layout.PORTMAP_LAYOUT}
         journal.put(SECTION, record)
@@ -289,7 +289,7 @@ def cmd_add(args: CmdArgs) -> Result:
                                   + layout.mark_layout(conf.mark_bit))
         # a re-ADD of this attachment: drop its old elements first
         if prior:
-            old = [Mapping.from_json(m) for m in prior.get("mappings") or []]
+            old = [PortMapping.from_json(m) for m in prior.get("mappings") or []]
             cmds += _delete_owned(root, me, str(prior.get("chain") or chain), old, prior, keep=conf.mappings)
         for t in takeovers:  # last-wins or stale owners: remove their element
             cmds += [layout.add_chain(t.claim.chain),
@@ -307,7 +307,7 @@ def cmd_add(args: CmdArgs) -> Result:
         try:
             _step_done("portmap-nft", args.environ)
             if prior:
-                ports.release(root, me, [Mapping.from_json(m) for m in prior.get("mappings") or []])
+                ports.release(root, me, [PortMapping.from_json(m) for m in prior.get("mappings") or []])
             ports.write(root, me, chain, conf.mappings)
             record["state"] = "done"
             journal.put(SECTION, record)
@@ -360,7 +360,7 @@ def _restore_journal(journal: state.Journal, prior: dict[str, Any] | None) -> No
         journal.drop(SECTION)
 
 
-def _undo_add(root: str, me: ports.Owner, chain: str, mappings: list[Mapping], journal: state.Journal) -> None:
+def _undo_add(root: str, me: ports.Owner, chain: str, mappings: list[PortMapping], journal: state.Journal) -> None:
     try:
         nft.apply(layout.portmap_del(chain, layout.elements_by_map(chain, mappings)))
     finally:
@@ -368,12 +368,12 @@ def _undo_add(root: str, me: ports.Owner, chain: str, mappings: list[Mapping], j
         journal.drop(SECTION)
 
 
-def _delete_owned(root: str, me: ports.Owner, chain: str, mappings: list[Mapping], record: dict[str, Any],
-                  keep: list[Mapping] | None = None) -> list[layout.Cmd]:
+def _delete_owned(root: str, me: ports.Owner, chain: str, mappings: list[PortMapping], record: dict[str, Any],
+                  keep: list[PortMapping] | None = None) -> list[layout.Cmd]:
     """add-then-delete of the elements of `mappings` (made by the ADD that wrote
     `record`) that are still ours. A kept mapping whose element already sits in
     the map this ADD uses is left alone (the ADD re-adds it, a no-op)."""
-    same_layout = layout.portmap_layout(record) == layout.PORTMAP_LAYOUT and record.get("state") == "done"
+    same_layout = records.schema(record) == layout.PORTMAP_LAYOUT and record.get("state") == "done"
     owned = [m for m in mappings if not (keep and m in keep and same_layout) and ports.owns_all(root, me, m)]
     cmds: list[layout.Cmd] = []
     for name, elems in recorded_elements(chain, owned, record).items():
@@ -381,15 +381,15 @@ def _delete_owned(root: str, me: ports.Owner, chain: str, mappings: list[Mapping
     return cmds
 
 
-def recorded_elements(chain: str, mappings: list[Mapping], record: dict[str, Any]) -> dict[str, list[Any]]:
+def recorded_elements(chain: str, mappings: list[PortMapping], record: dict[str, Any]) -> dict[str, list[Any]]:
     """The verdict-map elements of `mappings` where the ADD that wrote `record`
-    put them (layout.Mapping.map_name: where depends on the journal's layout).
+    put them (PortMapping.map_name: where depends on the journal's layout).
     An ADD that did not finish may have been a re-ADD of an older journal's
     attachment, interrupted on either side of its commit: then look where every
     layout puts them (add-then-delete tolerates the absent ones)."""
-    out = layout.elements_by_map(chain, mappings, layout.portmap_layout(record))
+    out = layout.elements_by_map(chain, mappings, records.schema(record))
     if record.get("state") != "done":
-        for version in layout.PORTMAP_LAYOUTS:
+        for version in records.PORTMAP_SCHEMAS:
             for name, elems in layout.elements_by_map(chain, mappings, version).items():
                 have = out.setdefault(name, [])
                 have += [e for e in elems if e not in have]
@@ -405,7 +405,7 @@ def remove_attachment(root: str, journal: state.Journal) -> None:
         if record is None:
             return
         chain = str(record.get("chain") or layout.dnat_chain_name(me.network, me.container_id, me.ifname))
-        mappings = [Mapping.from_json(m) for m in record.get("mappings") or []]
+        mappings = [PortMapping.from_json(m) for m in record.get("mappings") or []]
         owned = [m for m in mappings if ports.owns_all(root, me, m)]
         if record.get("state") != "done":
             # a half-done ADD may have committed its elements without writing the
@@ -475,25 +475,33 @@ def cmd_check(args: CmdArgs) -> None:
         if conf.mappings:
             raise CNIError(errors.CHECK_FAILED, "no portmap journal for this attachment")
         return None
-    problems = check_record(record)
+    root = state.state_root(args.environ)
+    att = Attachment(args.network, args.container_id, args.ifname, portmap=PortmapRecord.from_json(record))
+    problems = check_attachment(root, att)
     if problems:
         raise CNIError(errors.CHECK_FAILED, "port mappings are incomplete", "; ".join(problems))
     return None
 
 
-def check_record(record: dict[str, Any]) -> list[str]:
-    chain = str(record.get("chain", ""))
-    chains, elements = nft.table_names(nft.list_table())
-    problems = []
-    if record.get("state") != "done":
-        problems.append("the ADD did not complete")
-    if chain not in chains:
-        problems.append(f"nftables chain {chain} is missing")
-    mappings = [Mapping.from_json(m) for m in record.get("mappings") or []]
-    for name, elems in layout.elements_by_map(chain, mappings, layout.portmap_layout(record)).items():
-        for elem in elems:
-            if elem not in elements.get(name, []):
-                problems.append(f"{name} element {elem[0]} -> {chain} is missing")
+def check_attachment(root: str, att: Attachment) -> list[str]:
+    """What of the attachment's published ports is missing: what `berth explain`
+    reports for it (portmap/diff.py), the static layout and the marks included."""
+    from portmap import diff
+
+    record = att.portmap
+    if record is None:
+        return []
+    table = diff.snapshot()
+    problems = [] if record.done else ["the ADD did not complete"]
+    problems += diff.static_problems(table)
+    if record.snat and record.mappings:
+        problems += diff.mark_problems(table, record.mark_bit if record.mark_bit is not None
+                                       else layout.DEFAULT_MASQ_BIT)
+    owned = diff.Ownership(root, state.attachments(root)).owned(att)
+    problems += [m.what for m in diff.portmap_missing(att, table, owned)]
+    taken = [diff.format_mapping(m) for m in record.mappings if m not in owned]
+    if taken:
+        problems.append("held by another attachment: " + ", ".join(taken))
     return problems
 
 

@@ -21,7 +21,8 @@ from typing import Any, NamedTuple
 
 from cni import errors, files, state, sysctl
 from cni.errors import CNIError
-from portmap.layout import Mapping
+from cni.records import PortMapping
+from portmap import layout
 
 PORTS_DIR = "ports"
 
@@ -66,7 +67,7 @@ def locked(root: str) -> Iterator[None]:
         yield
 
 
-def port_files(root: str, m: Mapping) -> list[str]:
+def port_files(root: str, m: PortMapping) -> list[str]:
     host = m.host_ip or "any"
     return [os.path.join(ports_dir(root), f"{host}_{m.protocol}_{port}")
             for port in range(m.host_lo, m.host_hi + 1)]
@@ -135,7 +136,7 @@ class Takeover:
         self.live = live
 
 
-def check(root: str, me: Owner, mappings: list[Mapping], last_wins: bool) -> list[Takeover]:
+def check(root: str, me: Owner, mappings: list[PortMapping], last_wins: bool) -> list[Takeover]:
     """Foreign claims on our ports: raise PORT_CONFLICT for a live one (unless
     last-wins); return what must be taken over (deduplicated by element)."""
     found: dict[str, Takeover] = {}
@@ -158,22 +159,22 @@ def check(root: str, me: Owner, mappings: list[Mapping], last_wins: bool) -> lis
     return list(found.values())
 
 
-def write(root: str, me: Owner, chain: str, mappings: list[Mapping]) -> None:
+def write(root: str, me: Owner, chain: str, mappings: list[PortMapping]) -> None:
     for m in mappings:
-        data = json.dumps(Claim(me, chain, m.map_name(), m.map_key()).to_json(), sort_keys=True).encode()
+        data = json.dumps(Claim(me, chain, layout.map_name(m), layout.map_key(m)).to_json(), sort_keys=True).encode()
         for path in port_files(root, m):
             files.atomic_write(path, data, durable=False, tmp=files.locked_tmp(path))  # under locked()
 
 
-def owns_all(root: str, me: Owner, m: Mapping) -> bool:
+def owns_all(root: str, me: Owner, m: PortMapping) -> bool:
     return all((c := read(p)) is not None and c.owner == me for p in port_files(root, m))
 
 
-def unclaimed(root: str, m: Mapping) -> bool:
+def unclaimed(root: str, m: PortMapping) -> bool:
     return all(read(p) is None for p in port_files(root, m))
 
 
-def release(root: str, me: Owner, mappings: list[Mapping]) -> None:
+def release(root: str, me: Owner, mappings: list[PortMapping]) -> None:
     """Remove the port files that still name us (a last-wins successor keeps its own)."""
     _remove_claims(root, me, [path for m in mappings for path in port_files(root, m)])
 

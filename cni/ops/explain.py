@@ -36,10 +36,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from cni import sysctl
-from cni.ops import view as ops_state
-from cni.ops.view import Attachment, PortView, Table
-from portmap import layout
-from portmap.layout import Mapping
+from cni.ops import view as ops_view
+from cni.records import Attachment, PortMapping
+from portmap import diff, layout
+from portmap.diff import Ownership, Table
 
 OK, FAIL, WARN, INFO = "ok", "fail", "warn", "info"
 CT_PROTOCOLS = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP, "sctp": socket.IPPROTO_SCTP}
@@ -79,7 +79,7 @@ class Target:
     port: int | None = None
     host_ip: str | None = None
 
-    def covers(self, m: Mapping) -> bool:
+    def covers(self, m: PortMapping) -> bool:
         if self.port is None:
             return True
         if not m.host_lo <= self.port <= m.host_hi:
@@ -151,7 +151,7 @@ def foreign_forward() -> tuple[list[dict[str, Any]], str | None]:
     return chains, None
 
 
-def conntrack_count(mappings: list[Mapping]) -> tuple[int, str | None]:
+def conntrack_count(mappings: list[PortMapping]) -> tuple[int, str | None]:
     """Conntrack entries whose original destination is one of the mapped host ports."""
     if not mappings:
         return 0, None
@@ -191,7 +191,7 @@ class Context:
     root: str
     attachments: list[Attachment]
     table: Table
-    view: PortView
+    view: Ownership
     forward_chains: list[dict[str, Any]]
     node: Any = None  # cni.netlink.Handle of this (the node's) namespace, or None
 
@@ -199,7 +199,7 @@ class Context:
 def explain(att: Attachment, target: Target, ctx: Context) -> Report:
     focus = [m for m in att.mappings if target.covers(m)]
     report = Report(att.describe(), att.network, att.container_id, att.ifname,
-                    [ops_state.format_mapping(m) for m in focus])
+                    [diff.format_mapping(m) for m in focus])
     _journal_hop(report, att)
     _ports_hop(report, att, focus, ctx)
     _table_hops(report, att, focus, ctx)
@@ -222,59 +222,59 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}" + ("" if n == 1 else "s")
 
 
-def _ports(m: Mapping) -> str:
+def _ports(m: PortMapping) -> str:
     return str(m.host_lo) if m.host_lo == m.host_hi else f"{m.host_lo}-{m.host_hi}"
 
 
 def _journal_hop(report: Report, att: Attachment) -> None:
     parts = [name for name, sec in (("bridge", att.bridge), ("portmap", att.portmap)) if sec is not None]
-    when = f", created {ops_state.age(att.created)} ago" if att.created else ""
+    when = f", created {ops_view.age(att.created)} ago" if att.created else ""
     if att.complete():
         report.add("journal", OK, f"ADD complete ({' + '.join(parts) or 'no sections'}){when}: {att.path}")
     else:
         report.add("journal", FAIL, f"the ADD did not complete ({att.path}): DEL and re-ADD the container")
 
 
-def _ports_hop(report: Report, att: Attachment, focus: list[Mapping], ctx: Context) -> None:
+def _ports_hop(report: Report, att: Attachment, focus: list[PortMapping], ctx: Context) -> None:
     if not focus:
         report.add("ports", INFO, "no published ports" + (" match" if att.mappings else ""))
         return
     problems, shadows = [], []
     for m in focus:
         for other, om in ctx.view.rivals(att, m):
-            problems.append(f"{ops_state.format_mapping(m)} is also claimed by {other.describe()} "
-                            f"({ops_state.format_mapping(om)}, journal {other.path})")
+            problems.append(f"{diff.format_mapping(m)} is also claimed by {other.describe()} "
+                            f"({diff.format_mapping(om)}, journal {other.path})")
         owner = ctx.view.claim_owner(m)
         if owner is not None and owner != att.key:
-            problems.append(f"{ops_state.format_mapping(m)} is held by {owner[1]}/{owner[2]} on {owner[0]} "
+            problems.append(f"{diff.format_mapping(m)} is held by {owner[1]}/{owner[2]} on {owner[0]} "
                             "(its port file)")
         for other in ctx.attachments:
-            if other.key != att.key and any(ops_state.overlaps(m, om) and om.host_ip != m.host_ip
+            if other.key != att.key and any(diff.overlaps(m, om) and om.host_ip != m.host_ip
                                             and "" in (om.host_ip, m.host_ip) for om in other.mappings):
-                shadows.append(f"{ops_state.format_mapping(m)} overlaps {other.describe()} on another hostIP "
+                shadows.append(f"{diff.format_mapping(m)} overlaps {other.describe()} on another hostIP "
                                "(a specific hostIP wins over any)")
     if problems:
         report.add("ports", FAIL, "port conflict: " + "; ".join(dict.fromkeys(problems)))
     elif shadows:
         report.add("ports", WARN, "; ".join(dict.fromkeys(shadows)))
     else:
-        report.add("ports", OK, "no other attachment claims " + ", ".join(ops_state.format_mapping(m) for m in focus))
+        report.add("ports", OK, "no other attachment claims " + ", ".join(diff.format_mapping(m) for m in focus))
 
 
-def _table_hops(report: Report, att: Attachment, focus: list[Mapping], ctx: Context) -> None:
+def _table_hops(report: Report, att: Attachment, focus: list[PortMapping], ctx: Context) -> None:
     table = ctx.table
-    static = ops_state.static_problems(table)
+    static = diff.static_problems(table)
     if static:
         report.add("table", FAIL, "; ".join(static) + " (berth reconcile restores it)")
     else:
         report.add("table", OK, f"table {layout.FAMILY} {layout.TABLE}: base chains, maps and their rules present")
     if not focus:
         return
-    chain = att.dn_chain
+    chain = diff.dnat_chain(att)
     bad = []
     for m in focus:
-        name = att.map_name(m)
-        target = table.element_target(name, att.map_key(m))
+        name = diff.map_name(att, m)
+        target = table.element_target(name, diff.map_key(att, m))
         if target is None:
             bad.append(f"map {name} has no element {_key_text(m)} (berth reconcile restores it)")
         elif target != chain:
@@ -282,21 +282,21 @@ def _table_hops(report: Report, att: Attachment, focus: list[Mapping], ctx: Cont
     if bad:
         report.add("hostport", FAIL, "; ".join(bad))
     else:
-        report.add("hostport", OK, ", ".join(f"{att.map_name(m)}: {_key_text(m)} -> {chain}" for m in focus))
-    want = len(ops_state.expected_dn_rules(att))
-    have = table.rule_count(chain)
+        report.add("hostport", OK, ", ".join(f"{diff.map_name(att, m)}: {_key_text(m)} -> {chain}" for m in focus))
+    want = len(diff.expected_dnat_rules(att))
+    lacking = diff.rules_missing(table, chain, diff.built_rules(diff.expected_dnat_rules(att), chain))
     if chain not in table.chains:
         report.add("dnat", FAIL, f"chain {chain} is missing (berth reconcile restores it)")
-    elif have < want:
-        report.add("dnat", FAIL, f"chain {chain} has {have} of its {want} rules"
-                   + (" (flushed?)" if have == 0 else "") + ": berth reconcile restores them")
+    elif lacking:
+        report.add("dnat", FAIL, f"chain {chain} lacks {lacking} of its {want} rules"
+                   + (" (flushed?)" if table.rule_count(chain) == 0 else "") + ": berth reconcile restores them")
     else:
         packets, octets = table.counters(chain)
-        report.add("dnat", OK, f"chain {chain}: {have} rules, DNAT'ed {_plural(packets, 'packet')} "
+        report.add("dnat", OK, f"chain {chain}: {table.rule_count(chain)} rules, DNAT'ed {_plural(packets, 'packet')} "
                    f"({octets} bytes) since it was (re)made")
 
 
-def _key_text(m: Mapping) -> str:
+def _key_text(m: PortMapping) -> str:
     return " . ".join(x for x in (m.host_ip, m.protocol, _ports(m)) if x)
 
 
@@ -350,7 +350,7 @@ def _link_hops(report: Report, att: Attachment, ctx: Context) -> None:
         report.add("bridge", FAIL, f"bridge {name} is down")
     else:
         report.add("bridge", OK, f"bridge {name} is up")
-    veth_name = str(att.bridge.get("hostVeth") or "")
+    veth_name = att.bridge.host_veth
     veth = netlink.link_by_name(ctx.node, veth_name) if veth_name else None
     if veth is None:
         report.add("veth", FAIL, f"host veth {veth_name or '?'} does not exist (container gone without a DEL?)")
@@ -394,15 +394,11 @@ def _container_hop(report: Report, att: Attachment) -> None:
 
 def _isolation_hop(report: Report, att: Attachment, ctx: Context) -> None:
     """Bridge `isolate`: the bridge in the isolation sets, and how much the chain dropped."""
-    mode = (att.bridge or {}).get("isolate")
-    bridge = str((att.bridge or {}).get("bridge") or "")
+    mode = att.bridge.isolate if att.bridge is not None else ""
+    bridge = att.bridge.bridge if att.bridge is not None else ""
     if not mode or not bridge:
         return
-    from portmap import isolation
-
-    missing = [f"bridge {bridge} is missing from set {name}"
-               for name, elems in isolation.elements(bridge, str(mode)).items()
-               for elem in elems if elem not in ctx.table.elements.get(name, [])]
+    missing = [m.what for m in diff.isolation_missing(bridge, mode, ctx.table)]
     if missing:
         report.add("isolation", FAIL, "; ".join(missing) + " (berth reconcile restores it)")
         return
@@ -411,17 +407,18 @@ def _isolation_hop(report: Report, att: Attachment, ctx: Context) -> None:
                f"dropped {_plural(packets, 'packet')} between networks on this node (allow flows in CNI-ADMIN)")
 
 
-def _masq_hop(report: Report, att: Attachment, focus: list[Mapping], ctx: Context) -> None:
+def _masq_hop(report: Report, att: Attachment, focus: list[PortMapping], ctx: Context) -> None:
     problems: list[str] = []
     parts = []
-    snat = att.portmap is not None and ops_state.portmap_options(att.portmap)["snat"] and bool(focus)
-    if snat:
+    snat = att.portmap is not None and att.portmap.snat and bool(focus)
+    if snat and att.portmap is not None:
+        bit = att.portmap.mark_bit if att.portmap.mark_bit is not None else layout.DEFAULT_MASQ_BIT
         problems += [f"{p} (hairpin and localhost traffic is not masqueraded)"
-                     for p in ops_state.mark_problems(ctx.table)]
+                     for p in diff.mark_problems(ctx.table, bit)]
         parts.append("hairpin/localhost marks")
     if att.masq is not None:
-        problems += [m.what for m in ops_state.masq_missing(att, ctx.table)]
-        parts.append(ops_state.masq_description(att, ctx.table))
+        problems += [m.what for m in diff.masq_missing(att, ctx.table)]
+        parts.append(ops_view.masq_description(att, ctx.table))
     if problems:
         report.add("masquerade", FAIL, "; ".join(problems) + ": berth reconcile restores it")
     elif parts:
@@ -430,31 +427,32 @@ def _masq_hop(report: Report, att: Attachment, focus: list[Mapping], ctx: Contex
         report.add("masquerade", INFO, "none configured")
 
 
-def _localhost_hop(report: Report, att: Attachment, focus: list[Mapping], ctx: Context) -> None:
+def _localhost_hop(report: Report, att: Attachment, focus: list[PortMapping], ctx: Context) -> None:
     v4 = [m for m in focus if m.applies_to(4)] if any(_is_ip(a) and ":" not in a for a in att.addresses) else []
     bridge = att.bridge_name
     if not v4 or not bridge:
         report.add("localhost", INFO, "no IPv4 published port: 127.0.0.1 not involved (::1 cannot be NATed)")
         return
     value = sysctl.read("net", "ipv4", "conf", bridge, "route_localnet")
-    guard = ctx.table.rule_count(layout.GUARD_CHAIN) >= ops_state.STATIC_RULES.get(layout.GUARD_CHAIN, 1)
+    guard = layout.GUARD_CHAIN in ctx.table.chains and not diff.rules_missing(
+        ctx.table, layout.GUARD_CHAIN, diff.built_rules(layout.base_layout(), layout.GUARD_CHAIN))
     if value == "1" and not guard:
         report.add("localhost", FAIL, f"route_localnet=1 on {bridge} but the 127/8 guard chain is missing "
                    "(CVE-2020-8558 open): berth reconcile restores it")
     elif value != "1":
-        snat = att.portmap is not None and ops_state.portmap_options(att.portmap)["snat"]
+        snat = att.portmap is not None and att.portmap.snat
         report.add("localhost", WARN if snat else INFO,
                    f"route_localnet={value or '?'} on {bridge}: 127.0.0.1:{_ports(v4[0])} from the node will not work")
     else:
         report.add("localhost", OK, f"route_localnet=1 on {bridge}, 127/8 guard in place")
 
 
-def verdict(report: Report, att: Attachment, focus: list[Mapping]) -> str:
+def verdict(report: Report, att: Attachment, focus: list[PortMapping]) -> str:
     for hop in report.hops:
         if hop.status == FAIL:
             return f"BROKEN at {hop.name}: {hop.detail}"
     dest = ", ".join(att.addresses) or "the container"
-    what = ", ".join(ops_state.format_mapping(m) for m in focus) or "its traffic"
+    what = ", ".join(diff.format_mapping(m) for m in focus) or "its traffic"
     warns = [h.name for h in report.hops if h.status == WARN]
     tail = f" (check: {', '.join(warns)})" if warns else ""
     return f"OK: {what} should reach {dest}{tail}"
@@ -491,14 +489,14 @@ def _node_handle() -> Iterator[Any]:
 
 
 def run(root: str, target: Target) -> tuple[list[Report], str | None]:
-    attachments = ops_state.load_attachments(root)
+    attachments = ops_view.load_attachments(root)
     chosen, error = select(attachments, target)
     if error:
         return [], error
-    table = ops_state.snapshot()
+    table = diff.snapshot()
     forward, _ = foreign_forward()
     with _node_handle() as node:
-        ctx = Context(root, attachments, table, PortView(root, attachments), forward, node)
+        ctx = Context(root, attachments, table, Ownership(root, attachments), forward, node)
         return [explain(att, target, ctx) for att in chosen], None
 
 

@@ -15,38 +15,40 @@ import sys
 import time
 from typing import Any
 
-from cni.ops import view as ops_state
-from cni.ops.view import Attachment, PortView, Table
+from cni.ops import view as ops_view
+from cni.records import Attachment
+from portmap import diff
+from portmap.diff import Ownership, Table
 
 
-def rules_status(att: Attachment, table: Table, view: PortView) -> tuple[str, list[str]]:
+def rules_status(att: Attachment, table: Table, view: Ownership) -> tuple[str, list[str]]:
     """("ok" | "missing" | "partial" | "n/a" | "incomplete", what is missing)."""
     if att.portmap is None and att.masq is None:
         return "n/a", []
     if not att.complete():
         return "incomplete", ["the ADD did not complete"]
-    missing = [m.what for m in ops_state.portmap_missing(att, table, view.owned(att))]
-    missing += [m.what for m in ops_state.masq_missing(att, table)]
-    foreign = [ops_state.format_mapping(m) for m in att.mappings if m not in view.owned(att)]
+    missing = [m.what for m in diff.portmap_missing(att, table, view.owned(att))]
+    missing += [m.what for m in diff.masq_missing(att, table)]
+    foreign = [diff.format_mapping(m) for m in att.mappings if m not in view.owned(att)]
     if foreign:
         missing.append("held by another attachment: " + ", ".join(foreign))
     if not missing:
         return "ok", []
-    present_anything = att.dn_chain in table.chains or ops_state.masq_present(att, table)
+    present_anything = diff.dnat_chain(att) in table.chains or diff.masq_present(att, table)
     return ("partial" if present_anything else "missing"), missing
 
 
 def entries(root: str, table: Table, now: float | None = None) -> list[dict[str, Any]]:
-    attachments = ops_state.load_attachments(root)
-    view = PortView(root, attachments)
+    attachments = ops_view.load_attachments(root)
+    view = Ownership(root, attachments)
     out = []
     for att in attachments:
         status, missing = rules_status(att, table, view)
         out.append({
             "network": att.network, "containerID": att.container_id, "ifname": att.ifname,
             "netns": att.netns, "addresses": att.cidrs or att.addresses,
-            "ports": [ops_state.format_mapping(m) for m in att.mappings],
-            "created": att.created, "age": ops_state.age(att.created, now),
+            "ports": [diff.format_mapping(m) for m in att.mappings],
+            "created": att.created, "age": ops_view.age(att.created, now),
             "rules": status, "missing": missing, "journal": att.path,
         })
     return out
@@ -83,7 +85,7 @@ def main(command: str, argv: list[str]) -> int:
     from cni.errors import CNIError
 
     try:
-        table = ops_state.snapshot()
+        table = diff.snapshot()
     except CNIError as exc:
         sys.stderr.write(f"berth {command}: {exc.msg}: {exc.details}\n")
         table = Table(False)

@@ -210,3 +210,29 @@ def test_port_claimed_by_second_journal(pod: Attached) -> None:
     assert pod.reaches()
     dst.unlink()
     assert explain_json(node, "c1", rc=0)["verdict"].startswith("OK")
+
+
+@pytest.mark.parametrize("flushed", ["dnat", "CNI-HOSTPORT-DNAT", "prerouting", "postrouting", "CNI-HOSTPORT-MASQ"])
+def test_check_reports_what_explain_reports(pod: Attached, flushed: str) -> None:
+    """One "what is missing" for CHECK and explain: a flushed chain kills the
+    published port (or its masquerade), explain says BROKEN, CHECK answers 106
+    naming the same chain; after reconcile both pass, and the port answers."""
+    node = pod.node
+    assert pod.portmap("CHECK").rc == 0 and node.plugin(
+        "berth-bridge", "CHECK", dict(pod.bridge_conf, prevResult=pod.result), container_id=pod.cid,
+        netns=pod.netns.path).rc == 0
+    chain = pod.journal["portmap"]["chain"] if flushed == "dnat" else flushed
+    nft(node, "flush", "chain", "inet", "berth", chain)
+    report = explain_json(node, "c1", rc=1)
+    assert report["verdict"].startswith("BROKEN"), report
+    broken = [h["detail"] for r in report["attachments"] for h in r["hops"] if h["status"] == "fail"]
+    assert any(chain in d for d in broken), broken
+    check = pod.portmap("CHECK")
+    bridge_check = node.plugin("berth-bridge", "CHECK", dict(pod.bridge_conf, prevResult=pod.result),
+                               container_id=pod.cid, netns=pod.netns.path)
+    answers = [r.json for r in (check, bridge_check) if r.rc != 0]
+    assert answers and all(a["code"] == 106 for a in answers), (check, bridge_check)
+    assert any(chain in f"{a['msg']} {a['details']}" for a in answers), answers
+    assert "fixed" in berth(node, "reconcile")
+    assert pod.portmap("CHECK").rc == 0 and explain_json(node, "c1", rc=0)["verdict"].startswith("OK")
+    assert pod.reaches()

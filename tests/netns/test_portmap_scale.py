@@ -16,14 +16,15 @@ from tests.netns.portmap_helpers import Pod
 
 FILL = """
 import sys
+from cni.records import PortMapping
 from portmap import layout, nft
 n = int(sys.argv[1])
 cmds = layout.base_layout() + layout.mark_layout()
 for i in range(n):
     chain = layout.dnat_chain_name("filler", f"c{i}")
     addr = f"10.{100 + i // 60000}.{(i // 250) % 240}.{i % 250 + 1}"
-    maps = [layout.Mapping(20000 + 2 * i, 20000 + 2 * i, 80, "tcp"),
-            layout.Mapping(20001 + 2 * i, 20001 + 2 * i, 53, "udp")]
+    maps = [PortMapping(20000 + 2 * i, 20000 + 2 * i, 80, "tcp"),
+            PortMapping(20001 + 2 * i, 20001 + 2 * i, 53, "udp")]
     cmds += layout.attachment_add(chain, maps, [addr])
 nft.apply(cmds)
 """

@@ -25,6 +25,7 @@ NODE4, OUTSIDE4 = harness.Topology.NODE_V4, harness.Topology.OUTSIDE_V4
 OLD_ADD = """
 import json, sys
 from cni import files, state
+from cni.records import PortMapping
 from portmap import layout, nft, ports
 root, network, cid, ifname, addresses, raw = json.loads(sys.argv[1])
 new = {name for name, _version, _proto in layout.DISPATCH}
@@ -36,7 +37,7 @@ def old(cmd):
     rule = obj.get("rule")
     return not (rule and any(e.get("vmap", {}).get("data") in {"@" + n for n in new} for e in rule["expr"]))
 
-mappings = [layout.Mapping.from_json(m) for m in raw]
+mappings = [PortMapping.from_json(m) for m in raw]
 chain = layout.dnat_chain_name(network, cid, ifname)
 note = layout.comment(network, cid, ifname)
 legacy = [c for c in layout.portmap_del(chain, {n: [] for n in layout.LEGACY_RANGE_MAPS}) if "map" in c.get("add", {})]
@@ -53,7 +54,7 @@ with ports.locked(root):
         "mappings": [m.to_json() for m in mappings], "snat": True, "markMasqBit": 13, "masqAll": False,
         "externalSetMarkChain": None, "boot": ports.boot_id()})
     for m in mappings:
-        claim = ports.Claim(me, chain, m.map_name(0), m.map_key(0))
+        claim = ports.Claim(me, chain, layout.map_name(m, 0), layout.map_key(m, 0))
         for path in ports.port_files(root, m):
             files.atomic_write(path, json.dumps(claim.to_json(), sort_keys=True).encode())
 """

@@ -61,3 +61,7 @@ def test_a_refused_transaction_names_the_missing_feature() -> None:
         assert nft.unsupported() is not None
     finally:
         nft.set_backend(None)
+
+
+def test_the_adapter_and_the_builders_name_the_same_table() -> None:
+    assert (nft.FAMILY, nft.TABLE) == (layout.FAMILY, layout.TABLE)

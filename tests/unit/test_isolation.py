@@ -178,7 +178,7 @@ def test_release_failure_is_an_nft_error(tmp_path: Path, fake: nft.Fake) -> None
 def test_check_names_what_is_missing(fake: nft.Fake) -> None:
     fake.apply(isolation.add_commands("br0", "isolated"))
     assert isolation.check("br0", "isolated") == []
-    assert isolation.check("br0", "strict") == ["bridge br0 is missing from nft set strict (isolate)"]
+    assert isolation.check("br0", "strict") == ["bridge br0 is missing from set strict"]
 
 
 def test_restore_commands_cover_every_journaled_bridge(tmp_path: Path) -> None:

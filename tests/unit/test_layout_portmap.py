@@ -6,8 +6,9 @@ import hashlib
 import json
 from typing import Any
 
+from cni import records
+from cni.records import PortMapping
 from portmap import layout
-from portmap.layout import Mapping
 
 T = {"family": "inet", "table": "berth"}
 CHAIN = "CNI-DN-0726f1684a40233c08ebd"
@@ -26,7 +27,7 @@ def test_chain_names_match_upstream_algorithm() -> None:
 
 
 def test_attachment_add_golden() -> None:
-    cmds = layout.attachment_add(CHAIN, [Mapping(8080, 8080, 80, "tcp"), Mapping(9090, 9090, 90, "udp")],
+    cmds = layout.attachment_add(CHAIN, [PortMapping(8080, 8080, 80, "tcp"), PortMapping(9090, 9090, 90, "udp")],
                                  ["10.88.0.5"])
     v4 = {"match": {"op": "==", "left": {"meta": {"key": "nfproto"}}, "right": "ipv4"}}
 
@@ -58,16 +59,16 @@ def test_attachment_add_golden() -> None:
 
 def test_marks_follow_the_families_the_mappings_apply_to() -> None:
     """masqAll: one unconditional mark per family; a v4-only hostIP leaves the v6 address unmarked."""
-    cmds = layout.dnat_rules(CHAIN, [Mapping(80, 81, 80, "tcp"), Mapping(90, 90, 90, "udp")],
+    cmds = layout.dnat_rules(CHAIN, [PortMapping(80, 81, 80, "tcp"), PortMapping(90, 90, 90, "udp")],
                              ["10.88.0.5", "10.88.0.6", "fd00::5"], masq_all=True)
     marks = [c["add"]["rule"]["expr"] for c in cmds if "jump" in json.dumps(c)]
     assert [len(e) for e in marks] == [2, 2]  # nfproto ipv4 / ipv6 + jump: no per-address or per-port copies
-    only_v4 = layout.dnat_rules(CHAIN, [Mapping(80, 80, 80, "tcp", "198.51.100.1")], ["10.88.0.5", "fd00::5"])
+    only_v4 = layout.dnat_rules(CHAIN, [PortMapping(80, 80, 80, "tcp", "198.51.100.1")], ["10.88.0.5", "fd00::5"])
     assert "ip6" not in json.dumps(only_v4) and len(only_v4) == 3
 
 
 def test_del_golden_is_absence_tolerant() -> None:
-    elems = layout.elements_by_map(CHAIN, [Mapping(9000, 9001, 9000, "udp", "198.51.100.1")])
+    elems = layout.elements_by_map(CHAIN, [PortMapping(9000, 9001, 9000, "udp", "198.51.100.1")])
     elem = [{"concat": ["198.51.100.1", {"range": [9000, 9001]}]}, {"jump": {"target": CHAIN}}]
     assert elems == {"hostports-v4-udp": [elem]}
     cmds = layout.portmap_del(CHAIN, elems)
@@ -86,7 +87,7 @@ def test_del_golden_is_absence_tolerant() -> None:
 def test_del_of_a_legacy_element_asserts_the_legacy_map() -> None:
     """A layout-2 journal's range lives in the interval map keyed on l4proto; DEL
     declares that map as the older berth did (this berth never creates it otherwise)."""
-    elems = layout.elements_by_map(CHAIN, [Mapping(9000, 9001, 9000, "udp")], 2)
+    elems = layout.elements_by_map(CHAIN, [PortMapping(9000, 9001, 9000, "udp")], 2)
     assert elems == {"hostports": [[{"concat": ["udp", {"range": [9000, 9001]}]}, {"jump": {"target": CHAIN}}]]}
     declared = [c["add"]["map"] for c in layout.portmap_del(CHAIN, elems) if "map" in c.get("add", {})]
     assert declared == [{**T, "name": "hostports", "type": ["inet_proto", "inet_service"], "map": "verdict",
@@ -103,24 +104,24 @@ def test_base_layout_never_flushes_admin_and_is_size_independent() -> None:
              if "add" in c and "chain" in c["add"] and "hook" in c["add"]["chain"]}
     assert hooks == {"guard": -300, "prerouting": -100, "output": -100, "postrouting": 100, "forward": 0}
     # one ADD's transaction is a fixed size however many attachments exist
-    one = layout.portmap_add(CHAIN, [Mapping(8080, 8080, 80, "tcp")], ["10.88.0.5"])
+    one = layout.portmap_add(CHAIN, [PortMapping(8080, 8080, 80, "tcp")], ["10.88.0.5"])
     assert len(one) == len(cmds) + len(layout.mark_layout()) + 6
 
 
 def test_single_ports_go_to_hash_maps_ranges_to_per_protocol_interval_maps() -> None:
-    single, ranged = Mapping(8080, 8080, 80, "tcp"), Mapping(30000, 30002, 7000, "udp", "fd00:5::1")
-    v4, any_range = Mapping(53, 53, 53, "udp", "198.51.100.1"), Mapping(40000, 40010, 40000, "sctp")
+    single, ranged = PortMapping(8080, 8080, 80, "tcp"), PortMapping(30000, 30002, 7000, "udp", "fd00:5::1")
+    v4, any_range = PortMapping(53, 53, 53, "udp", "198.51.100.1"), PortMapping(40000, 40010, 40000, "sctp")
     mappings = (single, ranged, v4, any_range)
-    assert [m.map_name() for m in mappings] == ["hostport", "hostports-v6-udp", "hostport-v4", "hostports-sctp"]
-    assert [m.map_key() for m in mappings] == [
+    assert [layout.map_name(m) for m in mappings] == ["hostport", "hostports-v6-udp", "hostport-v4", "hostports-sctp"]
+    assert [layout.map_key(m) for m in mappings] == [
         {"concat": ["tcp", 8080]}, {"concat": ["fd00:5::1", {"range": [30000, 30002]}]},
         {"concat": ["198.51.100.1", "udp", 53]}, {"concat": [{"range": [40000, 40010]}, {"range": [0, 65535]}]}]
     # layout 2: ranges in the interval maps keyed on l4proto; before 2 (no "layout"): everything there
-    assert [m.map_name(2) for m in mappings] == ["hostport", "hostports-v6", "hostport-v4", "hostports"]
-    assert [m.map_name(0) for m in mappings] == ["hostports", "hostports-v6", "hostports-v4", "hostports"]
-    assert ranged.map_key(2) == {"concat": ["fd00:5::1", "udp", {"range": [30000, 30002]}]}
-    assert layout.portmap_layout({"layout": 3}) == 3 and layout.portmap_layout({"layout": 2}) == 2
-    assert layout.portmap_layout({}) == layout.portmap_layout(None) == layout.portmap_layout({"layout": True}) == 0
+    assert [layout.map_name(m, 2) for m in mappings] == ["hostport", "hostports-v6", "hostport-v4", "hostports"]
+    assert [layout.map_name(m, 0) for m in mappings] == ["hostports", "hostports-v6", "hostports-v4", "hostports"]
+    assert layout.map_key(ranged, 2) == {"concat": ["fd00:5::1", "udp", {"range": [30000, 30002]}]}
+    assert records.schema({"layout": 3}) == 3 and records.schema({"layout": 2}) == 2
+    assert records.schema({}) == records.schema(None) == records.schema({"layout": True}) == 0
     declared = {c["add"]["map"]["name"]: (c["add"]["map"]["type"], c["add"]["map"].get("flags"))
                 for c in layout.base_layout() if "map" in c.get("add", {})}
     hostport = {k: v for k, v in declared.items() if k.startswith("hostport")}
@@ -166,14 +167,14 @@ def test_dnat_chain_keeps_looking_up_legacy_maps_that_exist() -> None:
 def test_mark_bit_and_external_chain() -> None:
     mark = layout.mark_layout(5)
     assert mark[1]["add"]["rule"]["expr"][1]["mangle"]["value"] == {"|": [{"meta": {"key": "mark"}}, 32]}
-    cmds = layout.attachment_add(CHAIN, [Mapping(80, 80, 80, "tcp")], ["10.0.0.2"], external_setmark="KUBE-MARK")
+    cmds = layout.attachment_add(CHAIN, [PortMapping(80, 80, 80, "tcp")], ["10.0.0.2"], external_setmark="KUBE-MARK")
     assert {"jump": {"target": "KUBE-MARK"}} in cmds[2]["add"]["rule"]["expr"]
     assert {"add": {"chain": {**T, "name": "KUBE-MARK"}}} in layout.base_layout("KUBE-MARK")
 
 
 def test_dual_stack_and_ranges() -> None:
-    m = [Mapping(30000, 30002, 7000, "tcp"), Mapping(31000, 31001, 31000, "udp"),
-         Mapping(8443, 8443, 443, "tcp", "fd00:5::1")]
+    m = [PortMapping(30000, 30002, 7000, "tcp"), PortMapping(31000, 31001, 31000, "udp"),
+         PortMapping(8443, 8443, 443, "tcp", "fd00:5::1")]
     cmds = layout.dnat_rules(CHAIN, m, ["10.88.0.5", "fd00:88::5"], snat=False)
     dnats = [c["add"]["rule"]["expr"][-1]["dnat"] for c in cmds]
     assert dnats[0]["addr"]["map"]["data"]["set"][2] == [30002, {"concat": ["10.88.0.5", 7002]}]

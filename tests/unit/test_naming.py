@@ -103,7 +103,7 @@ def test_masq_teardown_without_a_journal_spares_a_sharer_of_the_older_tag(tmp_pa
     env = {"BERTH_STATE_DIR": str(tmp_path)}
     data = masq.setup("ab", "c1", "eth0", "br0", ["10.1.0.5/24"], env)
     old_tag = layout.legacy_ipmasq_tag("ab", "c1")
-    fake.elements["ipmasq-10.1.0.0-24"] = [["10.1.0.5", old_tag]]
+    fake.sets["ipmasq-10.1.0.0-24"][1][:] = [["10.1.0.5", old_tag]]
     (tmp_path / "ab").mkdir()
     (tmp_path / "ab" / "c1-eth0.json").write_text(json.dumps({
         "containerID": "c1", "ifname": "eth0", "network": "ab",

@@ -14,12 +14,13 @@ from cni.ops import listing as ops_list
 from cni.ops import reconcile as ops_reconcile
 from cni.ops import view as ops_state
 from cni.ops.explain import Target, parse_target
-from cni.ops.view import Table
-from portmap import layout, ports
-from portmap.layout import Mapping
+from cni.records import Attachment, PortMapping
+from cni.state import journal_name
+from portmap import diff, layout, ports, reconcile
+from portmap.diff import Table
 
 NET = "opsnet"
-M8080 = Mapping(8080, 8080, 80, "tcp")
+M8080 = PortMapping(8080, 8080, 80, "tcp")
 
 
 def listing(commands: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -57,7 +58,7 @@ def listing(commands: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def journal(root: Path, cid: str, mappings: list[Mapping], *, ip: str = "10.88.0.2", masq: bool = True,
+def journal(root: Path, cid: str, mappings: list[PortMapping], *, ip: str = "10.88.0.2", masq: bool = True,
             state: str = "done", veth: str = "veth1", legacy: bool = False) -> dict[str, Any]:
     chain = layout.dnat_chain_name(NET, cid, "eth0")
     data: dict[str, Any] = {
@@ -72,25 +73,25 @@ def journal(root: Path, cid: str, mappings: list[Mapping], *, ip: str = "10.88.0
     if not legacy:  # a journal of a berth before layout 2 has no "layout"
         data["portmap"]["layout"] = layout.PORTMAP_LAYOUT
     (root / NET).mkdir(parents=True, exist_ok=True)
-    (root / NET / f"{cid}-eth0.json").write_text(json.dumps(data))
+    (root / NET / journal_name(cid, "eth0")).write_text(json.dumps(data))
     return data
 
 
 def current_masq(root: Path, cid: str, ip: str) -> None:
     """Rewrite a journal's masq section as berth writes it now (per-subnet map element)."""
-    path = root / NET / f"{cid}-eth0.json"
+    path = root / NET / journal_name(cid, "eth0")
     data = json.loads(path.read_text())
     data["bridge"]["masq"] = {"layout": layout.IPMASQ_LAYOUT, "tag": layout.ipmasq_tag(NET, cid), "bridge": "bt0",
                               "subnets": ["10.88.0.0/24"], "addresses": [ip]}
     path.write_text(json.dumps(data))
 
 
-def claim(root: Path, cid: str, mappings: list[Mapping]) -> None:
+def claim(root: Path, cid: str, mappings: list[PortMapping]) -> None:
     (root / ports.PORTS_DIR).mkdir(exist_ok=True)
     ports.write(str(root), ports.Owner(NET, cid, "eth0"), layout.dnat_chain_name(NET, cid, "eth0"), mappings)
 
 
-def healthy(cid: str = "c1", mappings: list[Mapping] | None = None, ip: str = "10.88.0.2") -> list[dict[str, Any]]:
+def healthy(cid: str = "c1", mappings: list[PortMapping] | None = None, ip: str = "10.88.0.2") -> list[dict[str, Any]]:
     """The commands berth's plugins would have applied for one attachment."""
     maps = mappings or [M8080]
     note = layout.comment(NET, cid, "eth0")
@@ -98,7 +99,7 @@ def healthy(cid: str = "c1", mappings: list[Mapping] | None = None, ip: str = "1
             + layout.portmap_add(layout.dnat_chain_name(NET, cid, "eth0"), maps, [ip], note=note))
 
 
-def setup(tmp_path: Path, extra: list[dict[str, Any]] | None = None) -> tuple[str, list[ops_state.Attachment], Table]:
+def setup(tmp_path: Path, extra: list[dict[str, Any]] | None = None) -> tuple[str, list[Attachment], Table]:
     journal(tmp_path, "c1", [M8080])
     claim(tmp_path, "c1", [M8080])
     table = Table.from_objects(listing(healthy() + (extra or [])))
@@ -122,7 +123,7 @@ def test_parse_target(text: str, want: Target) -> None:
 
 def test_select_by_id_prefix_and_port(tmp_path: Path) -> None:
     journal(tmp_path, "abc111", [M8080])
-    journal(tmp_path, "abc222", [Mapping(9090, 9090, 80, "udp", "10.0.0.1")], ip="10.88.0.3")
+    journal(tmp_path, "abc222", [PortMapping(9090, 9090, 80, "udp", "10.0.0.1")], ip="10.88.0.3")
     atts = ops_state.load_attachments(str(tmp_path))
     assert [a.container_id for a in ops_explain.select(atts, parse_target("abc111"))[0]] == ["abc111"]
     assert "ambiguous" in str(ops_explain.select(atts, parse_target("abc"))[1])
@@ -136,24 +137,24 @@ def test_select_by_id_prefix_and_port(tmp_path: Path) -> None:
 
 def test_healthy_table_has_nothing_missing(tmp_path: Path) -> None:
     root, atts, table = setup(tmp_path)
-    assert ops_state.static_problems(table) == [] and ops_state.mark_problems(table) == []
-    view = ops_state.PortView(root, atts)
-    assert ops_state.portmap_missing(atts[0], table, view.owned(atts[0])) == []
-    assert ops_state.masq_missing(atts[0], table) == []
+    assert diff.static_problems(table) == [] and diff.mark_problems(table) == []
+    view = diff.Ownership(root, atts)
+    assert diff.portmap_missing(atts[0], table, view.owned(atts[0])) == []
+    assert diff.masq_missing(atts[0], table) == []
     assert ops_list.rules_status(atts[0], table, view) == ("ok", [])
-    assert ops_reconcile.plan(root, atts, table, set()).fixes == []
+    assert reconcile.plan(root, atts, table, set()).fixes == []
 
 
 def test_missing_element_and_flushed_chain_are_planned_back(tmp_path: Path) -> None:
     chain = layout.dnat_chain_name(NET, "c1", "eth0")
-    root, atts, table = setup(tmp_path, [layout.delete_elements(layout.HOSTPORT_MAP, [M8080.map_key()]),
+    root, atts, table = setup(tmp_path, [layout.delete_elements(layout.HOSTPORT_MAP, [layout.map_key(M8080)]),
                                          layout.flush_chain(chain)])
-    result = ops_reconcile.plan(root, atts, table, set())
+    result = reconcile.plan(root, atts, table, set())
     whats = [m.what for _, m in result.fixes]
-    assert any("has 0 of 3 rules" in w for w in whats) and any("hostport element" in w for w in whats)
-    damage = [layout.delete_elements(layout.HOSTPORT_MAP, [M8080.map_key()]), layout.flush_chain(chain)]
+    assert any("lacks 3 of its 3 rules" in w for w in whats) and any("hostport element" in w for w in whats)
+    damage = [layout.delete_elements(layout.HOSTPORT_MAP, [layout.map_key(M8080)]), layout.flush_chain(chain)]
     repaired = Table.from_objects(listing([*healthy(), *damage, *result.commands()]))
-    assert ops_reconcile.plan(root, atts, repaired, set()).fixes == []
+    assert reconcile.plan(root, atts, repaired, set()).fixes == []
 
 
 def test_journal_of_an_older_berth_is_checked_and_restored_in_the_interval_map(tmp_path: Path) -> None:
@@ -162,16 +163,18 @@ def test_journal_of_an_older_berth_is_checked_and_restored_in_the_interval_map(t
     journal(tmp_path, "c1", [M8080], legacy=True)
     claim(tmp_path, "c1", [M8080])
     chain = layout.dnat_chain_name(NET, "c1", "eth0")
-    old_element = layout.add_elements(layout.HOSTPORTS_MAP, [layout.verdict_elem(M8080.map_key(0), chain)])
+    old_element = layout.add_elements(layout.HOSTPORTS_MAP, [layout.verdict_elem(layout.map_key(M8080, 0), chain)])
     legacy_map = next(c for c in layout.portmap_del(chain, {layout.HOSTPORTS_MAP: []}) if "map" in c["add"])
-    healthy_old = [legacy_map] + [c for c in healthy()
+    # an upgraded node: its DNAT chain looks the legacy map up (base_layout with legacy_maps)
+    static = layout.base_layout(legacy_maps=(layout.HOSTPORTS_MAP,))
+    healthy_old = [legacy_map] + [c for c in healthy() + static
                                   if c.get("add", {}).get("element", {}).get("name") != layout.HOSTPORT_MAP]
     root = str(tmp_path)
     atts = ops_state.load_attachments(root)
-    view = ops_state.PortView(root, atts)
+    view = diff.Ownership(root, atts)
     table = Table.from_objects(listing([*healthy_old, old_element]))
-    assert ops_state.portmap_missing(atts[0], table, view.owned(atts[0])) == []
-    result = ops_reconcile.plan(root, atts, Table.from_objects(listing(healthy_old)), set())
+    assert diff.portmap_missing(atts[0], table, view.owned(atts[0])) == []
+    result = reconcile.plan(root, atts, Table.from_objects(listing(healthy_old)), set())
     assert [m.what for _, m in result.fixes] == [f"hostports element 8080->80/tcp -> {chain} is missing"]
     assert result.commands() == [old_element]
 
@@ -180,34 +183,34 @@ def test_whole_table_gone_restores_static_marks_dnat_and_masq(tmp_path: Path) ->
     journal(tmp_path, "c1", [M8080])
     claim(tmp_path, "c1", [M8080])
     atts = ops_state.load_attachments(str(tmp_path))
-    result = ops_reconcile.plan(str(tmp_path), atts, Table(False), set())
+    result = reconcile.plan(str(tmp_path), atts, Table(False), set())
     whats = " | ".join(m.what for _, m in result.fixes)
     for needle in ("table inet berth is missing", "hairpin/localhost marks", "CNI-DN-", "masquerade chain",
                    "masq-v4 element", "bridge bt0"):
         assert needle in whats
     table = Table.from_objects(listing(result.commands()))
-    assert ops_reconcile.plan(str(tmp_path), atts, table, set()).fixes == []
-    assert ops_state.static_problems(table) == []
+    assert reconcile.plan(str(tmp_path), atts, table, set()).fixes == []
+    assert diff.static_problems(table) == []
 
 
 def test_conflict_skips_the_claimant_without_the_port(tmp_path: Path) -> None:
     root, _atts, table = setup(tmp_path)
     journal(tmp_path, "c2", [M8080], ip="10.88.0.3", masq=False)
     atts = ops_state.load_attachments(root)
-    result = ops_reconcile.plan(root, atts, table, set())
+    result = reconcile.plan(root, atts, table, set())
     assert result.fixes == []
     assert result.skipped == [("c2/eth0 on opsnet", "port 8080->80/tcp is held by c1/eth0 on opsnet")]
     c2 = next(a for a in atts if a.container_id == "c2")
-    status, missing = ops_list.rules_status(c2, table, ops_state.PortView(root, atts))
+    status, missing = ops_list.rules_status(c2, table, diff.Ownership(root, atts))
     assert status == "missing" and "held by another attachment" in missing[0]
 
 
 def test_incomplete_and_vanished_attachments_are_skipped(tmp_path: Path) -> None:
     journal(tmp_path, "c1", [M8080], state="adding")
-    journal(tmp_path, "c2", [Mapping(9090, 9090, 80, "tcp")], ip="10.88.0.3")
+    journal(tmp_path, "c2", [PortMapping(9090, 9090, 80, "tcp")], ip="10.88.0.3")
     atts = ops_state.load_attachments(str(tmp_path))
     c2 = next(a for a in atts if a.container_id == "c2")
-    result = ops_reconcile.plan(str(tmp_path), atts, Table(False), {c2.key})
+    result = reconcile.plan(str(tmp_path), atts, Table(False), {c2.key})
     assert result.fixes == []
     reasons = dict(result.skipped)
     assert "did not complete" in reasons["c1/eth0 on opsnet"] and "is gone" in reasons["c2/eth0 on opsnet"]
@@ -218,14 +221,14 @@ def test_journal_options_shape_the_rebuilt_chain(tmp_path: Path) -> None:
     data["portmap"].update(snat=False)
     (tmp_path / NET / "c1-eth0.json").write_text(json.dumps(data))
     att = ops_state.load_attachments(str(tmp_path))[0]
-    rules = ops_state.expected_dn_rules(att)
+    rules = diff.expected_dnat_rules(att)
     assert len(rules) == 1 and "dnat" in json.dumps(rules)  # no hairpin marks without snat
 
 
 # --- rendering ---------------------------------------------------------------------------------------
 
 def test_list_rows_and_text(tmp_path: Path) -> None:
-    root, _atts, table = setup(tmp_path, [layout.delete_elements(layout.HOSTPORT_MAP, [M8080.map_key()])])
+    root, _atts, table = setup(tmp_path, [layout.delete_elements(layout.HOSTPORT_MAP, [layout.map_key(M8080)])])
     rows = ops_list.entries(root, table, now=1000.0 + 3700)
     assert rows[0]["age"] == "1h" and rows[0]["ports"] == ["8080->80/tcp"] and rows[0]["rules"] == "partial"
     text = ops_list.render(rows)
@@ -236,9 +239,9 @@ def test_list_rows_and_text(tmp_path: Path) -> None:
 
 
 def test_format_mapping_and_age() -> None:
-    v6 = Mapping(30000, 30002, 7000, "udp", "fd00::1")
-    assert ops_state.format_mapping(v6) == "[fd00::1]:30000-30002->7000-7002/udp"
-    assert ops_state.format_mapping(Mapping(80, 80, 8080, "tcp", "10.0.0.1")) == "10.0.0.1:80->8080/tcp"
+    v6 = PortMapping(30000, 30002, 7000, "udp", "fd00::1")
+    assert diff.format_mapping(v6) == "[fd00::1]:30000-30002->7000-7002/udp"
+    assert diff.format_mapping(PortMapping(80, 80, 8080, "tcp", "10.0.0.1")) == "10.0.0.1:80->8080/tcp"
     assert ops_state.age(None) == "?" and ops_state.age(0, 59) == "59s" and ops_state.age(0, 2 * 86400) == "2d"
 
 
@@ -254,7 +257,7 @@ def test_hostile_journals_are_skipped(tmp_path: Path) -> None:
     assert [a.container_id for a in atts] == ["d"]
     assert atts[0].mappings == [] and atts[0].addresses == []
     ops_list.entries(str(tmp_path), Table(False))
-    ops_reconcile.plan(str(tmp_path), atts, Table(False), set())
+    reconcile.plan(str(tmp_path), atts, Table(False), set())
 
 
 # --- the commands' mains (no kernel: the table snapshot is simulated) -------------------------------
@@ -262,7 +265,7 @@ def test_hostile_journals_are_skipped(tmp_path: Path) -> None:
 def test_mains_output_and_exit_codes(tmp_path: Path, monkeypatch: Any, capsys: Any) -> None:
     root, _atts, table = setup(tmp_path)
     monkeypatch.setenv("BERTH_STATE_DIR", root)
-    monkeypatch.setattr(ops_state, "snapshot", lambda: table)
+    monkeypatch.setattr(diff, "snapshot", lambda: table)
     assert ops_list.main("list", ["--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert rows[0]["containerID"] == "c1" and rows[0]["rules"] == "ok"
@@ -280,11 +283,13 @@ def test_mains_output_and_exit_codes(tmp_path: Path, monkeypatch: Any, capsys: A
 
 def test_missing_or_unreadable_state(tmp_path: Path, monkeypatch: Any, capsys: Any) -> None:
     monkeypatch.setenv("BERTH_STATE_DIR", str(tmp_path / "absent"))
-    monkeypatch.setattr(ops_state, "snapshot", lambda: Table(False))
+    monkeypatch.setattr(diff, "snapshot", lambda: Table(False))
     assert ops_list.main("list", []) == 0 and capsys.readouterr().out == "no attachments\n"
     assert ops_reconcile.main("reconcile", ["--dry-run"]) == 0
     assert "nothing to fix" in capsys.readouterr().out and not (tmp_path / "absent").exists()
-    monkeypatch.setattr(ops_state, "_load", lambda root: (_ for _ in ()).throw(PermissionError(13, "denied")))
+    from cni import state
+
+    monkeypatch.setattr(state, "attachments", lambda root: (_ for _ in ()).throw(PermissionError(13, "denied")))
     assert ops_list.main("list", []) == 1
     assert "cannot read the journals" in capsys.readouterr().err
 
@@ -293,24 +298,24 @@ def test_missing_or_unreadable_state(tmp_path: Path, monkeypatch: Any, capsys: A
 
 def test_per_subnet_masquerade_is_checked_and_its_rule_planned_once(tmp_path: Path) -> None:
     for cid, ip, port in (("c1", "10.88.0.2", 8080), ("c2", "10.88.0.3", 8081)):
-        journal(tmp_path, cid, [Mapping(port, port, 80, "tcp")], ip=ip)
+        journal(tmp_path, cid, [PortMapping(port, port, 80, "tcp")], ip=ip)
         current_masq(tmp_path, cid, ip)
-        claim(tmp_path, cid, [Mapping(port, port, 80, "tcp")])
+        claim(tmp_path, cid, [PortMapping(port, port, 80, "tcp")])
     root = str(tmp_path)
     atts = ops_state.load_attachments(root)
-    result = ops_reconcile.plan(root, atts, Table(False), set())
+    result = reconcile.plan(root, atts, Table(False), set())
     whats = [m.what for _, m in result.fixes]
     assert whats.count("the ipMasq rule for 10.88.0.0/24 is missing") == 1  # two attachments, one subnet
     assert sum("map ipmasq-10.88.0.0-24 element" in w for w in whats) == 2
     assert not any("masquerade chain" in w for w in whats)
     table = Table.from_objects(listing(result.commands()))
-    assert ops_reconcile.plan(root, atts, table, set()).fixes == []
-    assert all(ops_state.masq_missing(a, table) == [] for a in atts)
+    assert reconcile.plan(root, atts, table, set()).fixes == []
+    assert all(diff.masq_missing(a, table) == [] for a in atts)
     assert "ipMasq rule for 10.88.0.0/24 in CNI-IPMASQ" in ops_state.masq_description(atts[0], table)
     # one element gone: only that attachment is missing something, and list says partial
     c1 = next(a for a in atts if a.container_id == "c1")
     damaged = Table.from_objects(listing([*result.commands(), layout.delete_elements(
         layout.ipmasq_map_name("10.88.0.0/24"), ["10.88.0.2"])]))
-    missing = [m.what for m in ops_state.masq_missing(c1, damaged)]
+    missing = [m.what for m in diff.masq_missing(c1, damaged)]
     assert missing == ["map ipmasq-10.88.0.0-24 element 10.88.0.2 is missing"]
-    assert ops_list.rules_status(c1, damaged, ops_state.PortView(root, atts))[0] == "partial"
+    assert ops_list.rules_status(c1, damaged, diff.Ownership(root, atts))[0] == "partial"

@@ -11,9 +11,9 @@ import pytest
 
 from cni import errors
 from cni.errors import CNIError
+from cni.records import PortMapping
 from cni.skel import CmdArgs
 from portmap import layout, nft, portmap
-from portmap.layout import Mapping
 
 PREV = {
     "cniVersion": "1.0.0",
@@ -47,7 +47,7 @@ def args(tmp: Path, command: str, mappings: list[dict[str, Any]] | None, cid: st
 def test_both_key_styles() -> None:
     lower = portmap.parse_mapping({"hostPort": 8080, "containerPort": 80, "protocol": "UDP", "hostIP": "0.0.0.0"})
     cri = portmap.parse_mapping({"HostPort": 8080, "ContainerPort": 80, "Protocol": "udp", "HostIP": ""})
-    assert lower == cri == Mapping(8080, 8080, 80, "udp", "")
+    assert lower == cri == PortMapping(8080, 8080, 80, "udp", "")
     assert portmap.parse_mapping({"hostPort": 1, "containerPort": 65535}).protocol == "tcp"
     assert portmap.parse_mapping({"hostPort": 90, "containerPort": 9, "hostIP": "FD00::1"}).host_ip == "fd00::1"
     ranged = portmap.parse_mapping({"hostPort": 30000, "containerPort": 7000, "range": 3})
@@ -190,7 +190,10 @@ def _make_legacy(tmp_path: Path, fake: nft.Fake, cid: str = "c1") -> str:
     del data["portmap"]["layout"]
     journal.write_text(json.dumps(data))
     for name in ("hostport", "hostport-v4", "hostport-v6"):
-        fake.elements.setdefault(name.replace("hostport", "hostports"), []).extend(fake.elements.pop(name, []))
+        _kind, legacy = fake.sets.setdefault(name.replace("hostport", "hostports"), ("map", []))
+        legacy.extend(fake.sets[name][1])
+        fake.sets[name][1].clear()
+    fake.apply(layout.base_layout(legacy_maps=layout.LEGACY_RANGE_MAPS))  # its DNAT chain looks them up
     for path in (tmp_path / "ports").glob("*_*_*"):
         claim = json.loads(path.read_text())
         claim["map"] = claim["map"].replace("hostport", "hostports")
@@ -262,7 +265,7 @@ def test_conditions_restrict_the_dnat_rules() -> None:
                    "right": {"prefix": {"addr": "10.0.0.0", "len": 8}}}},
         {"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "eth1"}},
     ]
-    cmds = layout.dnat_rules("C", [Mapping(80, 80, 80, "tcp")], ["10.88.0.5", "fd00::5"], conditions={4: conds})
+    cmds = layout.dnat_rules("C", [PortMapping(80, 80, 80, "tcp")], ["10.88.0.5", "fd00::5"], conditions={4: conds})
     v4 = [c for c in cmds if "ip6" not in json.dumps(c)]
     assert v4 and all(conds[0] in c["add"]["rule"]["expr"] for c in v4)
     assert not any(conds[0] in c["add"]["rule"]["expr"] for c in cmds if c not in v4)

@@ -8,9 +8,17 @@ import pytest
 
 from cni import sysctl
 from cni.ops import explain
-from cni.ops.view import Attachment, Table
+from cni.records import Attachment, BridgeRecord, PortMapping, PortmapRecord
 from portmap import layout
-from portmap.layout import Mapping
+from portmap.diff import Table
+
+
+def nft_listing(commands: list[dict]) -> list[dict] | None:
+    from portmap import nft
+
+    fake = nft.Fake()
+    fake.apply(commands)
+    return fake.list_table()
 
 
 @pytest.fixture
@@ -41,11 +49,10 @@ def test_explain_reads_route_localnet_of_a_bridge_with_a_dot(proc: Path) -> None
     """A bridge named br.10: its route_localnet lives in conf/br.10/, not conf/br/10/."""
     (proc / "net/ipv4/conf/br.10").mkdir(parents=True)
     (proc / "net/ipv4/conf/br.10/route_localnet").write_text("1\n")
-    att = Attachment(network="n", container_id="c1", ifname="eth0", path="", created=None,
-                     bridge={"bridge": "br.10", "ips": ["10.88.0.2/24"]},
-                     portmap={"mappings": [Mapping(8080, 8080, 80, "tcp").to_json()], "snat": True})
-    guard = [{"chain": layout.GUARD_CHAIN, "expr": []}]
-    ctx = explain.Context("", [att], Table(True, rules={layout.GUARD_CHAIN: guard}), None, [])  # type: ignore[arg-type]
+    att = Attachment("n", "c1", "eth0", bridge=BridgeRecord.from_json({"bridge": "br.10", "ips": ["10.88.0.2/24"]}),
+                     portmap=PortmapRecord.from_json({"mappings": [PortMapping(8080, 8080, 80, "tcp").to_json()]}))
+    table = Table.from_objects(nft_listing(layout.base_layout()))
+    ctx = explain.Context("", [att], table, None, [])  # type: ignore[arg-type]
     report = explain.Report("c1", "n", "c1", "eth0", [])
     explain._localhost_hop(report, att, att.mappings, ctx)
     assert [(h.status, h.detail) for h in report.hops] == [

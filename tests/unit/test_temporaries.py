@@ -27,13 +27,14 @@ PREV = {"cniVersion": "1.0.0", "interfaces": [{"name": "br0"}, {"name": "veth1"}
 KILLED_WRITE = """
 import json, os, signal, sys
 from cni import state
+from cni.records import PortMapping
 from portmap import layout, ports
 root, what, cid, port = json.loads(sys.argv[1])
 os.replace = lambda src, dst: os.kill(os.getpid(), signal.SIGKILL)
 me = ports.Owner("pmnet", cid, "eth0")
 if what == "claim":
     with ports.locked(root):
-        ports.write(root, me, layout.dnat_chain_name("pmnet", cid), [layout.Mapping(port, port, 80, "tcp", "")])
+        ports.write(root, me, layout.dnat_chain_name("pmnet", cid), [PortMapping(port, port, 80, "tcp", "")])
 else:
     state.Journal(root, "pmnet", cid, "eth0").put("portmap", {"chain": "x"})
 """
