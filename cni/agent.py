@@ -167,7 +167,7 @@ def fresh_handles() -> None:
     netlink socket and sequence numbers would be shared with other children)."""
     from portmap import nft
 
-    nft._handle = None  # TODO(portmap owner): a public nft.forget_handle() would be cleaner
+    nft.forget_context()
 
 
 # --- the request ----------------------------------------------------------------

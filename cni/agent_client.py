@@ -174,5 +174,5 @@ def _try_again(plugin: str, path: str, exc: BaseException, data: bytes, stdout: 
     what = "timed out" if isinstance(exc, TimeoutError) else "failed"
     err = errors.CNIError(errors.TRY_AGAIN_LATER, f"berth agent at {path} {what}",
                           f"{type(exc).__name__}: {exc}"[:500])
-    skel._print_error(err, data, stdout, stderr, plugin)
+    skel.print_error(err, data, stdout, stderr, plugin)
     return 1

@@ -25,6 +25,7 @@ import os
 import signal
 import time
 from collections.abc import Callable, Iterator
+from types import ModuleType
 from typing import Any
 
 from cni import errors, netlink, netns, sysctl
@@ -70,14 +71,9 @@ def _kernel_errors(action: str) -> Iterator[None]:
         raise CNIError(errors.IO_FAILURE, f"{action}: {exc}") from None
 
 
-def _masq() -> Any:
-    import importlib
+def _masq() -> ModuleType:
+    from portmap import masq  # lazy: a bridge without ipMasq never loads nft code
 
-    try:
-        # looked up by name: portmap.masq is another engineer's module and may be absent
-        masq = importlib.import_module("portmap.masq")
-    except ImportError:
-        raise CNIError(errors.UNSUPPORTED_FIELD, "ipMasq needs portmap.masq, which this build lacks") from None
     return masq
 
 

@@ -340,7 +340,7 @@ def run(
         return 0
     except CNIError as err:
         outcome, message = f"error {err.code}", err.msg
-        _print_error(err, data, stdout, stderr, funcs.name)
+        print_error(err, data, stdout, stderr, funcs.name)
         return 1
     except Exception as exc:  # anything unexpected still answers in CNI's format
         outcome, message = "error 999", type(exc).__name__
@@ -349,7 +349,7 @@ def run(
 
             traceback.print_exc(file=stderr)
         internal = CNIError(errors.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"[:1000])
-        _print_error(internal, data, stdout, stderr, funcs.name)
+        print_error(internal, data, stdout, stderr, funcs.name)
         return 1
     finally:
         _flush(stdout, stderr)  # the runtime's answer is complete before anything else happens
@@ -364,7 +364,7 @@ def _flush(*streams: IO[str]) -> None:
             pass
 
 
-def _print_error(err: CNIError, data: bytes, stdout: IO[str], stderr: IO[str], name: str) -> None:
+def print_error(err: CNIError, data: bytes, stdout: IO[str], stderr: IO[str], name: str) -> None:
     import json
 
     detail = f" ({err.details})" if err.details else ""

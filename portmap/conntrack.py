@@ -85,3 +85,39 @@ def _delete_matching(ct: Any, selector: Any, ports: set[tuple[str | None, int]])
             if getattr(exc, "code", None) != errno.ENOENT:  # expired meanwhile
                 problems.append(f"conntrack delete: {exc}")
     return problems
+
+
+CT_PROTOCOLS = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP, "sctp": socket.IPPROTO_SCTP}
+
+
+def count(mappings: list[PortMapping]) -> tuple[int, str | None]:
+    """Conntrack entries whose original destination is one of the mapped host ports."""
+    if not mappings:
+        return 0, None
+    try:
+        from cni.rtnl import lazy_pyroute2
+
+        lazy_pyroute2()
+        from pyroute2.conntrack import Conntrack
+        from pyroute2.netlink.nfnetlink.nfctsocket import NFCTAttrTuple
+    except ImportError as exc:
+        return 0, f"conntrack unavailable: {exc}"
+    count = 0
+    try:
+        ct = Conntrack()
+    except OSError as exc:
+        return 0, f"conntrack socket: {exc}"
+    try:
+        for proto in sorted({m.protocol for m in mappings}):
+            for family in (socket.AF_INET, socket.AF_INET6):
+                selector = NFCTAttrTuple(family=int(family), proto=CT_PROTOCOLS[proto])
+                for entry in ct.dump_entries(tuple_orig=selector):
+                    orig = entry.tuple_orig
+                    if any(m.protocol == proto and m.host_lo <= (orig.dport or 0) <= m.host_hi
+                           and (not m.host_ip or orig.daddr == m.host_ip) for m in mappings):
+                        count += 1
+    except Exception as exc:  # netlink errors: the count is a hint, not a verdict
+        return count, f"conntrack dump: {exc}"
+    finally:
+        ct.close()
+    return count, None

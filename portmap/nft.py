@@ -304,6 +304,13 @@ def unsupported() -> tuple[str, str] | None:
     return features.describe(found) if found is not None else None
 
 
+def forget_context() -> None:
+    """Drop this process's libnftables context (a forked child must not share its
+    parent's netlink socket and sequence numbers); the next call makes its own."""
+    global _handle
+    _handle = None
+
+
 def prepare() -> None:
     """Load libnftables now, before the caller takes the node-wide ports lock:
     the import and context set-up (~20 ms) need not hold up every other ADD/DEL."""

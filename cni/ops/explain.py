@@ -29,7 +29,6 @@ import argparse
 import contextlib
 import ipaddress
 import json
-import socket
 import sys
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -38,11 +37,10 @@ from typing import Any
 from cni import sysctl
 from cni.ops import view as ops_view
 from cni.records import Attachment, PortMapping
-from portmap import diff, layout
+from portmap import conntrack, diff, layout
 from portmap.diff import Ownership, Table
 
 OK, FAIL, WARN, INFO = "ok", "fail", "warn", "info"
-CT_PROTOCOLS = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP, "sctp": socket.IPPROTO_SCTP}
 
 
 @dataclass
@@ -151,37 +149,6 @@ def foreign_forward() -> tuple[list[dict[str, Any]], str | None]:
     return chains, None
 
 
-def conntrack_count(mappings: list[PortMapping]) -> tuple[int, str | None]:
-    """Conntrack entries whose original destination is one of the mapped host ports."""
-    if not mappings:
-        return 0, None
-    try:
-        from cni.rtnl import lazy_pyroute2
-
-        lazy_pyroute2()
-        from pyroute2.conntrack import Conntrack
-        from pyroute2.netlink.nfnetlink.nfctsocket import NFCTAttrTuple
-    except ImportError as exc:
-        return 0, f"conntrack unavailable: {exc}"
-    count = 0
-    try:
-        ct = Conntrack()
-    except OSError as exc:
-        return 0, f"conntrack socket: {exc}"
-    try:
-        for proto in sorted({m.protocol for m in mappings}):
-            for family in (socket.AF_INET, socket.AF_INET6):
-                selector = NFCTAttrTuple(family=int(family), proto=CT_PROTOCOLS[proto])
-                for entry in ct.dump_entries(tuple_orig=selector):
-                    orig = entry.tuple_orig
-                    if any(m.protocol == proto and m.host_lo <= (orig.dport or 0) <= m.host_hi
-                           and (not m.host_ip or orig.daddr == m.host_ip) for m in mappings):
-                        count += 1
-    except Exception as exc:  # netlink errors: the count is a hint, not a verdict
-        return count, f"conntrack dump: {exc}"
-    finally:
-        ct.close()
-    return count, None
 
 
 # --- the walk -------------------------------------------------------------------------
@@ -208,7 +175,7 @@ def explain(att: Attachment, target: Target, ctx: Context) -> Report:
     _masq_hop(report, att, focus, ctx)
     _isolation_hop(report, att, ctx)
     _localhost_hop(report, att, focus, ctx)
-    count, problem = conntrack_count(focus)
+    count, problem = conntrack.count(focus)
     if problem:
         report.add("conntrack", WARN, problem)
     elif focus:

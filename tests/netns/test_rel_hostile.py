@@ -125,7 +125,7 @@ def run_isolated(plugin: str, environ: dict[str, str], data: bytes, cwd: str) ->
             from cni import invoke, main, skel
             from portmap import nft
 
-            nft._handle = None  # never reuse a context opened in another netns
+            nft.forget_context()  # never reuse a context opened in another netns
             nft.set_backend(None)
             invoke.register_own(main.plugin_funcs, str(Path(environ["CNI_PATH"].split(":")[0]) / "berth"))
             out, err = io.StringIO(), io.StringIO()
