@@ -71,6 +71,10 @@ class NotANetns(Exception):
     pass
 
 
+class OwnNetns(NotANetns):
+    """The path names the plugin's own network namespace (the node's), not a container's."""
+
+
 def _translate(code: int, what: str) -> NetlinkFailure:
     if code == errno.ENODEV:
         return LinkNotFound(code, what)
@@ -136,6 +140,15 @@ def check_netns(path: str) -> None:
         raise NotANetns(path)
 
 
+def check_container_netns(path: str) -> None:
+    """check_netns, and raise OwnNetns when `path` is the namespace this thread is
+    in: a container's interface, addresses and routes must never land in the node's."""
+    check_netns(path)
+    st, own = os.stat(path), os.stat("/proc/thread-self/ns/net")
+    if (st.st_dev, st.st_ino) == (own.st_dev, own.st_ino):
+        raise OwnNetns(path)
+
+
 class Handle:
     """One rtnetlink socket bound to one namespace (None: the node's, ours)."""
 
@@ -182,6 +195,7 @@ def open_netns(path: str) -> Handle:
     inside it (sockets keep the namespace they were made in); never creates one."""
     from cni.rtnl import RtnlSocket
 
+    check_container_netns(path)
     try:
         with in_netns(path):
             sock = RtnlSocket()
@@ -192,7 +206,7 @@ def open_netns(path: str) -> Handle:
 
 @contextlib.contextmanager
 def netns_fd(path: str) -> Iterator[int]:
-    check_netns(path)
+    check_container_netns(path)
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         yield fd

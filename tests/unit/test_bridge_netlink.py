@@ -4,6 +4,7 @@ netns checks, lazy pyroute2."""
 from __future__ import annotations
 
 import errno
+import os
 import re
 import struct
 import subprocess
@@ -121,6 +122,9 @@ def test_reply_framing_multipart_dump_and_errors() -> None:
 
 def test_check_netns(tmp_path: Path) -> None:
     netlink.check_netns("/proc/self/ns/net")
+    for own in ("/proc/self/ns/net", "/proc/thread-self/ns/net", f"/proc/{os.getpid()}/ns/net"):
+        with pytest.raises(netlink.OwnNetns):  # a namespace, but ours: never a container's
+            netlink.check_container_netns(own)
     with pytest.raises(netlink.NetnsNotFound):
         netlink.check_netns(str(tmp_path / "missing"))
     plain = tmp_path / "plain"
