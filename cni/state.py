@@ -44,6 +44,20 @@ def state_root(environ: Any = None) -> str:
     return str(env.get("BERTH_STATE_DIR") or DEFAULT_ROOT)
 
 
+def make_dirs(path: str, root: str) -> None:
+    """mkdir -p `path` (under the state root `root`); CNI code 5 naming the root
+    when it cannot be (a regular file, /proc, a read-only file system)."""
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+    except OSError as exc:
+        raise unusable(root, exc) from None
+
+
+def unusable(root: str, exc: OSError) -> CNIError:
+    return CNIError(errors.IO_FAILURE, f"state directory {root} is not usable (BERTH_STATE_DIR)",
+                    f"{exc.filename or root}: {exc.strerror or exc}")
+
+
 def fsync_dir(path: str) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -105,7 +119,10 @@ def remove_temporaries(directory: str) -> list[str]:
 @contextlib.contextmanager
 def flocked(path: str, timeout: float = LOCK_TIMEOUT_SECONDS) -> Iterator[None]:
     """Hold an exclusive flock on `path`; give up with CNI code 11 after `timeout`."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise CNIError(errors.IO_FAILURE, f"cannot open lock {path}", exc.strerror or str(exc)) from None
     try:
         deadline = time.monotonic() + timeout
         delay = 0.001
@@ -164,7 +181,7 @@ class Journal:
         return self._path
 
     def _ensure_dir(self) -> None:
-        os.makedirs(self.directory, mode=0o700, exist_ok=True)
+        make_dirs(self.directory, self.root)
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
@@ -176,8 +193,8 @@ class Journal:
         try:
             with open(self.path, "rb") as fh:
                 raw = fh.read()
-        except FileNotFoundError:
-            return {}
+        except (FileNotFoundError, NotADirectoryError):
+            return {}  # none; a state root that is no directory fails where it is written (make_dirs)
         except OSError as exc:
             raise CNIError(errors.IO_FAILURE, f"unreadable journal {self.path}", str(exc)) from None
         if holds_nothing(raw):
@@ -303,11 +320,16 @@ def remove_empty_journals(root: str, network: str) -> list[str]:
 
 
 def journals(root: str, network: str | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
-    """Every journal file under root (optionally one network): (path, content)."""
+    """Every journal file under root (optionally one network): (path, content).
+    A root that is there but no directory of ours is CNI code 5 (none at all: no journals)."""
     try:
         networks = [network] if network else sorted(os.listdir(root))
+        if network and not os.path.isdir(root) and os.path.lexists(root):
+            raise NotADirectoryError(20, "Not a directory", root)
     except FileNotFoundError:
         return
+    except OSError as exc:
+        raise unusable(root, exc) from None
     for net in networks:
         directory = os.path.join(root, net)
         try:

@@ -61,7 +61,7 @@ def ports_dir(root: str) -> str:
 
 @contextlib.contextmanager
 def locked(root: str) -> Iterator[None]:
-    os.makedirs(ports_dir(root), mode=0o700, exist_ok=True)
+    state.make_dirs(ports_dir(root), root)
     with state.flocked(os.path.join(ports_dir(root), "lock")):
         yield
 

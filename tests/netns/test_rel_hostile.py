@@ -398,3 +398,24 @@ def test_the_nodes_own_namespace_is_never_taken_for_the_containers(topo: harness
     node.plugin("berth-bridge", "DEL", conf, container_id="own2", netns=netns.path).ok()
     assert "eth9" in node.links()
 
+
+def test_a_state_dir_berth_cannot_use_is_code_5_naming_it(topo: harness.Topology, tmp_path: Path) -> None:
+    node = topo.node
+    plain = tmp_path / "plain-file"
+    plain.write_text("")
+    conf = harness.bridge_conf("badstate", "10.67.0.0/24")
+    conf["ipam"]["dataDir"] = str(node.data_dir)
+    pm = {"cniVersion": "1.0.0", "name": "badstate", "type": "berth-portmap",
+          "runtimeConfig": {"portMappings": [{"hostPort": 18090, "containerPort": 80}]},
+          "prevResult": {"cniVersion": "1.0.0", "ips": [{"address": "10.67.0.5/24"}]}}
+    before = _node_state(node)
+    netns = node.container()
+    for root in (str(plain), "/proc", str(plain / "below")):
+        env = {"BERTH_STATE_DIR": root}
+        for plugin, verb, config in (("berth-bridge", "ADD", conf), ("berth-portmap", "ADD", pm),
+                                     ("berth-portmap", "DEL", pm), ("berth-bridge", "DEL", conf)):
+            res = node.plugin(plugin, verb, config, container_id="bs1", netns=netns.path, env=env)
+            assert res.rc == 1 and res.json["code"] == 5, (root, plugin, verb, res)
+            assert root in res.json["msg"] and "Traceback" not in res.stderr, res
+        assert netns.links() == ["lo"] and _node_state(node) == before
+    assert plain.read_text() == "" and list((node.data_dir / "badstate").glob("10.*")) == []
