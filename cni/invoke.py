@@ -1,8 +1,10 @@
-"""Delegating to another plugin: in-process for berth's own, exec for the rest.
+"""Delegating to the IPAM plugin: in-process for berth's own, exec for the rest.
 
 berth's IPAM runs inside the bridge process (saves an exec and an interpreter
 start per pod); anything else is found on CNI_PATH and exec'd with the same
 stdin and a CNI_COMMAND of our choosing, as libcni's invoke package does.
+berth's other names (the CLI, the bridge, portmap, by name or by a link on
+CNI_PATH that leads to this executable) are never an IPAM plugin: error 7.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from cni.spec import CURRENT_VERSION, Result, convert_result
 
 # Plugin types that are this very program; run them without an exec.
 OWN_PLUGINS = ("berth-host-local", "berth-bridge", "berth-portmap")
+OWN_IPAM = ("berth-host-local",)  # those of them that are IPAM plugins
+OWN_NAMES = ("berth", *OWN_PLUGINS)
 # Set by cni.main to the real path of the running executable, so an aliased
 # link (host-local -> berth) on CNI_PATH is recognised as ourselves.
 SELF_PATH: str | None = None
@@ -27,6 +31,18 @@ def own_funcs(plugin_type: str) -> PluginFuncs | None:
     from cni.main import plugin_funcs
 
     return plugin_funcs(plugin_type)
+
+
+def own_ipam(plugin_type: str) -> PluginFuncs:
+    """The funcs of one of berth's names used as the IPAM type; error 7 unless it is an IPAM plugin."""
+    from cni.main import canonical_name
+
+    name = canonical_name(plugin_type)
+    funcs = own_funcs(plugin_type) if name in OWN_IPAM else None
+    if funcs is None:
+        raise errors.invalid_config(f"invalid IPAM type {plugin_type!r}",
+                                    "it is berth's own executable but no IPAM plugin (berth's is berth-host-local)")
+    return funcs
 
 
 def find_plugin(plugin_type: str, path: list[str]) -> str:
@@ -51,13 +67,12 @@ def delegate(plugin_type: str, command: str, args: CmdArgs, stdin: bytes | None 
     data = args.stdin if stdin is None else stdin
     env = dict(args.environ)
     env["CNI_COMMAND"] = command
-    funcs = own_funcs(plugin_type) if plugin_type in OWN_PLUGINS else None
+    funcs = own_ipam(plugin_type) if plugin_type in OWN_NAMES else None
     if funcs is None:
         executable = find_plugin(plugin_type, args.path)
-        if _is_self(executable):
-            funcs = own_funcs(os.path.basename(executable))
-        if funcs is None:
+        if not _is_self(executable):
             return _exec(executable, env, data, command)
+        funcs = own_ipam(os.path.basename(executable))
     from cni.skel import execute
 
     result = execute(funcs, env, data)

@@ -340,6 +340,9 @@ EXEC_CASES: list[tuple[str, str, dict[str, str], Any, set[int]]] = [
     ("berth-portmap", "DEL", {"CNI_CONTAINERID": "a" * 5000}, None, {4}),
     ("berth-bridge", "ADD", {}, {"mtu": 2**64}, {7}),
     ("berth-bridge", "CHECK", {}, {"cniVersion": "ü" * 100}, {1}),
+    # berth's own non-IPAM executables as the IPAM type: never an exec of the CLI
+    *(("berth-bridge", verb, {}, {"ipam": {"type": name, "ranges": [[{"subnet": "10.66.0.0/24"}]]}}, {7})
+      for name in ("berth", "berth-bridge", "berth-portmap") for verb in ("ADD", "CHECK")),
 ]
 
 
