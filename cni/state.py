@@ -45,12 +45,25 @@ def state_root(environ: Any = None) -> str:
 
 
 def make_dirs(path: str, root: str) -> None:
-    """mkdir -p `path` (under the state root `root`); CNI code 5 naming the root
-    when it cannot be (a regular file, /proc, a read-only file system)."""
+    """private_dirs() for the state root; CNI code 5 naming the root when it
+    cannot be made (a regular file, /proc, a read-only file system)."""
     try:
-        os.makedirs(path, mode=0o700, exist_ok=True)
+        private_dirs(root, path)
     except OSError as exc:
         raise unusable(root, exc) from None
+
+
+def private_dirs(root: str, path: str) -> None:
+    """mkdir -p `path` below `root`: `root` and what this makes below it are 0700.
+    A missing ancestor of `root` is made as mkdir -p makes it (it is the system's:
+    /var/lib/cni is shared with other plugins); existing directories keep their modes."""
+    if not os.path.isdir(root):
+        parent = os.path.dirname(root.rstrip("/"))
+        if parent:
+            os.makedirs(parent, exist_ok=True)
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(root, 0o700)
+    os.makedirs(path, mode=0o700, exist_ok=True)
 
 
 def unusable(root: str, exc: OSError) -> CNIError:
