@@ -1,4 +1,4 @@
-"""`berth agent`: the optional node agent (issue #10).
+"""`berth agent`: the optional node agent.
 
 One process per node keeps pyroute2, the libnftables binding and the plugin
 modules imported, and serves plugin calls forwarded by the thin executables
@@ -14,17 +14,29 @@ serves up to CALLS_PER_WORKER calls (its pages stay warm: a fresh fork pays
 copy-on-write faults on every page a call touches) and leaves after any call
 that did not go normally, so no failure's leftovers meet the next call.
 
+The parent accepts every connection, checks the peer's uid and reads the
+request itself, without blocking, many at a time: each must be complete within
+READ_DEADLINE of its accept (a total, not per read), at most MAX_PENDING are
+held (more are closed unread, and their callers run in-process), and
+MAX_BUFFERED bytes in all. So a caller that connects and sends slowly, or a
+flood of them, costs the parent a socket each, never a worker. A complete
+request goes to an idle worker with the connection (SCM_RIGHTS: the
+connection, and the request in a memfd). Before running it the worker asks
+the caller "start" and runs only on its "go", which the caller sends only
+before its own start deadline (cni.agent_client): a call whose caller gave up
+(timed out, closed, answered itself) is never run; one whose caller closes
+while it waits in the parent is dropped there.
+
 The children are forked ahead of the calls (a pool of `--spare-workers`, default
-2: a chain call nests one plugin call in another): each spare child waits on
-the listening socket itself, pre-faults the pages a call touches, accepts one
-connection, checks the peer's uid, tells the parent it is busy and serves; then
-it tells the parent it is free again, and the parent keeps it as a spare or, with
-enough spares waiting, retires it or a never-used spare (SIGUSR1: it leaves once
-idle). The parent forks only when no spare waits (a burst; at most
-`--max-workers` children) or when spare and busy workers are fewer than
-`--spare-workers` (one crashed or left). So
-neither fork (~1.5 ms for the ~30 MiB parent, with its page-table copy) nor the
-first call's copy-on-write faults are on a caller's clock.
+2: a chain call nests one plugin call in another): each spare child pre-faults
+the pages a call touches and waits for the parent to hand it a request; once
+it has answered it tells the parent it is free again, and the parent keeps it
+as a spare or, with enough spares waiting, retires it or a never-used spare
+(SIGUSR1: it leaves once idle). The parent forks only when no spare waits (a
+burst; at most `--max-workers` children) or when spare and busy workers are
+fewer than `--spare-workers` (one crashed or left). So neither fork (~1.5 ms
+for the ~30 MiB parent, with its page-table copy) nor the first call's
+copy-on-write faults are on a caller's clock.
 
 The parent stays single-threaded and holds no state besides what is on disk
 (journals, leases): kill -9 loses nothing, in-flight children finish on their
@@ -55,7 +67,12 @@ from cni import agent_client
 from cni.agent_client import MAGIC, Answer, encode_answer, recv_frame
 from cni.skel import MAX_ID_LENGTH, MAX_IFNAME_LENGTH, MAX_NAME_LENGTH, MAX_STDIN_BYTES
 
-READ_TIMEOUT = 10.0  # a client sends its whole request at once; slower is hostile or dead
+READ_DEADLINE = 10.0  # from the accept: a client sends its whole request at once; slower is hostile or dead
+QUEUE_DEADLINE = 2 * agent_client.START_TIMEOUT  # a complete request no worker took by then: its caller is gone
+GO_TIMEOUT = 10.0  # the caller answers "start" at once; without "go" the call is not run
+SEND_TIMEOUT = 10.0  # for the answer: a caller that does not read it is gone
+MAX_PENDING = 256  # connections the parent holds (reading, or waiting for a worker)
+MAX_BUFFERED = 64 * 1024 * 1024  # bytes of requests the parent holds in all
 DEFAULT_CHECK_INTERVAL = 2.0
 MAX_CHECK_BACKOFF = 60.0
 CALLS_PER_WORKER = 64  # then the worker leaves and a fresh fork takes its place (bounds any slow leak)
@@ -290,18 +307,23 @@ def other_build(self_path: str) -> bool:
     return build_identity(self_path) != OWN_BUILD
 
 
-def serve_connection(conn: socket.socket, own_netns: str) -> bool:
-    """In the child: read one request, run it, answer; never raises. True when
-    the call went normally (answered rc 0 or a fallback), so the worker may
-    serve another; after anything else it leaves, taking whatever state the
-    failure may have left behind with it."""
+def split_request(raw: bytes) -> tuple[bytes, bytes]:
+    """(header, stdin) of a complete request as read off the wire (two frames)."""
+    size = int.from_bytes(raw[:4], "big")
+    header, rest = raw[4:4 + size], raw[4 + size:]
+    return header, rest[4:4 + int.from_bytes(rest[:4], "big")]
+
+
+def serve_request(conn: socket.socket, raw: bytes, own_netns: str) -> bool:
+    """In the child: run the request read from `conn`, once its caller said "go",
+    and answer; never raises. True when the call went normally (answered rc 0 or
+    a fallback, or not run), so the worker may serve another; after anything
+    else it leaves, taking whatever state the failure may have left behind."""
     started = time.monotonic()
     req: Request | None = None
     data = b""
     try:
-        conn.settimeout(READ_TIMEOUT)
-        header = recv_frame(conn, agent_client.MAX_HEADER_BYTES)
-        data = recv_frame(conn, MAX_STDIN_BYTES + 1)
+        header, data = split_request(raw)
         parsed = parse_request(header)
         if isinstance(parsed, Answer):
             answer = parsed
@@ -312,18 +334,33 @@ def serve_connection(conn: socket.socket, own_netns: str) -> bool:
             elif other_build(req.self_path):
                 answer = Answer(fallback="caller is another berth build than the agent's (restart the agent "
                                          "after an upgrade)")
+            elif not caller_says_go(conn):
+                log(f"{describe(req, data)}: caller gone before the call started: not run")
+                return True
             else:
                 answer = run_call(req, data)
-    except (BadRequest, EOFError, ValueError, OSError) as exc:
+    except (BadRequest, ValueError) as exc:
         log(f"bad request: {type(exc).__name__}: {str(exc)[:200]}")
         return False
     try:
-        conn.settimeout(READ_TIMEOUT)
+        conn.settimeout(SEND_TIMEOUT)
         conn.sendall(encode_answer(answer))
-    except OSError as exc:  # the caller gave up (its timeout): the work is done all the same
+    except OSError as exc:  # the caller gave up (its timeout) after its "go": the work is done all the same
         log(f"{describe(req, data)}: caller gone before the answer ({exc.strerror or exc})")
     log(f"{describe(req, data)} {(time.monotonic() - started) * 1000:.1f} ms {outcome(answer)}")
     return answer.fallback is not None or answer.rc == 0
+
+
+def caller_says_go(conn: socket.socket) -> bool:
+    """Ask the caller whether it still waits: it answers "go" only before its
+    start deadline, so a call it has given up on is never run."""
+    deadline = time.monotonic() + GO_TIMEOUT
+    try:
+        agent_client.until(conn, deadline)
+        conn.sendall(agent_client.frame(agent_client.START))
+        return recv_frame(conn, 16, deadline) == agent_client.GO
+    except (OSError, EOFError, ValueError):
+        return False
 
 
 # --- the listening socket -------------------------------------------------------
@@ -403,6 +440,33 @@ def reconcile_child(root: str) -> int:
 
 # --- the server loop ------------------------------------------------------------
 
+class Pending:
+    """A connection the parent reads a request from, then holds until a worker takes it."""
+
+    __slots__ = ("buf", "conn", "deadline", "queued")
+
+    def __init__(self, conn: socket.socket, now: float) -> None:
+        self.conn = conn
+        self.buf = bytearray()
+        self.deadline = now + READ_DEADLINE
+        self.queued = False  # complete, waiting for an idle worker
+
+    def missing(self) -> int:
+        """Bytes still to read for the two frames; raises ValueError for a frame over its limit."""
+        need = 4
+        if len(self.buf) >= 4:
+            size = int.from_bytes(self.buf[:4], "big")
+            if size > agent_client.MAX_HEADER_BYTES:
+                raise ValueError(f"header frame of {size} bytes")
+            need = 8 + size
+            if len(self.buf) >= need:
+                data = int.from_bytes(self.buf[need - 4:need], "big")
+                if data > MAX_STDIN_BYTES + 1:
+                    raise ValueError(f"stdin frame of {data} bytes")
+                need += data
+        return need - len(self.buf)
+
+
 class Agent:
     def __init__(self, path: str, root: str, check_interval: float, max_workers: int,
                  spare_workers: int = DEFAULT_SPARE_WORKERS) -> None:
@@ -415,6 +479,11 @@ class Agent:
         self.spare: set[int] = set()  # forked ahead, waiting for a call
         self.busy: set[int] = set()  # serving a call; back to spare (or retired) after it
         self.fresh: set[int] = set()  # spare workers that have not served yet (cold pages)
+        self.control: dict[int, socket.socket] = {}  # worker pid -> the parent's end of its socketpair
+        self.pending: dict[int, Pending] = {}  # fd -> connection being read or waiting for a worker
+        self.buffered = 0
+        self.refused = 0  # connections closed unread since the last log line about it
+        self.refused_logged = 0.0
         self.reconciler: int | None = None
         self.next_check = 0.0
         self.backoff = check_interval
@@ -422,17 +491,19 @@ class Agent:
         self.stop = False
         self.own_netns = agent_client.netns_id()
         self.parent_fds: list[int] = []  # closed in every child
-        self.child_fds: list[int] = []  # what a spare child keeps (closed in the reconciler)
+        self.child_fds: list[int] = []  # what a worker keeps besides its control socket (closed in the reconciler)
         self.busy_r = self.busy_w = self.alive_r = -1
 
     def fork(self, close: list[int]) -> int:
-        """fork(); in the child, drop the parent's fds (`close`) and signal handlers."""
+        """fork(); in the child, drop the parent's fds (`close`, and every
+        connection and worker socket the parent holds) and signal handlers."""
+        held = [p.conn.fileno() for p in self.pending.values()] + [c.fileno() for c in self.control.values()]
         pid = os.fork()
         if pid == 0:
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
                 signal.signal(sig, signal.SIG_DFL)
             signal.set_wakeup_fd(-1)
-            for fd in close:
+            for fd in close + held:
                 with contextlib.suppress(OSError):
                     os.close(fd)
             fresh_handles()
@@ -450,6 +521,9 @@ class Agent:
             self.spare.discard(pid)
             self.busy.discard(pid)
             self.fresh.discard(pid)
+            control = self.control.pop(pid, None)
+            if control is not None:
+                control.close()
             if pid == self.reconciler:
                 self.reconciler = None
 
@@ -487,22 +561,16 @@ class Agent:
         self.children.add(pid)
 
     def read_busy(self) -> None:
-        """Workers say when they take a call (pid, 4 bytes) and when they are free
-        again (-pid). A free worker is kept as a spare while fewer than
-        `spare_workers` wait, in place of a spare that never served (its pages are
-        cold) if need be; otherwise it is retired (SIGUSR1: it leaves once idle)."""
+        """Workers say when they are free again (-pid, 4 bytes). A free worker is
+        kept as a spare while fewer than `spare_workers` wait, in place of a spare
+        that never served (its pages are cold) if need be; otherwise it is retired
+        (SIGUSR1: it leaves once idle)."""
         try:
             data = os.read(self.busy_r, 4096)
         except BlockingIOError:
             return
         for i in range(0, len(data) - 3, 4):
-            value = int.from_bytes(data[i:i + 4], "little", signed=True)
-            pid = abs(value)
-            if value > 0:
-                self.spare.discard(pid)
-                self.fresh.discard(pid)
-                self.busy.add(pid)
-                continue
+            pid = abs(int.from_bytes(data[i:i + 4], "little", signed=True))
             self.busy.discard(pid)
             if pid not in self.children:
                 continue
@@ -528,33 +596,144 @@ class Agent:
             return False
         return not self.spare or len(self.spare) + len(self.busy) < self.spare_workers
 
-    def replenish(self, listener: socket.socket) -> None:
+    def replenish(self) -> None:
         """Fork workers while wanted(), within `max_workers` children in all."""
         while self.wanted():
+            parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             try:
-                pid = self.fork(self.parent_fds)
-            except OSError as exc:  # EAGAIN/ENOMEM: calls wait in the backlog; try again next turn
+                pid = self.fork([*self.parent_fds, parent_end.fileno()])
+            except OSError as exc:  # EAGAIN/ENOMEM: calls wait in the parent; try again next turn
                 log(f"cannot fork a worker: {exc.strerror or exc}")
+                parent_end.close()
+                child_end.close()
                 return
             if pid == 0:
                 code = 0
                 try:
-                    self.serve_one(listener)
+                    self.serve_one(child_end)
                 except BaseException:  # never run the parent's loop in a child
                     code = 1
                 finally:
                     os._exit(code)
+            child_end.close()
+            parent_end.setblocking(False)
+            self.control[pid] = parent_end
             self.children.add(pid)
             self.spare.add(pid)
             self.fresh.add(pid)
 
-    def serve_one(self, listener: socket.socket) -> None:
-        """In a worker: wait for a root caller, serve its call, and wait again, one
-        call at a time, until CALLS_PER_WORKER calls, a call that did not go
-        normally, the parent's retirement signal, or the parent's end (then return,
-        to exit). Reusing a worker keeps its pages and caches warm (a fresh fork
-        pays copy-on-write faults on every page a call touches); each call still
-        takes and releases its own file locks, as an exec would."""
+    # --- the parent's intake: accept, check, read, hand over ---------------------
+
+    def accept(self, listener: socket.socket) -> None:
+        """Take every waiting connection: root callers are read, others refused;
+        beyond MAX_PENDING a connection is closed unread (its caller, not started,
+        runs in-process)."""
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                return
+            except OSError as exc:  # EMFILE and the like: the backlog waits
+                log(f"cannot accept: {exc.strerror or exc}")
+                return
+            if len(self.pending) >= MAX_PENDING:
+                self.refuse(conn)
+                continue
+            conn.setblocking(False)
+            if admit(conn):
+                self.pending[conn.fileno()] = Pending(conn, time.monotonic())
+            else:
+                conn.close()
+
+    def refuse(self, conn: socket.socket) -> None:
+        conn.close()
+        self.refused += 1
+        now = time.monotonic()
+        if now - self.refused_logged >= 10:
+            log(f"{self.refused} connection(s) closed unread: {MAX_PENDING} already held (their callers run "
+                "in-process)")
+            self.refused, self.refused_logged = 0, now
+
+    def drop(self, pending: Pending, why: str | None) -> None:
+        if why:
+            log(why)
+        self.pending.pop(pending.conn.fileno(), None)
+        self.buffered -= len(pending.buf)
+        pending.conn.close()
+
+    def readable(self, pending: Pending) -> None:
+        """Read what has arrived; a queued one that becomes readable has hung up (or broke the protocol)."""
+        if pending.queued:
+            self.drop(pending, "caller gone before its call started: not run")
+            return
+        try:
+            want = pending.missing()
+            chunk = pending.conn.recv(min(want, 1 << 16))
+        except BlockingIOError:
+            return
+        except (OSError, ValueError) as exc:
+            self.drop(pending, f"bad request: {type(exc).__name__}: {str(exc)[:200]}")
+            return
+        if not chunk:
+            self.drop(pending, "bad request: EOFError: connection closed early")
+            return
+        pending.buf += chunk
+        self.buffered += len(chunk)
+        try:
+            pending.queued = pending.missing() == 0
+        except ValueError as exc:
+            self.drop(pending, f"bad request: ValueError: {str(exc)[:200]}")
+            return
+        if pending.queued:
+            pending.deadline = time.monotonic() + QUEUE_DEADLINE
+
+    def expire(self, now: float) -> None:
+        for pending in [p for p in self.pending.values() if now >= p.deadline]:
+            what = "no worker took it" if pending.queued else f"not complete within {READ_DEADLINE:.0f} s"
+            self.drop(pending, f"bad request: {what}")
+
+    def dispatch(self) -> None:
+        """Hand complete requests, oldest first, to idle workers."""
+        for pending in sorted((p for p in self.pending.values() if p.queued), key=lambda p: p.deadline):
+            if not self.spare or not self.hand_over(pending):
+                return
+
+    def hand_over(self, pending: Pending) -> bool:
+        """Send the connection and its request (in a memfd) to a spare worker; False when none takes it."""
+        memfd = os.memfd_create("berth-request", os.MFD_CLOEXEC)
+        try:
+            view = memoryview(pending.buf)
+            while view:
+                view = view[os.write(memfd, view):]
+            while self.spare:
+                pid = min(self.spare)
+                self.spare.discard(pid)
+                try:
+                    socket.send_fds(self.control[pid], [b"r"], [pending.conn.fileno(), memfd])
+                except (OSError, KeyError):
+                    continue  # gone (reaped soon), or its socket is full: another one
+                self.fresh.discard(pid)
+                self.busy.add(pid)
+                self.drop(pending, None)  # the worker holds the connection now
+                return True
+            return False
+        finally:
+            os.close(memfd)
+
+    def watched(self) -> list[Any]:
+        """The connections to select on: the ones being read (while the buffer
+        budget lasts) and the queued ones (their caller may hang up)."""
+        return [p.conn for p in self.pending.values() if p.queued or self.buffered < MAX_BUFFERED]
+
+    # --- a worker ------------------------------------------------------------------
+
+    def serve_one(self, control: socket.socket) -> None:
+        """In a worker: wait for the parent to hand over a request, serve it, and
+        wait again, one call at a time, until CALLS_PER_WORKER calls, a call that
+        did not go normally, the parent's retirement signal, or the parent's end
+        (then return, to exit). Reusing a worker keeps its pages and caches warm
+        (a fresh fork pays copy-on-write faults on every page a call touches);
+        each call still takes and releases its own file locks, as an exec would."""
         retired = False
 
         def retire(_sig: int, _frame: object) -> None:
@@ -566,39 +745,35 @@ class Agent:
         served = 0
         while not retired and served < CALLS_PER_WORKER:
             try:
-                watched: list[Any] = [listener, self.alive_r]
+                watched: list[Any] = [control, self.alive_r]
                 ready, _, _ = select.select(watched, [], [], IDLE_POLL_SECONDS)
             except InterruptedError:
                 continue
             if self.alive_r in ready:  # the parent stopped or died: take no new call
                 return
-            if listener not in ready:
+            if control not in ready:
                 continue
-            try:
-                conn, _ = listener.accept()
-            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
-                continue  # another spare child took it
+            handed = receive(control)
+            if handed is None:
+                return  # the parent closed our socket
+            conn, raw = handed
             with conn:
-                if not admit(conn):
-                    continue  # refused: nothing was run, wait for the next caller
-                with contextlib.suppress(OSError):  # a full pipe: the parent learns it from the exit
-                    os.write(self.busy_w, os.getpid().to_bytes(4, "little", signed=True))
-                if not serve_connection(conn, self.own_netns):
+                if not serve_request(conn, raw, self.own_netns):
                     return
             served += 1
             if served < CALLS_PER_WORKER and not retired:
-                with contextlib.suppress(OSError):
+                with contextlib.suppress(OSError):  # a full pipe: the parent learns it from the exit
                     os.write(self.busy_w, (-os.getpid()).to_bytes(4, "little", signed=True))
 
     def run(self) -> int:
         lock_fd = take_lock(self.path)
         listener = bind(self.path)
-        listener.setblocking(False)  # spare children race for each connection; losers see EAGAIN
+        listener.setblocking(False)
         wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.busy_r, self.busy_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.alive_r, alive_w = os.pipe2(os.O_CLOEXEC)  # EOF for the children when the parent goes
-        self.parent_fds = [lock_fd, wake_r, wake_w, self.busy_r, alive_w]
-        self.child_fds = [listener.fileno(), self.busy_w, self.alive_r]
+        self.parent_fds = [lock_fd, wake_r, wake_w, self.busy_r, alive_w, listener.fileno()]
+        self.child_fds = [self.busy_w, self.alive_r]
         signal.set_wakeup_fd(wake_w)
 
         def on_stop(_sig: int, _frame: object) -> None:
@@ -612,27 +787,64 @@ class Agent:
             f"{self.spare_workers} spare / {self.max_workers} max workers)")
         try:
             while not self.stop:
-                self.reap()
-                self.read_busy()
-                self.watch_flush()
-                self.replenish(listener)
-                timeout = max(0.0, min(self.next_check - time.monotonic(), 1.0)) if self.check_interval > 0 else 1.0
-                try:
-                    ready, _, _ = select.select([wake_r, self.busy_r], [], [], timeout)
-                except InterruptedError:
-                    continue
-                if wake_r in ready:
-                    with contextlib.suppress(BlockingIOError):
-                        os.read(wake_r, 4096)
+                self.turn(listener, wake_r)
         finally:
             with contextlib.suppress(OSError):
                 if os.stat(self.path).st_ino == ino:  # not a newer agent's socket
                     os.unlink(self.path)
+            for pending in list(self.pending.values()):
+                self.drop(pending, None)  # not started: their callers run in-process
             os.close(alive_w)  # spare children see EOF and exit; busy ones finish their call
             listener.close()
             os.close(lock_fd)
         log("stopped (in-flight calls finish on their own)")
         return 0
+
+    def turn(self, listener: socket.socket, wake_r: int) -> None:
+        """One round of the parent's loop."""
+        self.reap()
+        self.read_busy()
+        self.watch_flush()
+        self.replenish()
+        self.dispatch()
+        now = time.monotonic()
+        self.expire(now)
+        timeout = max(0.0, min(self.next_check - now, 1.0)) if self.check_interval > 0 else 1.0
+        if self.pending:
+            timeout = max(0.0, min([timeout] + [p.deadline - now for p in self.pending.values()]))
+        conns = self.watched()
+        try:
+            ready, _, _ = select.select([wake_r, self.busy_r, listener, *conns], [], [], timeout)
+        except InterruptedError:
+            return
+        if wake_r in ready:
+            with contextlib.suppress(BlockingIOError):
+                os.read(wake_r, 4096)
+        if listener in ready:
+            self.accept(listener)
+        for conn in conns:
+            pending = self.pending.get(conn.fileno()) if conn in ready else None
+            if pending is not None:
+                self.readable(pending)
+
+
+def receive(control: socket.socket) -> tuple[socket.socket, bytes] | None:
+    """In a worker: the connection and request the parent handed over; None when the parent is gone."""
+    try:
+        msg, fds, _flags, _addr = socket.recv_fds(control, 16, 2)
+    except OSError:
+        return None
+    if not msg or len(fds) != 2:
+        for fd in fds:
+            os.close(fd)
+        return None
+    conn_fd, memfd = fds
+    try:
+        size = os.fstat(memfd).st_size
+        raw = os.pread(memfd, size, 0)
+    finally:
+        os.close(memfd)
+    return socket.socket(fileno=conn_fd), raw
 
 
 def admit(conn: socket.socket) -> bool:
@@ -645,8 +857,8 @@ def admit(conn: socket.socket) -> bool:
         return True
     log(f"refused a caller with uid {uid}: root only")
     with contextlib.suppress(OSError):
-        conn.settimeout(0.5)
-        conn.sendall(encode_answer(Answer(1, "", "berth agent: root only\n")))
+        conn.setblocking(False)  # a few bytes: they fit the socket's buffer, or the caller gets nothing
+        conn.send(encode_answer(Answer(1, "", "berth agent: root only\n")))
     return False
 
 

@@ -1,24 +1,32 @@
 """The thin side of the node agent: forward one plugin call to `berth agent`.
 
-Runs on every plugin exec, so it imports only os and the C `_socket` module
-(not cni.skel, nor __future__: the annotations that name typing-only types are strings):
-`socket` (enum) and `json` (re) would each cost about as much as the
-interpreter's own start-up on a busy node. The rules (issue #10):
+Runs on every plugin exec, so it imports only os, time and the C `_socket`
+module (not cni.skel, nor __future__: the annotations that name typing-only
+types are strings): `socket` (enum) and `json` (re) would each cost about as
+much as the interpreter's own start-up on a busy node. The rules:
 - no agent (no socket file, connection refused, cannot connect in time): the
   caller does the work in-process, exactly as without an agent;
-- once the request may have reached the agent, never redo the work here: a
-  timeout or a broken answer is CNI error 11 ("try again later");
-- the agent may answer "fallback" (another netns, another protocol) having
-  done nothing; only then the caller runs in-process with the stdin we read.
+- the agent runs a call only after asking "start" and hearing "go" back, and
+  the caller says "go" only before its start deadline (min(BERTH_AGENT_TIMEOUT,
+  START_TIMEOUT)): so a call the agent did not start in time (a queue behind
+  slow callers, a hung agent) is never run by it, and the caller runs it
+  in-process; so is one the agent closed, or answered "fallback" for (another
+  netns, another protocol or build), before it started;
+- once it said "go", never redo the work here: no answer by the total deadline
+  (BERTH_AGENT_TIMEOUT from the connect), a broken answer or a hang-up is CNI
+  error 11 ("try again later").
 
 Wire format, frames of a 4-byte big-endian length + payload. Request: a header
-frame `berth-agent/1 NUL plugin NUL self-path NUL netns NUL K=V NUL K=V...`
-(exec'd environments cannot hold NUL either), then the raw stdin frame.
-Answer: three frames, `rc NUL <n>` or `fallback NUL <reason>`, stdout, stderr.
+frame `berth-agent/2 NUL plugin NUL self-path NUL netns NUL K=V NUL K=V...`
+(exec'd environments cannot hold NUL either), then the raw stdin frame. Then
+the agent sends `start` and the caller `go`, or the agent answers at once
+(a refusal, a fallback). Answer: three frames, `rc NUL <n>` or `fallback NUL
+<reason>`, stdout, stderr.
 """
 
 import _socket
 import os
+import time
 
 TYPE_CHECKING = False  # mypy treats this name as True; typing stays out of the hot path
 if TYPE_CHECKING:
@@ -26,10 +34,12 @@ if TYPE_CHECKING:
     from typing import IO
 
 MAX_STDIN_BYTES = 4 * 1024 * 1024  # cni.skel's limit (a test keeps them equal): skel stays off this path
-MAGIC = b"berth-agent/1"
+MAGIC = b"berth-agent/2"
 DEFAULT_SOCKET = "/run/berth/agent.sock"
 CONNECT_TIMEOUT = 1.0  # a listening Unix socket accepts at once; longer means a full backlog
-DEFAULT_TIMEOUT = 240.0  # answer deadline once sent (BERTH_AGENT_TIMEOUT overrides)
+DEFAULT_TIMEOUT = 240.0  # total deadline from the connect (BERTH_AGENT_TIMEOUT overrides)
+START_TIMEOUT = 30.0  # a call the agent has not started by then is run in-process instead
+START, GO = b"start", b"go"
 MAX_HEADER_BYTES = 1024 * 1024  # env + names; generous, but bounded
 MAX_ANSWER_BYTES = 16 * 1024 * 1024
 FORWARDED_PREFIXES = ("CNI_", "BERTH_")
@@ -82,9 +92,22 @@ def encode_answer(answer: Answer) -> bytes:
     return frame(head) + frame(_b(answer.stdout)) + frame(_b(answer.stderr))
 
 
-def recv_exact(sock: _socket.socket, size: int) -> bytes:
+def until(sock: _socket.socket, deadline: float | None) -> None:
+    """Let the next socket call wait only for what is left before `deadline` (a
+    total deadline, not one per call: a peer that sends a byte now and then
+    gets no more time for it)."""
+    if deadline is None:
+        return
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("deadline passed")
+    sock.settimeout(left)
+
+
+def recv_exact(sock: _socket.socket, size: int, deadline: float | None = None) -> bytes:
     chunks = []
     while size > 0:
+        until(sock, deadline)
         chunk = sock.recv(min(size, 1 << 20))
         if not chunk:
             raise EOFError("connection closed early")
@@ -93,17 +116,18 @@ def recv_exact(sock: _socket.socket, size: int) -> bytes:
     return b"".join(chunks)
 
 
-def recv_frame(sock: _socket.socket, limit: int) -> bytes:
-    size = int.from_bytes(recv_exact(sock, 4), "big")
+def recv_frame(sock: _socket.socket, limit: int, deadline: float | None = None) -> bytes:
+    size = int.from_bytes(recv_exact(sock, 4, deadline), "big")
     if size > limit:
         raise ValueError(f"frame of {size} bytes is over the {limit}-byte limit")
-    return recv_exact(sock, size)
+    return recv_exact(sock, size, deadline)
 
 
-def recv_answer(sock: _socket.socket) -> Answer:
-    kind, _, value = recv_frame(sock, 4096).partition(b"\0")
-    out = recv_frame(sock, MAX_ANSWER_BYTES).decode("utf-8", "surrogateescape")
-    err = recv_frame(sock, MAX_ANSWER_BYTES).decode("utf-8", "surrogateescape")
+def recv_answer(sock: _socket.socket, deadline: float | None = None, head: bytes | None = None) -> Answer:
+    """The three answer frames (`head`: the first, when already read)."""
+    kind, _, value = (recv_frame(sock, 4096, deadline) if head is None else head).partition(b"\0")
+    out = recv_frame(sock, MAX_ANSWER_BYTES, deadline).decode("utf-8", "surrogateescape")
+    err = recv_frame(sock, MAX_ANSWER_BYTES, deadline).decode("utf-8", "surrogateescape")
     if kind == b"fallback":
         return Answer(fallback=value.decode("utf-8", "replace"))
     if kind != b"rc" or not value.isdigit() or len(value) > 3:
@@ -144,17 +168,28 @@ def forward(
         return None, None
     try:
         data = stdin.read(MAX_STDIN_BYTES + 1)  # skel applies the same limit to what we forward
-        sock.settimeout(_timeout(environ))
-        sent: OSError | None = None
+        total = _timeout(environ)
+        now = time.monotonic()
+        deadline, start_by = now + total, now + min(total, START_TIMEOUT)
         try:
+            until(sock, start_by)
             sock.sendall(frame(encode_request(plugin, environ, self_path, netns_id())) + frame(data))
-        except OSError as exc:  # it may have answered without reading (a refusal): read that
-            sent = exc
+        except OSError:  # it may have answered without reading (a refusal): read that
+            pass
         try:
-            answer = recv_answer(sock)
+            head = recv_frame(sock, 4096, start_by)
+            if head == START:
+                until(sock, start_by)
+                sock.sendall(frame(GO))
+        except (OSError, EOFError, ValueError):
+            return None, data  # not started, and now it never will be: run it here
+        try:
+            answer = recv_answer(sock, deadline, None if head == START else head)
         except (OSError, EOFError, ValueError) as exc:
+            if head != START:
+                return None, data  # a broken refusal: nothing ran
             # it may have done part of the work: never redo it here
-            return _try_again(plugin, path, sent or exc, data, stdout, stderr), None
+            return _try_again(plugin, path, exc, data, stdout, stderr), None
     finally:
         sock.close()
     if answer.fallback is not None:

@@ -58,6 +58,9 @@ def _kernel_errors(action: str) -> Iterator[None]:
         raise
     except netns.NetnsNotFound as exc:
         raise CNIError(errors.INVALID_NETNS, f"{action}: network namespace {exc} does not exist") from None
+    except netns.OwnNetns as exc:
+        raise CNIError(errors.INVALID_NETNS, f"{action}: {exc} is the plugin's own network namespace (the node's), "
+                       "not the container's") from None
     except netns.NotANetns as exc:
         raise CNIError(errors.INVALID_NETNS, f"{action}: {exc} is not a network namespace") from None
     except netlink.NotABridge as exc:
@@ -179,7 +182,7 @@ def _add(
     if conf.isolate:
         record["isolate"] = conf.isolate  # journaled first: a racing DEL counts this attachment
     with _kernel_errors("ADD"):
-        netns.check(args.netns)
+        netns.check_container(args.netns)
     previous = journal.section(SECTION) or {}
     if previous.get("state") == "added":
         # a second ADD must not get to IPAM: its rollback would release the first one's address
@@ -389,6 +392,8 @@ def cmd_check(args: CmdArgs) -> None:
     prev = prev_result(args.config)
     if prev is None:
         raise errors.invalid_config("required prevResult missing")
+    with _kernel_errors("CHECK"):
+        netns.check_container(args.netns)
     if conf.layer3:
         delegate(conf.ipam_type, "CHECK", args)
     problems: list[str] = []

@@ -19,6 +19,7 @@ from cni.skel import MAX_IFNAME_LENGTH
 DEFAULT_BRIDGE = "cni0"
 MIN_MTU = 68
 MAX_MTU = 65535
+NOT_IPAM = ("berth", "berth-bridge", "berth-portmap")  # berth's own names that are no IPAM plugin
 _MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
 
 _BOOL_FIELDS = {
@@ -174,6 +175,8 @@ def parse(config: dict[str, Any], cni_args: dict[str, str] | None = None) -> Bri
         raise errors.invalid_config("ipam must be an object")
     if not isinstance(ipam.get("type", ""), str):
         raise errors.invalid_config("ipam.type must be a string")
+    if ipam.get("type") in NOT_IPAM:
+        raise errors.invalid_config(f"invalid IPAM type {ipam['type']!r}", "berth's IPAM plugin is berth-host-local")
     conf.ipam = ipam
     if not conf.layer3 and conf.ip_masq:
         raise errors.invalid_config("ipMasq needs an IPAM plugin (no addresses to masquerade)")

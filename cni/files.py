@@ -73,10 +73,27 @@ def remove_temporaries(directory: str) -> list[str]:
     return removed
 
 
+def private_dirs(root: str, path: str) -> None:
+    """mkdir -p `path` below `root`: `root` and what this makes below it are 0700.
+    A missing ancestor of `root` is made as mkdir -p makes it (it is the system's:
+    /var/lib/cni is shared with other plugins); existing directories keep their modes."""
+    if not os.path.isdir(root):
+        parent = os.path.dirname(root.rstrip("/"))
+        if parent:
+            os.makedirs(parent, exist_ok=True)
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(root, 0o700)
+    os.makedirs(path, mode=0o700, exist_ok=True)
+
+
 @contextlib.contextmanager
 def flocked(path: str, timeout: float = LOCK_TIMEOUT_SECONDS) -> Iterator[None]:
-    """Hold an exclusive flock on `path`; give up with CNI code 11 after `timeout`."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    """Hold an exclusive flock on `path`; give up with CNI code 11 after `timeout`
+    (code 5 when the lock file cannot be opened at all)."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise CNIError(errors.IO_FAILURE, f"cannot open lock {path}", exc.strerror or str(exc)) from None
     try:
         deadline = time.monotonic() + timeout
         delay = 0.001

@@ -7,6 +7,8 @@ alike: one timeout, one kill, one reading of what the plugin printed.
 
 Which plugin types are berth itself is told by the entry point
 (`register_own`): this module, below the plugins, imports none of them.
+berth's other names (the CLI, the bridge, portmap, by name or by a link on
+CNI_PATH that leads to this executable) are never an IPAM plugin: error 7.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from cni.spec import CURRENT_VERSION, Result, convert_result
 
 # Plugin types that are this very program; run them without an exec.
 OWN_PLUGINS = ("berth-host-local", "berth-bridge", "berth-portmap")
+OWN_IPAM = ("berth-host-local",)  # those of them that are IPAM plugins
+OWN_NAMES = ("berth", *OWN_PLUGINS)
 # What a plugin gets to answer: runtimes give a whole ADD a few minutes.
 EXEC_TIMEOUT_SECONDS = 300.0
 
@@ -41,6 +45,15 @@ def register_own(resolver: Resolver, self_path: str | None = None) -> None:
 
 def own_funcs(plugin_type: str) -> PluginFuncs | None:
     return _resolver(plugin_type) if _resolver is not None else None
+
+
+def own_ipam(plugin_type: str) -> PluginFuncs:
+    """The funcs of one of berth's names used as the IPAM type; error 7 unless it is an IPAM plugin."""
+    funcs = own_funcs(plugin_type)
+    if funcs is None or funcs.name not in OWN_IPAM:
+        raise errors.invalid_config(f"invalid IPAM type {plugin_type!r}",
+                                    "it is berth's own executable but no IPAM plugin (berth's is berth-host-local)")
+    return funcs
 
 
 def find_plugin(plugin_type: str, path: list[str]) -> str:
@@ -65,16 +78,18 @@ def delegate(plugin_type: str, command: str, args: CmdArgs, stdin: bytes | None 
     data = args.stdin if stdin is None else stdin
     env = dict(args.environ)
     env["CNI_COMMAND"] = command
-    funcs = own_funcs(plugin_type) if plugin_type in OWN_PLUGINS else None
+    if plugin_type in OWN_NAMES and plugin_type not in OWN_IPAM:
+        raise errors.invalid_config(f"invalid IPAM type {plugin_type!r}",
+                                    "it is berth's own executable but no IPAM plugin (berth's is berth-host-local)")
+    funcs = own_funcs(plugin_type) if plugin_type in OWN_IPAM else None
     if funcs is None:
         executable = find_plugin(plugin_type, args.path)
-        if _is_self(executable):
-            funcs = own_funcs(os.path.basename(executable))
-        if funcs is None:
+        if not _is_self(executable):
             out = run_plugin(executable, env, data, command)
             if command != "ADD" or not out:
                 return None
             return convert_result(decode_result(executable, out), CURRENT_VERSION)
+        funcs = own_ipam(os.path.basename(executable))
     from cni.skel import execute
 
     result = execute(funcs, env, data)

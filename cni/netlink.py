@@ -157,6 +157,7 @@ def open_netns(path: str) -> Handle:
     inside it (sockets keep the namespace they were made in); never creates one."""
     from cni.rtnl import RtnlSocket
 
+    netns.check_container(path)
     try:
         with netns.entered(path):
             sock = RtnlSocket()
@@ -297,6 +298,7 @@ def create_veth(
     A host-name clash (another pod drew the same random name) is retried with a
     fresh name; a clash in the container is reported, as upstream does.
     """
+    netns.check_container(netns_path)
     with netns.fd(netns_path) as fd:
         for attempt in range(HOST_VETH_ATTEMPTS):
             peer: list[Any] = [["IFLA_IFNAME", cont_name], ["IFLA_NET_NS_FD", fd]]

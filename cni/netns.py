@@ -25,6 +25,10 @@ class NotANetns(Exception):
     pass
 
 
+class OwnNetns(NotANetns):
+    """The path names the plugin's own network namespace (the node's), not a container's."""
+
+
 def check(path: str) -> None:
     """Raise NetnsNotFound / NotANetns unless `path` is a network namespace.
 
@@ -43,13 +47,13 @@ def check(path: str) -> None:
         raise NotANetns(path)
 
 
-def is_own(path: str) -> bool:
-    """Is `path` the namespace this process runs in (the node's, for a plugin)?"""
-    try:
-        st, own = os.stat(path), os.stat(OWN)
-    except OSError:
-        return False
-    return (st.st_dev, st.st_ino) == (own.st_dev, own.st_ino)
+def check_container(path: str) -> None:
+    """check(), and raise OwnNetns when `path` is the namespace this thread is in:
+    a container's interface, addresses and routes must never land in the node's."""
+    check(path)
+    st, own = os.stat(path), os.stat("/proc/thread-self/ns/net")
+    if (st.st_dev, st.st_ino) == (own.st_dev, own.st_ino):
+        raise OwnNetns(path)
 
 
 @contextlib.contextmanager

@@ -105,6 +105,8 @@ class PortmapRecord(NamedTuple):
     external_setmark: str = ""
     boot: str = ""
     schema: int = PORTMAP_SCHEMA
+    host_veth: str = ""  # what proves this owner gone to a later ADD wanting its ports
+    netns: str = ""
 
     @property
     def done(self) -> bool:
@@ -115,7 +117,8 @@ class PortmapRecord(NamedTuple):
                 "mappings": [m.to_json() for m in self.mappings], "snat": self.snat,
                 # what `berth reconcile` needs to rebuild the mark chains as this ADD did
                 "markMasqBit": self.mark_bit, "masqAll": self.masq_all,
-                "externalSetMarkChain": self.external_setmark or None, "boot": self.boot, "layout": self.schema}
+                "externalSetMarkChain": self.external_setmark or None, "boot": self.boot,
+                "hostVeth": self.host_veth, "netns": self.netns, "layout": self.schema}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> PortmapRecord:
@@ -126,7 +129,8 @@ class PortmapRecord(NamedTuple):
             snat=bool(data.get("snat", True)),
             mark_bit=bit if isinstance(bit, int) and not isinstance(bit, bool) and 0 <= bit <= 31 else None,
             masq_all=bool(data.get("masqAll", False)), external_setmark=_str(data.get("externalSetMarkChain")),
-            boot=_str(data.get("boot")), schema=schema(data))
+            boot=_str(data.get("boot")), schema=schema(data), host_veth=_str(data.get("hostVeth")),
+            netns=_str(data.get("netns")))
 
 
 class MasqRecord(NamedTuple):

@@ -423,21 +423,34 @@ LOG_OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NONBLOCK | os.O_N
 
 def _append(path: str, line: bytes) -> None:
     """Append to a regular file only: a FIFO (whose open or write would block), a
-    device, a socket, a directory or a symlink is left alone, unopened when lstat
-    tells, and the fstat after the open catches one swapped in meanwhile."""
-    import stat
-
+    device, a socket, a directory, a symlink, or a kernel interface that looks
+    like a file (/proc, /sys) is left alone, unopened when lstat tells, and the
+    fstat after the open catches one swapped in meanwhile."""
     try:
-        if not stat.S_ISREG(os.lstat(path).st_mode):
+        if not _loggable(os.lstat(path)):
             return
     except FileNotFoundError:
         pass
     fd = os.open(path, LOG_OPEN_FLAGS, 0o600)
     try:
-        if stat.S_ISREG(os.fstat(fd).st_mode):
+        if _loggable(os.fstat(fd)):
             os.write(fd, line)
     finally:
         os.close(fd)
+
+
+def _loggable(st: os.stat_result) -> bool:
+    import stat
+
+    if not stat.S_ISREG(st.st_mode):
+        return False
+    for pseudo in ("/proc", "/sys"):
+        try:
+            if os.stat(pseudo).st_dev == st.st_dev:
+                return False
+        except OSError:
+            pass
+    return True
 
 
 def main(funcs: PluginFuncs) -> int:

@@ -31,7 +31,7 @@ from typing import Any
 
 from cni import errors
 from cni.errors import CNIError
-from cni.files import atomic_write, flocked, locked_tmp, remove_temporaries
+from cni.files import atomic_write, flocked, locked_tmp, private_dirs, remove_temporaries
 from cni.records import Attachment
 
 DEFAULT_ROOT = "/var/lib/cni/berth"
@@ -42,6 +42,20 @@ def state_root(environ: Any = None) -> str:
     """BERTH_STATE_DIR overrides the default root (tests, non-standard nodes)."""
     env = os.environ if environ is None else environ
     return str(env.get("BERTH_STATE_DIR") or DEFAULT_ROOT)
+
+
+def make_dirs(path: str, root: str) -> None:
+    """files.private_dirs() for the state root; CNI code 5 naming the root when it
+    cannot be made (a regular file, /proc, a read-only file system)."""
+    try:
+        private_dirs(root, path)
+    except OSError as exc:
+        raise unusable(root, exc) from None
+
+
+def unusable(root: str, exc: OSError) -> CNIError:
+    return CNIError(errors.IO_FAILURE, f"state directory {root} is not usable (BERTH_STATE_DIR)",
+                    f"{exc.filename or root}: {exc.strerror or exc}")
 
 
 def journal_name(container_id: str, ifname: str) -> str:
@@ -85,7 +99,7 @@ class Journal:
         return self._path
 
     def _ensure_dir(self) -> None:
-        os.makedirs(self.directory, mode=0o700, exist_ok=True)
+        make_dirs(self.directory, self.root)
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
@@ -97,8 +111,8 @@ class Journal:
         try:
             with open(self.path, "rb") as fh:
                 raw = fh.read()
-        except FileNotFoundError:
-            return {}
+        except (FileNotFoundError, NotADirectoryError):
+            return {}  # none; a state root that is no directory fails where it is written (make_dirs)
         except OSError as exc:
             raise CNIError(errors.IO_FAILURE, f"unreadable journal {self.path}", str(exc)) from None
         if holds_nothing(raw):
@@ -224,11 +238,16 @@ def remove_empty_journals(root: str, network: str) -> list[str]:
 
 
 def journals(root: str, network: str | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
-    """Every journal file under root (optionally one network): (path, content)."""
+    """Every journal file under root (optionally one network): (path, content).
+    A root that is there but no directory of ours is CNI code 5 (none at all: no journals)."""
     try:
         networks = [network] if network else sorted(os.listdir(root))
+        if network and not os.path.isdir(root) and os.path.lexists(root):
+            raise NotADirectoryError(20, "Not a directory", root)
     except FileNotFoundError:
         return
+    except OSError as exc:
+        raise unusable(root, exc) from None
     for net in networks:
         directory = os.path.join(root, net)
         try:

@@ -90,7 +90,7 @@ from typing import Protocol
 
 from cni import errors, sysctl
 from cni.errors import CNIError
-from cni.files import flocked, fsync_dir
+from cni.files import flocked, fsync_dir, private_dirs
 from ipam.ranges import IPAddress
 
 LINE_BREAK = "\r\n"
@@ -240,7 +240,7 @@ class DiskStore:
                 yield False
                 return
             try:
-                os.makedirs(self.directory, mode=0o700, exist_ok=True)
+                private_dirs(self.data_dir, self.directory)  # dataDir too, when it is made here
             except OSError as exc:
                 raise _io_error(f"cannot create IPAM data directory {self.directory}", exc) from None
         with contextlib.ExitStack() as stack:

@@ -11,6 +11,7 @@ SIGKILLs the process and BERTH_TEST_FAIL_AFTER=<step> raises after <step>, one o
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import re
@@ -210,6 +211,17 @@ def container_addresses(result: Result, ifname: str) -> list[str]:
     return list(dict.fromkeys(out))
 
 
+def host_veth(result: Result) -> str | None:
+    """The node-side end of the container's link when prevResult shows one besides
+    the bridge (a bridge plugin lists bridge, host veth, container interface)."""
+    bridge = host_bridge(result)
+    for iface in result.get("interfaces") or []:
+        name = iface.get("name")
+        if not iface.get("sandbox") and isinstance(name, str) and name and name != bridge and "/" not in name:
+            return name
+    return None
+
+
 def host_bridge(result: Result) -> str | None:
     """The node-side interface traffic to the container leaves by: the bridge
     plugin lists the bridge first among the interfaces without a sandbox."""
@@ -273,7 +285,9 @@ def cmd_add(args: CmdArgs) -> Result:
                   # what `berth reconcile` needs to rebuild the mark chains as this ADD did
                   "markMasqBit": conf.mark_bit, "masqAll": conf.masq_all,
                   "externalSetMarkChain": conf.external_setmark, "boot": ports.boot_id(),
-                  # where the elements go (PortMapping.map_name): DEL/CHECK of a journal
+                  # what proves this owner gone to a later ADD wanting its ports (ports.vanished)
+                  "hostVeth": host_veth(prev), "netns": args.netns,
+                  # where the elements go (layout.map_name): DEL/CHECK of a journal
                   # an older berth wrote look in the interval maps instead
                   "layout": layout.PORTMAP_LAYOUT}
         journal.put(SECTION, record)
@@ -295,11 +309,20 @@ def cmd_add(args: CmdArgs) -> Result:
             cmds += [layout.add_chain(t.claim.chain),
                      layout.add_elements(t.claim.map_name, [layout.verdict_elem(t.claim.key, t.claim.chain)]),
                      layout.delete_elements(t.claim.map_name, [t.claim.key])]
-        cmds += layout.attachment_add(chain, conf.mappings, addresses, snat=conf.snat, masq_all=conf.masq_all,
-                                      external_setmark=conf.external_setmark, note=note,
-                                      conditions=conf.conditions)
+        ours = layout.attachment_add(chain, conf.mappings, addresses, snat=conf.snat, masq_all=conf.masq_all,
+                                     external_setmark=conf.external_setmark, note=note,
+                                     conditions=conf.conditions)
+        dead = dead_owners(root, takeovers)
+        cleanup = [c for owner, (_why, theirs) in dead.items()
+                   for c in _dead_owner_commands(root, chain, owner, theirs)]
         try:
-            nft.apply(cmds)
+            try:
+                nft.apply(cmds + cleanup + ours)
+            except CNIError:
+                if not cleanup:
+                    raise
+                dead = {}  # the dead owners' leftovers must not cost this ADD: only the ports it takes
+                nft.apply(cmds + ours)
         except CNIError:
             _restore_journal(journal, prior)
             raise
@@ -308,6 +331,7 @@ def cmd_add(args: CmdArgs) -> Result:
             _step_done("portmap-nft", args.environ)
             if prior:
                 ports.release(root, me, [PortMapping.from_json(m) for m in prior.get("mappings") or []])
+            _forget_dead(root, dead)
             ports.write(root, me, chain, conf.mappings)
             record["state"] = "done"
             journal.put(SECTION, record)
@@ -317,9 +341,47 @@ def cmd_add(args: CmdArgs) -> Result:
     for t in takeovers:
         if t.live:
             _warn([f"took host ports from {t.claim.owner.describe()} (conflictPolicy last-wins)"])
+    for owner, (why, _record) in dead.items():
+        _warn([f"took host ports from {owner.describe()}: {why}; removed its other port mappings and its chain"])
     if conntrack.needs_flush(conf.mappings):
         _warn(conntrack.flush(conf.mappings, _versions(addresses)))
     return prev
+
+
+def dead_owners(root: str, takeovers: list[ports.Takeover]) -> dict[ports.Owner, tuple[str, dict[str, Any]]]:
+    """Owners of taken ports that are proven gone (ports.vanished): why, and their portmap record."""
+    out: dict[ports.Owner, tuple[str, dict[str, Any]]] = {}
+    for t in takeovers:
+        owner = t.claim.owner
+        if not t.dead or owner in out:
+            continue
+        try:
+            record = state.Journal(root, owner.network, owner.container_id, owner.ifname).section(SECTION)
+        except CNIError:
+            continue
+        if record is not None:
+            out[owner] = (t.dead, record)
+    return out
+
+
+def _dead_owner_commands(root: str, chain: str, owner: ports.Owner, record: dict[str, Any]) -> list[layout.Cmd]:
+    """A dead owner's leftovers, in the transaction that takes its ports: the
+    elements of every mapping it still owns, then its chain (unless shared)."""
+    their_chain = str(record.get("chain") or layout.dnat_chain_name(owner.network, owner.container_id, owner.ifname))
+    mappings = [PortMapping.from_json(m) for m in record.get("mappings") or []]
+    cmds = _delete_owned(root, owner, their_chain, mappings, record)
+    if their_chain != chain and not chain_owners(root, owner, their_chain):
+        cmds += [layout.add_chain(their_chain), layout.flush_chain(their_chain), layout.delete_chain(their_chain)]
+    return cmds
+
+
+def _forget_dead(root: str, dead: dict[ports.Owner, tuple[str, dict[str, Any]]]) -> None:
+    """After the commit that removed their leftovers: their port files and their
+    journal's portmap section go too (their bridge part waits for their DEL or GC)."""
+    for owner, (_why, record) in dead.items():
+        ports.release(root, owner, [PortMapping.from_json(m) for m in record.get("mappings") or []])
+        with contextlib.suppress(CNIError):
+            state.Journal(root, owner.network, owner.container_id, owner.ifname).drop(SECTION)
 
 
 def chain_owners(root: str, me: ports.Owner, chain: str) -> list[str]:

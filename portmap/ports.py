@@ -6,9 +6,12 @@ included, so the files and the verdict maps never disagree.
 
 A file names its owner attachment and the map element it belongs to. An owner
 whose journal (or its portmap section) is gone, or was made in an earlier boot,
-is stale and may be taken over. So the files are never fsync'ed: what a power
-loss could cost them (a lost, stale or empty file) describes mappings the
-reboot removed anyway, and an unreadable file is unowned.
+is stale and may be taken over; so is one whose journal names a host veth or
+network namespace that is gone (a sandbox killed before its DEL, where no GC
+comes): then the ADD taking its port also removes the rest of its mappings.
+So the files are never fsync'ed: what a power loss could cost them (a lost,
+stale or empty file) describes mappings the reboot removed anyway, and an
+unreadable file is unowned.
 """
 
 from __future__ import annotations
@@ -62,7 +65,7 @@ def ports_dir(root: str) -> str:
 
 @contextlib.contextmanager
 def locked(root: str) -> Iterator[None]:
-    os.makedirs(ports_dir(root), mode=0o700, exist_ok=True)
+    state.make_dirs(ports_dir(root), root)
     with files.flocked(os.path.join(ports_dir(root), "lock")):
         yield
 
@@ -90,15 +93,67 @@ def boot_id() -> str:
 
 
 def is_live(root: str, owner: Owner) -> bool:
+    return liveness(root, owner) == (True, "")
+
+
+def liveness(root: str, owner: Owner) -> tuple[bool, str]:
+    """(live, why it is dead): an owner without a portmap journal, or with one of
+    an earlier boot, is stale (why ""); one whose journal names a host veth or
+    network namespace that no longer exists is dead, and why says which."""
     journal = state.Journal(root, owner.network, owner.container_id, owner.ifname)
     try:
-        record = journal.section("portmap")
+        data = journal.load()
     except CNIError:
-        return True  # a corrupt journal is not proof of death: keep the owner
-    if record is None:
-        return False
+        return True, ""  # a corrupt journal is not proof of death: keep the owner
+    record = data.get("portmap")
+    if not isinstance(record, dict):
+        return False, ""
     made_in = record.get("boot")
-    return not (made_in and boot_id() and made_in != boot_id())
+    if made_in and boot_id() and made_in != boot_id():
+        return False, ""
+    why = vanished(record, data.get("bridge"))
+    return not why, why
+
+
+def vanished(record: dict[str, Any], bridge: Any) -> str:
+    """Which of the owner's kernel objects its journal proves gone, or "": the host
+    veth (one ioctl; it dies with the container's namespace), else, when no veth
+    is known, the namespace's path. Only finished ADDs' names count."""
+    veth = str(record.get("hostVeth") or "") if record.get("state") == "done" else ""
+    if not veth and isinstance(bridge, dict) and bridge.get("state") == "added":
+        veth = str(bridge.get("hostVeth") or "")
+    if veth:
+        return "" if link_exists(veth) else f"its host veth {veth} is gone"
+    netns = str(record.get("netns") or (bridge.get("netns") if isinstance(bridge, dict) else "") or "")
+    return f"its network namespace {netns} is gone" if netns and netns_gone(netns) else ""
+
+
+def link_exists(name: str) -> bool:
+    """Is there a link of this name in our (the node's) namespace? True when it cannot tell."""
+    import socket
+
+    try:
+        socket.if_nametoindex(name)
+    except OSError as exc:  # "no interface with this name" carries no errno; a failed socket() does
+        return exc.errno is not None
+    except ValueError:  # a name no interface can have
+        return False
+    return True
+
+
+def netns_gone(path: str) -> bool:
+    """Is `path` provably no network namespace any more (missing, or a plain file
+    left after its bind mount went)? False when it cannot tell."""
+    import stat
+
+    try:
+        st = os.stat(path)
+        own = os.stat("/proc/self/ns/net")
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    return not stat.S_ISREG(st.st_mode) or st.st_dev != own.st_dev
 
 
 def name_sharers(root: str, me: Owner) -> list[tuple[Owner, dict[str, Any]]]:
@@ -129,11 +184,12 @@ def name_sharers(root: str, me: Owner) -> list[tuple[Owner, dict[str, Any]]]:
 
 
 class Takeover:
-    __slots__ = ("claim", "live")
+    __slots__ = ("claim", "dead", "live")
 
-    def __init__(self, claim: Claim, live: bool) -> None:
+    def __init__(self, claim: Claim, live: bool, dead: str = "") -> None:
         self.claim = claim
         self.live = live
+        self.dead = dead  # why the owner is proven gone (its leftovers go with the takeover), or ""
 
 
 def check(root: str, me: Owner, mappings: list[PortMapping], last_wins: bool) -> list[Takeover]:
@@ -145,7 +201,7 @@ def check(root: str, me: Owner, mappings: list[PortMapping], last_wins: bool) ->
             claim = read(path)
             if claim is None or claim.owner == me:
                 continue
-            live = is_live(root, claim.owner)
+            live, dead = liveness(root, claim.owner)
             if live and not last_wins:
                 port = os.path.basename(path).rsplit("_", 1)[1]
                 where = f"{m.host_ip}:" if m.host_ip else ""
@@ -155,7 +211,7 @@ def check(root: str, me: Owner, mappings: list[PortMapping], last_wins: bool) ->
                     'set "conflictPolicy": "last-wins" in the portmap config to take it over',
                 )
             found.setdefault(json.dumps([claim.map_name, claim.key, claim.chain], sort_keys=True),
-                             Takeover(claim, live))
+                             Takeover(claim, live, dead))
     return list(found.values())
 
 

@@ -10,7 +10,9 @@ and re-creating the nft table after a flush.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import fcntl
 import json
 import os
 import re
@@ -23,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from cni.agent_client import MAGIC, Answer, encode_request, frame, recv_answer
+from cni.agent_client import GO, MAGIC, START, Answer, encode_request, frame, recv_answer, recv_frame
 from tests import harness
 from tests.netns.portmap_helpers import Pod
 
@@ -375,11 +377,16 @@ def test_hostile_requests_do_not_kill_it(topo: harness.Topology, agent: AgentPro
 
 
 def ask(sock: Path, payload: bytes) -> Answer:
+    """Send a request as the thin client does: say "go" when the agent asks."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
         conn.settimeout(15)
         conn.connect(str(sock))
         conn.sendall(payload)
-        return recv_answer(conn)
+        head = recv_frame(conn, 4096)
+        if head == START:
+            conn.sendall(frame(GO))
+            return recv_answer(conn)
+        return recv_answer(conn, head=head)
 
 
 def test_non_root_peer_is_refused(topo: harness.Topology, agent: AgentProc) -> None:
@@ -470,3 +477,84 @@ def test_flush_is_repaired_from_the_journals(topo: harness.Topology, agent: Agen
 def fixes(agent: AgentProc) -> int:
     """Reconciles that re-created something (no-op ones may run while the table is absent)."""
     return len(re.findall(r"reconcile after a flush: [1-9][0-9]* fix", agent.log()))
+
+
+def test_slow_callers_cannot_starve_it(topo: harness.Topology, agent: AgentProc) -> None:
+    """Twenty connections announcing 1 MiB and sending a byte now and then hold
+    no worker; a real call is served at once, and each of them is dropped within
+    the total deadline of its request."""
+    node = topo.node
+    agent.kill()
+    agent.start("--max-workers", "2", "--check-interval", "0")
+    stop = threading.Event()
+    drips: list[socket.socket] = []
+
+    def drip(conn: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            conn.sendall((1 << 20).to_bytes(4, "big"))
+            while not stop.wait(0.5):
+                conn.sendall(b"x")
+
+    for _ in range(20):
+        conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        conn.connect(str(agent.sock))
+        drips.append(conn)
+    threads = [threading.Thread(target=drip, args=(c,), daemon=True) for c in drips]
+    for t in threads:
+        t.start()
+    try:
+        conf = harness.bridge_conf("drip", "10.94.0.0/24")
+        conf["ipam"]["dataDir"] = str(node.data_dir)
+        netns = topo.container()
+        res = node.plugin("berth-bridge", "ADD", conf, container_id="dr1", netns=netns.path,
+                          env={"BERTH_AGENT_TIMEOUT": "20"})
+        res.ok()
+        assert agent.served("ADD", "dr1", 1) == 1  # by the agent, not in-process
+        assert harness.wait_for(lambda: agent.log().count("not complete within") == 20, timeout=60), agent.log()
+        node.plugin("berth-bridge", "DEL", conf, container_id="dr1", netns=netns.path).ok()
+    finally:
+        stop.set()
+        for conn in drips:
+            conn.close()
+    assert agent.alive() and journals(node) == []
+
+
+def test_a_call_its_caller_gave_up_on_never_runs(topo: harness.Topology, agent: AgentProc) -> None:
+    """The only worker is busy; a caller that stops waiting runs its call itself,
+    and the agent, once free, never runs it a second time."""
+    node = topo.node
+    agent.kill()
+    agent.start("--max-workers", "1", "--spare-workers", "1", "--check-interval", "0")
+    slow = harness.bridge_conf("slow", "10.95.0.0/24", bridge="bt1")
+    quick = harness.bridge_conf("quick", "10.96.0.0/24", bridge="bt2")
+    for conf in (slow, quick):
+        conf["ipam"]["dataDir"] = str(node.data_dir)
+    held, gave_up = topo.container(), topo.container()
+    (node.state_dir / "slow").mkdir(mode=0o700)
+    results: dict[str, harness.PluginResult] = {}
+    with open(node.state_dir / "slow" / "journal.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # the slow call waits for it in the only worker
+        blocker = threading.Thread(target=lambda: results.setdefault(
+            "slow", node.plugin("berth-bridge", "ADD", slow, container_id="sl1", netns=held.path)))
+        blocker.start()
+        lock_path = str(node.state_dir / "slow" / "journal.lock")
+        assert harness.wait_for(lambda: any(holds_open(pid, lock_path) for pid in workers(agent)), timeout=30)
+        res = node.plugin("berth-bridge", "ADD", quick, container_id="qk1", netns=gave_up.path,
+                          env={"BERTH_AGENT_TIMEOUT": "1"})
+        assert res.rc == 0, res  # not "try again later": it ran here, in-process
+    blocker.join(60)
+    assert harness.wait_for(lambda: "caller gone before its call started: not run" in agent.log(), timeout=30)
+    assert agent.served("ADD", "sl1", 1) == 1 and agent.served("ADD", "qk1") == 0, agent.log()
+    assert sorted(gave_up.links()) == ["eth0", "lo"]  # once: the agent never ran it a second time
+    node.plugin("berth-bridge", "DEL", quick, container_id="qk1", netns=gave_up.path).ok()
+    node.plugin("berth-bridge", "DEL", slow, container_id="sl1", netns=held.path).ok()
+    assert gave_up.links() == ["lo"] and journals(node) == []
+    assert leases(node, "quick") == [] and agent.alive()
+
+
+def holds_open(pid: int, path: str) -> bool:
+    """Has process `pid` the file `path` open (a worker waiting for its lock)?"""
+    try:
+        return any(os.readlink(f"/proc/{pid}/fd/{fd}") == path for fd in os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return False

@@ -107,8 +107,50 @@ def put(config: dict[str, Any], path: str, value: Any) -> None:
 
 # --- the isolated in-process runner ----------------------------------------------
 
+CONTAINER = "@container"  # CNI_NETNS placeholder: the container namespace run_isolated makes
+
+
+class ContainerNetns:
+    """A grandchild in a fresh netns of its own, the container's: it holds the
+    namespace until released, then reports the links left in it."""
+
+    def __init__(self) -> None:
+        ready_r, ready_w = os.pipe()
+        self.release_r, self.release_w = os.pipe()
+        self.report_r, report_w = os.pipe()
+        self.pid = os.fork()
+        if self.pid == 0:
+            try:
+                for fd in (ready_r, self.release_w, self.report_r):
+                    os.close(fd)  # else our own write end keeps the release read from ever ending
+                if harness._libc.unshare(CLONE_NEWNET) != 0:
+                    os._exit(3)
+                os.write(ready_w, b"x")
+                os.read(self.release_r, 1)
+                os.write(report_w, json.dumps(sorted(n for _i, n in socket.if_nameindex())).encode())
+            finally:
+                os._exit(0)
+        for fd in (ready_w, self.release_r, report_w):
+            os.close(fd)
+        ok = os.read(ready_r, 1) == b"x"
+        os.close(ready_r)
+        assert ok, "the container namespace could not be made"
+
+    @property
+    def path(self) -> str:
+        return f"/proc/{self.pid}/ns/net"
+
+    def release(self) -> list[str]:
+        os.close(self.release_w)
+        with os.fdopen(self.report_r, "rb") as fh:
+            links: list[str] = json.loads(fh.read() or b"[]")
+        os.waitpid(self.pid, 0)
+        return links
+
+
 def run_isolated(plugin: str, environ: dict[str, str], data: bytes, cwd: str) -> dict[str, Any]:
-    """skel.run of the real plugin in a forked child inside a fresh netns."""
+    """skel.run of the real plugin in a forked child inside a fresh netns (the
+    node's), with a container namespace of its own when CNI_NETNS asks for it."""
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:  # child: never returns into pytest
@@ -122,6 +164,9 @@ def run_isolated(plugin: str, environ: dict[str, str], data: bytes, cwd: str) ->
                     harness._libc.mount(b"tmpfs", b"/var/lib", b"tmpfs", 0, b"mode=0755") != 0:
                 os._exit(4)
             os.chdir(cwd)
+            container = ContainerNetns() if environ.get("CNI_NETNS") == CONTAINER else None
+            if container is not None:
+                environ = {**environ, "CNI_NETNS": container.path}
             from cni import invoke, main, skel
             from portmap import nft
 
@@ -134,11 +179,12 @@ def run_isolated(plugin: str, environ: dict[str, str], data: bytes, cwd: str) ->
             chains = sorted({o["chain"]["name"] for o in table or [] if "chain" in o} - STATIC_CHAINS)
             elems = sorted(o[k]["name"] for o in table or [] for k in ("map",) if k in o and o[k].get("elem"))
             links = sorted(name for _i, name in socket.if_nameindex())
+            container_links = container.release() if container is not None else []
             payload = {"rc": rc, "out": out.getvalue(), "err": err.getvalue(), "links": links,
-                       "chains": chains, "elems": elems}
+                       "container_links": container_links, "chains": chains, "elems": elems}
         except BaseException as exc:
             payload = {"rc": -1, "out": "", "err": f"child crashed: {type(exc).__name__}: {exc}", "links": [],
-                       "chains": [], "elems": []}
+                       "container_links": [], "chains": [], "elems": []}
         with os.fdopen(w, "wb") as fh:
             fh.write(json.dumps(payload).encode())
         os._exit(0)
@@ -180,6 +226,7 @@ def check_answer(res: dict[str, Any], plugin: str, bridge: str = "bh0") -> None:
     assert answer["code"] in FITTING, f"{plugin}: unfitting code {answer}"
     # a failed call changes nothing in its namespace (the bridge itself may stay, as upstream's)
     assert set(res["links"]) <= {"lo", bridge}, res
+    assert set(res["container_links"]) <= {"lo"}, res
     assert res["chains"] == [] and res["elems"] == [], res
 
 
@@ -206,7 +253,7 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory, bin_dir: Path,
 
 
 def env_for(sandbox: dict[str, Any], command: str, **over: str) -> dict[str, str]:
-    env = {"CNI_COMMAND": command, "CNI_CONTAINERID": "c1", "CNI_NETNS": "/proc/self/ns/net",
+    env = {"CNI_COMMAND": command, "CNI_CONTAINERID": "c1", "CNI_NETNS": CONTAINER,
            "CNI_IFNAME": "eth0", "CNI_ARGS": "", "CNI_PATH": str(sandbox["bin"]),
            "BERTH_STATE_DIR": str(sandbox["root"] / "state"), "BERTH_AGENT_SOCKET": "/nonexistent/berth.sock",
            "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
@@ -293,6 +340,9 @@ EXEC_CASES: list[tuple[str, str, dict[str, str], Any, set[int]]] = [
     ("berth-portmap", "DEL", {"CNI_CONTAINERID": "a" * 5000}, None, {4}),
     ("berth-bridge", "ADD", {}, {"mtu": 2**64}, {7}),
     ("berth-bridge", "CHECK", {}, {"cniVersion": "ü" * 100}, {1}),
+    # berth's own non-IPAM executables as the IPAM type: never an exec of the CLI
+    *(("berth-bridge", verb, {}, {"ipam": {"type": name, "ranges": [[{"subnet": "10.66.0.0/24"}]]}}, {7})
+      for name in ("berth", "berth-bridge", "berth-portmap") for verb in ("ADD", "CHECK")),
 ]
 
 
@@ -324,3 +374,51 @@ def test_exec_ten_megabytes(topo: harness.Topology, plugin: str) -> None:
         assert res.rc == 1 and "Traceback" not in res.stderr, res.stderr[-500:]
         assert res.json["code"] in (6, 7), res.stdout[:500]
     assert _node_state(node) == before
+
+
+def test_the_nodes_own_namespace_is_never_taken_for_the_containers(topo: harness.Topology) -> None:
+    """ADD and CHECK answer 8; DEL never deletes the node's own interface of that name."""
+    node = topo.node
+    node.ip("link", "add", "eth9", "type", "veth", "peer", "name", "eth9p")  # the node's own interface
+    conf = harness.bridge_conf("ownns", "10.66.0.0/24")
+    conf["ipam"]["dataDir"] = str(node.data_dir)
+    before = _node_state(node)
+    for netns in ("/proc/self/ns/net", "/proc/thread-self/ns/net", node.path):
+        for ifname in ("eth0", "eth9"):
+            res = node.plugin("berth-bridge", "ADD", conf, container_id="own1", netns=netns, ifname=ifname)
+            assert res.rc == 1 and res.json["code"] == 8, res
+            assert "own network namespace" in res.json["msg"], res
+            check = node.plugin("berth-bridge", "CHECK", {**conf, "prevResult": {"cniVersion": "1.0.0"}},
+                                container_id="own1", netns=netns, ifname=ifname)
+            assert check.rc == 1 and check.json["code"] == 8, check
+            node.plugin("berth-bridge", "DEL", conf, container_id="own1", netns=netns, ifname=ifname).ok()
+            assert _node_state(node) == before
+    assert [p for p in node.state_dir.rglob("*.json")] == []
+    assert list((node.data_dir / "ownns").glob("10.*")) == []  # no lease either
+    # a real container's ADD and DEL still work next to it
+    netns = node.container()
+    node.plugin("berth-bridge", "ADD", conf, container_id="own2", netns=netns.path).ok()
+    node.plugin("berth-bridge", "DEL", conf, container_id="own2", netns=netns.path).ok()
+    assert "eth9" in node.links()
+
+
+def test_a_state_dir_berth_cannot_use_is_code_5_naming_it(topo: harness.Topology, tmp_path: Path) -> None:
+    node = topo.node
+    plain = tmp_path / "plain-file"
+    plain.write_text("")
+    conf = harness.bridge_conf("badstate", "10.67.0.0/24")
+    conf["ipam"]["dataDir"] = str(node.data_dir)
+    pm = {"cniVersion": "1.0.0", "name": "badstate", "type": "berth-portmap",
+          "runtimeConfig": {"portMappings": [{"hostPort": 18090, "containerPort": 80}]},
+          "prevResult": {"cniVersion": "1.0.0", "ips": [{"address": "10.67.0.5/24"}]}}
+    before = _node_state(node)
+    netns = node.container()
+    for root in (str(plain), "/proc", str(plain / "below")):
+        env = {"BERTH_STATE_DIR": root}
+        for plugin, verb, config in (("berth-bridge", "ADD", conf), ("berth-portmap", "ADD", pm),
+                                     ("berth-portmap", "DEL", pm), ("berth-bridge", "DEL", conf)):
+            res = node.plugin(plugin, verb, config, container_id="bs1", netns=netns.path, env=env)
+            assert res.rc == 1 and res.json["code"] == 5, (root, plugin, verb, res)
+            assert root in res.json["msg"] and "Traceback" not in res.stderr, res
+        assert netns.links() == ["lo"] and _node_state(node) == before
+    assert plain.read_text() == "" and list((node.data_dir / "badstate").glob("10.*")) == []

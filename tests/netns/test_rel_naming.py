@@ -12,6 +12,8 @@ the first attachment is touched by it or by its DEL.
 from __future__ import annotations
 
 import copy
+import json
+from pathlib import Path
 from typing import Any
 
 from portmap import layout
@@ -128,3 +130,76 @@ def test_networks_whose_names_join_alike_never_share_a_dnat_chain(topo: harness.
     (node.state_dir / "kept.json").rename(node.state_dir / "ab" / "c1:eth0.json")
     first.delete()
     assert "CNI-DN-" not in node.nft_text() and journal_names(node) == []
+
+
+# An older berth's ipMasq element: tagged with the tag of its day (layout.legacy_ipmasq_tag)
+RETAG = """
+import json, sys
+from portmap import layout, nft
+cidr, new, old = json.loads(sys.argv[1])
+nft.apply(layout.ipmasq_del(layout.ipmasq_elements([cidr], new)) + layout.ipmasq_add([cidr], old, None, []))
+"""
+
+
+def as_an_older_berth_left_it(topo: harness.Topology, att: Attachment) -> Path:
+    """Rename the journal to <containerID>-<ifname>.json and drop what older berths did not record."""
+    node = topo.node
+    new = node.state_dir / att.network / f"{att.cid}:{att.ifname}.json"
+    old = node.state_dir / att.network / f"{att.cid}-{att.ifname}.json"
+    data = json.loads(new.read_text())
+    for key in ("hostVeth", "netns"):
+        data["portmap"].pop(key)
+    masq = data["bridge"]["masq"]
+    legacy = layout.legacy_ipmasq_tag(att.network, att.cid, att.ifname)
+    node.exec([harness.ROOT.joinpath(".venv/bin/python").as_posix(), "-c", RETAG,
+               json.dumps([att.result["ips"][0]["address"] if att.result else "", masq["tag"], legacy])],
+              env={"PYTHONPATH": str(harness.ROOT), "PATH": "/usr/bin:/bin"})
+    masq["tag"] = legacy
+    old.write_text(json.dumps(data, indent=1, sort_keys=True))
+    old.chmod(0o600)
+    new.unlink()
+    return old
+
+
+def test_journals_with_the_older_names_are_found_by_del_gc_list_and_reconcile(topo: harness.Topology) -> None:
+    node = topo.node
+    deleted = Attachment(topo, "up1", "eth0", 18091)
+    collected = Attachment(topo, "up2", "eth0", 18092)
+    shared = Attachment(topo, "a", "b-c", 18093)  # a-b-c.json: also the older name of ("a-b", "c")
+    olds = {}
+    for att in (deleted, collected, shared):
+        att.add().ok()
+        olds[att.cid] = as_an_older_berth_left_it(topo, att)
+    assert journal_names(node) == ["nm/a-b-c.json", "nm/up1-eth0.json", "nm/up2-eth0.json"]
+
+    rows = json.loads(node.berth("list", "--json").stdout)
+    assert {(r["containerID"], r["ifname"]): r["rules"] for r in rows} == {
+        ("up1", "eth0"): "ok", ("up2", "eth0"): "ok", ("a", "b-c"): "ok"}
+
+    node.exec(["nft", "flush", "ruleset"])
+    proc = node.berth("reconcile")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert all(att.reachable(topo) for att in (deleted, collected, shared))
+    assert masq_addresses(node) == sorted(att.address for att in (deleted, collected, shared))
+
+    # a new attachment whose new name's old reading is a-b-c.json leaves that journal alone
+    newcomer = Attachment(topo, "a-b", "c", 18094)
+    newcomer.add().ok()
+    assert "nm/a-b:c.json" in journal_names(node) and olds["a"].exists()
+    newcomer.delete()
+    assert olds["a"].exists() and shared.reachable(topo)
+
+    deleted.delete(netns="")  # DEL from the journal alone, as containerd's second DEL
+    assert not olds["up1"].exists() and deleted.host_veth not in node.links()
+
+    valid = [{"containerID": "a", "ifname": "b-c"}]
+    pm_gc = {"cniVersion": "1.1.0", "name": "nm", "type": "berth-portmap", "cni.dev/valid-attachments": valid}
+    node.plugin("berth-portmap", "GC", pm_gc).ok()
+    node.plugin("berth-bridge", "GC", {**collected.bridge_conf, "cniVersion": "1.1.0",
+                                       "cni.dev/valid-attachments": valid}).ok()
+    assert not olds["up2"].exists() and collected.host_veth not in node.links()
+    assert masq_addresses(node) == [shared.address] and shared.reachable(topo)
+
+    shared.delete()
+    assert journal_names(node) == [] and masq_addresses(node) == []
+    assert "CNI-DN-" not in node.nft_text()

@@ -1,8 +1,10 @@
 """The agent's wire format and the thin client's rules, without root or a kernel.
 
 A fake agent (a thread on a Unix socket in tmp_path) answers, refuses, hangs or
-hangs up, and the client must print the answer, fall back only when nothing
-was sent (or the agent says it did nothing), and answer code 11 otherwise.
+hangs up, before or after the start/go handshake, and the client must print
+the answer, run in-process when the call was not started (nothing sent, no
+"start" in time, a hang-up or a fallback before it), and answer code 11 when
+it had said "go" and got no good answer.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -60,6 +63,14 @@ class FakeAgent:
         data = recv_frame(conn, 1 << 23)
         self.requests.append((header, data))
         return header, data
+
+    def start(self, conn: socket.socket) -> bool:
+        """The agent's side of the handshake: True when the caller said "go"."""
+        return agent.caller_says_go(conn)
+
+    def read_and_start(self, conn: socket.socket) -> None:
+        self.read_request(conn)
+        assert self.start(conn)
 
     def close(self) -> None:
         self.sock.close()
@@ -122,7 +133,7 @@ def test_default_socket_path() -> None:
 
 def test_answer_is_printed_and_only_cni_berth_path_env_is_sent(fake: Any) -> None:
     def behave(fa: FakeAgent, conn: socket.socket) -> None:
-        fa.read_request(conn)
+        fa.read_and_start(conn)
         conn.sendall(encode_answer(Answer(0, '{"cniVersion": "1.0.0"}\n', "note\n")))
 
     fa = fake(behave)
@@ -141,7 +152,7 @@ def test_error_answer_keeps_its_rc(fake: Any) -> None:
     body = json.dumps({"cniVersion": "1.0.0", "code": 7, "msg": "bad"}) + "\n"
 
     def behave(fa: FakeAgent, conn: socket.socket) -> None:
-        fa.read_request(conn)
+        fa.read_and_start(conn)
         conn.sendall(encode_answer(Answer(1, body, "")))
 
     rc, _left, out, _err = call(fake(behave).path)
@@ -157,7 +168,7 @@ def test_fallback_answer_hands_back_the_stdin_read(fake: Any) -> None:
     assert (rc, left, out) == (None, CONF, "")
 
 
-# --- sent, then trouble: never redo, answer 11 ------------------------------------------
+# --- not started: run in-process; started, then trouble: never redo, answer 11 --------------
 
 def _assert_try_again(rc: int | None, left: bytes | None, out: str) -> dict[str, Any]:
     assert rc == 1 and left is None
@@ -166,19 +177,63 @@ def _assert_try_again(rc: int | None, left: bytes | None, out: str) -> dict[str,
     return err
 
 
-def test_agent_hangs_up_after_request_is_code_11(fake: Any) -> None:
+def test_a_hang_up_before_the_start_runs_in_process(fake: Any) -> None:
     def behave(fa: FakeAgent, conn: socket.socket) -> None:
-        fa.read_request(conn)  # ... and close without an answer (a crashed child)
+        fa.read_request(conn)  # ... and close without starting (a crashed child, an agent stopping)
+
+    assert call(fake(behave).path)[:3] == (None, CONF, "")
+
+
+def test_no_start_by_the_deadline_runs_in_process_and_never_in_the_agent(fake: Any) -> None:
+    """The caller gives up waiting for a busy agent: the agent's later "start" gets no "go"."""
+    gave_up = threading.Event()
+    went: list[bool] = []
+
+    def behave(fa: FakeAgent, conn: socket.socket) -> None:
+        fa.read_request(conn)
+        gave_up.wait(30)
+        went.append(fa.start(conn))
+
+    fa = fake(behave)
+    assert call(fa.path, {"BERTH_AGENT_TIMEOUT": "0.3"})[:3] == (None, CONF, "")
+    gave_up.set()
+    assert harness_wait(lambda: went == [False])
+
+
+def test_the_start_deadline_is_capped(fake: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(agent_client, "START_TIMEOUT", 0.3)
+    release = threading.Event()
+
+    def behave(fa: FakeAgent, conn: socket.socket) -> None:
+        fa.read_request(conn)
+        release.wait(30)
+
+    fa = fake(behave)
+    assert call(fa.path, {"BERTH_AGENT_TIMEOUT": "200"})[:2] == (None, CONF)
+    release.set()
+
+
+def test_a_fallback_after_go_runs_in_process(fake: Any) -> None:
+    def behave(fa: FakeAgent, conn: socket.socket) -> None:
+        fa.read_and_start(conn)
+        conn.sendall(encode_answer(Answer(fallback="not run after all")))
+
+    assert call(fake(behave).path)[:2] == (None, CONF)
+
+
+def test_agent_hangs_up_after_go_is_code_11(fake: Any) -> None:
+    def behave(fa: FakeAgent, conn: socket.socket) -> None:
+        fa.read_and_start(conn)  # ... and close without an answer (a crashed child)
 
     rc, left, out, _err = call(fake(behave).path)
     _assert_try_again(rc, left, out)
 
 
-def test_timeout_after_request_is_code_11(fake: Any) -> None:
+def test_timeout_after_go_is_code_11(fake: Any) -> None:
     release = threading.Event()
 
     def behave(fa: FakeAgent, conn: socket.socket) -> None:
-        fa.read_request(conn)
+        fa.read_and_start(conn)
         release.wait(5)
 
     fa = fake(behave)
@@ -187,27 +242,72 @@ def test_timeout_after_request_is_code_11(fake: Any) -> None:
     assert "timed out" in _assert_try_again(rc, left, out)["msg"]
 
 
-@pytest.mark.parametrize("answer", [
+def test_the_answer_deadline_is_total_not_per_read(fake: Any) -> None:
+    """An answer trickling in a byte at a time gets no more time than the deadline."""
+    done = threading.Event()
+
+    def behave(fa: FakeAgent, conn: socket.socket) -> None:
+        fa.read_and_start(conn)
+        for byte in encode_answer(Answer(0, "x" * 200, "")):
+            if done.wait(0.05):
+                return
+            conn.sendall(bytes([byte]))
+
+    fa = fake(behave)
+    rc, left, out, _err = call(fa.path, {"BERTH_AGENT_TIMEOUT": "1"})
+    stopped_early = not done.is_set()
+    done.set()
+    assert "timed out" in _assert_try_again(rc, left, out)["msg"] and stopped_early
+
+
+BROKEN = [
     frame(b"not an answer") + frame(b"") + frame(b""), frame(b"rc\0-1") + frame(b"") + frame(b""),
     frame(b"rc\0") + frame(b"") + frame(b""), frame(b"rc\01"), frame(b"rc\0" + b"9" * 5000),
     frame(b"rc\00") + frame(b"out"), b"\0\0",
-])
-def test_broken_answer_is_code_11(fake: Any, answer: bytes) -> None:
+]
+
+
+@pytest.mark.parametrize("answer", BROKEN)
+def test_broken_answer_after_go_is_code_11(fake: Any, answer: bytes) -> None:
     def behave(fa: FakeAgent, conn: socket.socket) -> None:
-        fa.read_request(conn)
+        fa.read_and_start(conn)
         conn.sendall(answer)
 
     rc, left, out, _err = call(fake(behave).path)
     _assert_try_again(rc, left, out)
 
 
-def test_oversized_answer_is_code_11(fake: Any) -> None:
+@pytest.mark.parametrize("answer", BROKEN)
+def test_broken_answer_before_the_start_runs_in_process(fake: Any, answer: bytes) -> None:
     def behave(fa: FakeAgent, conn: socket.socket) -> None:
         fa.read_request(conn)
+        conn.sendall(answer)
+
+    assert call(fake(behave).path)[:2] == (None, CONF)
+
+
+def test_oversized_answer_is_code_11(fake: Any) -> None:
+    def behave(fa: FakeAgent, conn: socket.socket) -> None:
+        fa.read_and_start(conn)
         conn.sendall(frame(b"rc\00") + (agent_client.MAX_ANSWER_BYTES + 1).to_bytes(4, "big"))
 
     rc, left, out, _err = call(fake(behave).path)
     _assert_try_again(rc, left, out)
+
+
+def test_a_refusal_needs_no_start(fake: Any) -> None:
+    def behave(fa: FakeAgent, conn: socket.socket) -> None:
+        fa.read_request(conn)
+        conn.sendall(encode_answer(Answer(1, "", "berth agent: root only\n")))
+
+    assert call(fake(behave).path)[:2] == (1, None)
+
+
+def harness_wait(predicate: Callable[[], bool], timeout: float = 30) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not predicate():
+        time.sleep(0.02)
+    return predicate()
 
 
 def test_stdin_is_forwarded_up_to_the_limit_plus_one(fake: Any, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -246,7 +346,7 @@ def test_smuggled_env_is_dropped_by_the_server_too() -> None:
 
 
 def test_parse_request_other_protocol_is_a_fallback() -> None:
-    answer = agent.parse_request(b"berth-agent/2\0x\0y\0z")
+    answer = agent.parse_request(b"berth-agent/1\0x\0y\0z")
     assert isinstance(answer, Answer) and answer.fallback is not None
 
 
@@ -273,6 +373,44 @@ def test_recv_frame_limits_and_early_close() -> None:
         a.close()
         with pytest.raises(EOFError):
             recv_frame(b, 100)
+
+
+def test_the_agent_runs_a_request_only_after_go(monkeypatch: pytest.MonkeyPatch) -> None:
+    ran: list[agent.Request] = []
+    monkeypatch.setattr(agent, "run_call", lambda req, data: ran.append(req) or Answer(0, "{}\n"))
+    own = agent_client.netns_id()
+    raw = frame(encode_request("berth-bridge", ENV, "", own)) + frame(CONF)
+    conn, caller = socket.socketpair()
+    caller.close()  # gave up before the start
+    with conn:
+        assert agent.serve_request(conn, raw, own) and ran == []
+    conn, caller = socket.socketpair()
+    with conn, caller:
+        caller.sendall(frame(b"no"))  # anything but "go"
+        assert agent.serve_request(conn, raw, own) and ran == []
+    conn, caller = socket.socketpair()
+    with conn, caller:
+        caller.sendall(frame(agent_client.GO))
+        assert agent.serve_request(conn, raw, own) and len(ran) == 1
+        assert recv_frame(caller, 16) == agent_client.START
+        assert agent_client.recv_answer(caller).stdout == "{}\n"
+
+
+def test_the_parent_reads_two_frames_within_their_limits() -> None:
+    a, b = socket.socketpair()
+    with a, b:
+        pending = agent.Pending(a, 0.0)
+        assert pending.missing() == 4
+        pending.buf += frame(b"head")[:6]
+        assert pending.missing() == 6
+        pending.buf += frame(b"head")[6:] + frame(b"xyz")
+        assert pending.missing() == 0
+        assert agent.split_request(bytes(pending.buf)) == (b"head", b"xyz")
+        for raw in ((agent_client.MAX_HEADER_BYTES + 1).to_bytes(4, "big"),
+                    frame(b"h") + (agent.MAX_STDIN_BYTES + 2).to_bytes(4, "big")):
+            pending.buf = bytearray(raw)
+            with pytest.raises(ValueError):
+                pending.missing()
 
 
 def test_outcome_and_describe() -> None:
@@ -302,7 +440,7 @@ HEAVY = ("pyroute2", "nftables", "asyncio", "cni.bridge", "ipam", "portmap", "cn
 
 def test_forwarding_plugin_imports_nothing_heavy(fake: Any, tmp_path: Path) -> None:
     def behave(fa: FakeAgent, conn: socket.socket) -> None:
-        fa.read_request(conn)
+        fa.read_and_start(conn)
         conn.sendall(encode_answer(Answer(0, "{}\n", "")))
 
     proc = run_thin(fake(behave), importtime=True)
@@ -332,7 +470,7 @@ def run_thin(fa: FakeAgent, env: dict[str, str] | None = None, importtime: bool 
 
 def test_forwarded_call_exits_fast_with_all_output_flushed(fake: Any) -> None:
     def behave(fa: FakeAgent, conn: socket.socket) -> None:
-        fa.read_request(conn)
+        fa.read_and_start(conn)
         conn.sendall(encode_answer(Answer(3, '{"code": 7}\n' + "x" * 100_000 + "\n", "berth-bridge: warned\n")))
 
     proc = run_thin(fake(behave))
@@ -343,7 +481,7 @@ def test_forwarded_call_exits_fast_with_all_output_flushed(fake: Any) -> None:
 
 def test_code_11_after_a_hang_up_is_flushed_too(fake: Any) -> None:
     def behave(fa: FakeAgent, conn: socket.socket) -> None:
-        fa.read_request(conn)  # and hang up without an answer
+        fa.read_and_start(conn)  # and hang up without an answer
 
     proc = run_thin(fake(behave))
     assert proc.returncode == 1 and json.loads(proc.stdout)["code"] == 11, proc

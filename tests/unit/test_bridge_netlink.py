@@ -4,6 +4,7 @@ netns checks, lazy pyroute2."""
 from __future__ import annotations
 
 import errno
+import os
 import re
 import struct
 import subprocess
@@ -121,6 +122,9 @@ def test_reply_framing_multipart_dump_and_errors() -> None:
 
 def test_check_netns(tmp_path: Path) -> None:
     netns.check("/proc/self/ns/net")
+    for own in ("/proc/self/ns/net", "/proc/thread-self/ns/net", f"/proc/{os.getpid()}/ns/net"):
+        with pytest.raises(netns.OwnNetns):  # a namespace, but ours: never a container's
+            netns.check_container(own)
     with pytest.raises(netns.NetnsNotFound):
         netns.check(str(tmp_path / "missing"))
     plain = tmp_path / "plain"

@@ -178,3 +178,26 @@ def test_self_link_on_path_runs_in_process(tmp_path: Path, monkeypatch: pytest.M
     fake = PluginFuncs(name="berth-host-local", add=lambda a: {"cniVersion": "1.1.0", "ips": []})
     own(monkeypatch, lambda name: fake if name == "host-local" else None, str(target))
     assert invoke.delegate("host-local", "ADD", make_args([str(tmp_path)])) == {"cniVersion": "1.1.0", "ips": []}
+
+
+@pytest.mark.parametrize("ipam_type", ["berth", "berth-bridge", "berth-portmap", "bridge", "portmap", "my-ipam"])
+def test_berths_own_non_ipam_names_are_no_ipam_type(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   ipam_type: str) -> None:
+    """The CLI, the bridge or portmap as IPAM (by name, or a link on CNI_PATH to this
+    executable): error 7, never an exec of the CLI nor a bridge calling itself."""
+    target = script(tmp_path, "berth", "echo usage: berth COMMAND >&2; exit 2")
+    for name in ("bridge", "portmap", "my-ipam", "berth-bridge", "berth-portmap"):
+        (tmp_path / name).symlink_to(target)
+    from cni import main
+
+    own(monkeypatch, main.plugin_funcs, str(target))
+    err = raises(errors.INVALID_NETWORK_CONFIG, invoke.delegate, ipam_type, "ADD", make_args([str(tmp_path)]))
+    assert "invalid IPAM type" in err.msg
+
+
+def test_bridge_config_refuses_berths_non_ipam_names() -> None:
+    from cni import bridge_conf
+
+    for ipam_type in ("berth", "berth-bridge", "berth-portmap"):
+        config = {"cniVersion": "1.0.0", "name": "n", "type": "berth-bridge", "ipam": {"type": ipam_type}}
+        raises(errors.INVALID_NETWORK_CONFIG, bridge_conf.parse, config, {})

@@ -55,6 +55,21 @@ def test_add_writes_upstream_bytes_and_modes(tmp_path: Path) -> None:
     assert stat.S_IMODE((tmp_path / NET / "10.22.0.2").stat().st_mode) == 0o600
 
 
+def test_a_data_dir_it_makes_is_private_an_existing_one_keeps_its_mode(tmp_path: Path) -> None:
+    made = tmp_path / "made" / "networks"
+    old = os.umask(0o022)
+    try:
+        call("ADD", conf(made))
+        (tmp_path / "shared").mkdir(mode=0o755)
+        call("ADD", conf(tmp_path / "shared"))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(made.stat().st_mode) == 0o700 and stat.S_IMODE((made / NET).stat().st_mode) == 0o700
+    assert stat.S_IMODE((made / ".berth-ipam-hints").stat().st_mode) == 0o700
+    assert stat.S_IMODE((tmp_path / "made").stat().st_mode) == 0o755  # above dataDir: the system's
+    assert stat.S_IMODE((tmp_path / "shared").stat().st_mode) == 0o755
+
+
 def test_old_versions_get_converted_results(tmp_path: Path) -> None:
     res = call("ADD", conf(tmp_path, version="0.3.1"))
     assert res["cniVersion"] == "0.3.1" and res["ips"][0]["version"] == "4"

@@ -136,3 +136,15 @@ def test_stdout_is_flushed_before_the_log_line(tmp_path: Path) -> None:
     rc = skel.run(PluginFuncs(name="berth-test", add=lambda a: {"cniVersion": "1.0.0", "ips": []}),
                   {**ENV, "BERTH_LOG_FILE": str(log)}, io.BytesIO(json.dumps(conf()).encode()), Out(), io.StringIO())
     assert rc == 0 and order and order[0] == "flush:no log" and lines(log)
+
+
+def test_a_kernel_interface_as_log_file_is_left_alone(tmp_path: Path) -> None:
+    """/proc and /sys files look regular; writing a log line to one changes the kernel's state."""
+    comm = Path("/proc/self/comm")
+    before = comm.read_text()
+    try:
+        assert run(conf(), BERTH_LOG_FILE=str(comm))[0] == 0
+        assert run(conf(berthLogFile=str(comm)))[0] == 0
+        assert comm.read_text() == before
+    finally:
+        comm.write_text(before.strip())

@@ -17,7 +17,8 @@ from portmap import layout, nft, portmap
 
 PREV = {
     "cniVersion": "1.0.0",
-    "interfaces": [{"name": "bt-unit-none0"}, {"name": "veth1"}, {"name": "eth0", "sandbox": "/run/netns/x"}],
+    # the host end: a link that exists, so that an owner is alive (ports.vanished)
+    "interfaces": [{"name": "bt-unit-none0"}, {"name": "lo"}, {"name": "eth0", "sandbox": "/run/netns/x"}],
     "ips": [{"address": "10.88.0.5/24", "interface": 2}, {"address": "fd00:88::5/64", "interface": 2}],
 }
 

@@ -116,6 +116,22 @@ def test_modes_and_no_tmp_left(tmp_path: Path) -> None:
     assert sorted(os.listdir(j.directory)) == ["c1:eth0.json", "journal.lock"]
 
 
+def test_a_state_root_it_makes_is_private(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        root = tmp_path / "lib" / "berth"
+        Journal(str(root), "net1", "c1", "eth0").put("bridge", {"n": 1})
+        from portmap import ports
+
+        with ports.locked(str(tmp_path / "other" / "berth")):
+            pass
+    finally:
+        os.umask(old)
+    for path in (root, root / "net1", tmp_path / "other" / "berth", tmp_path / "other" / "berth" / "ports"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o700, path
+    assert stat.S_IMODE((tmp_path / "lib").stat().st_mode) == 0o755  # above the root: the system's
+
+
 def test_atomic_write_failure_leaves_nothing(tmp_path: Path) -> None:
     target = tmp_path / "is-a-dir"
     target.mkdir()
