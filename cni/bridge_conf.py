@@ -14,7 +14,7 @@ from typing import Any
 
 from cni import errors
 from cni.errors import CNIError
-from cni.skel import MAX_IFNAME_LENGTH
+from cni.skel import ifname_problem
 
 DEFAULT_BRIDGE = "cni0"
 MIN_MTU = 68
@@ -77,10 +77,7 @@ class BridgeConf:
 
 
 def _valid_ifname(name: str) -> bool:
-    return (
-        0 < len(name) <= MAX_IFNAME_LENGTH and name not in (".", "..")
-        and not any(c in "/:\0" or c.isspace() for c in name)
-    )
+    return ifname_problem(name) is None
 
 
 def normalize_mac(value: object, where: str) -> str:

@@ -244,10 +244,6 @@ def set_up(h: Handle, index: int, what: str) -> None:
     _link_set(h, f"set {what} up", index, [], flags=IFF_UP, change=IFF_UP)
 
 
-def set_mtu(h: Handle, index: int, mtu: int, what: str) -> None:
-    _link_set(h, f"set mtu {mtu} on {what}", index, [["IFLA_MTU", mtu]])
-
-
 def ensure_bridge(h: Handle, name: str, mtu: int, vlan_filtering: bool, promisc: bool,
                   before_up: Callable[[], object] | None = None) -> Link:
     """The bridge `name`, created when missing; a racing creator is fine (EEXIST).
@@ -424,22 +420,6 @@ def delete_container_link(netns_path: str, name: str) -> bool:
 def _delete_in(netns_path: str, name: str) -> bool:
     with open_netns(netns_path) as cont:  # a socket of its own: the caller's may be closed by now
         return delete_link(cont, name)
-
-
-def port_vlans(h: Handle, index: int) -> list[int]:
-    """VLAN ids configured on a bridge port (for CHECK)."""
-    out: list[int] = []
-    msgs = _call("dump bridge vlans", h.ipr.get_links, family=AF_BRIDGE, ext_mask=2)
-    for msg in msgs:
-        if int(msg["index"]) != index:
-            continue
-        spec = msg.get_attr("IFLA_AF_SPEC")
-        if spec is None:
-            continue
-        for name, value in spec["attrs"]:
-            if name == "IFLA_BRIDGE_VLAN_INFO":
-                out.append(int(value["vid"]))
-    return out
 
 
 # --- addresses -----------------------------------------------------------------

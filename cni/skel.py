@@ -158,15 +158,26 @@ def validate_network_name(value: object) -> str:
     return value
 
 
-def validate_ifname(value: str) -> None:
+def ifname_problem(value: str) -> tuple[str, str] | None:
+    """Why `value` cannot be a Linux interface name ((message, details)), or None.
+    The one rule for every interface name berth is given (CNI_IFNAME, a bridge,
+    a portmap condition): 1-15 bytes as the kernel counts them (IFNAMSIZ - 1),
+    not . or .., no /, :, NUL or whitespace."""
     if not value:
-        raise errors.invalid_env("interface name is empty")
+        return "interface name is empty", ""
     if len(value.encode("utf-8", "surrogatepass")) > MAX_IFNAME_LENGTH:
-        raise errors.invalid_env("interface name is too long", f"max {MAX_IFNAME_LENGTH} bytes")
+        return "interface name is too long", f"max {MAX_IFNAME_LENGTH} bytes"
     if value in (".", ".."):
-        raise errors.invalid_env("interface name is . or ..")
+        return "interface name is . or ..", ""
     if any(c in "/:\0" or c.isspace() for c in value):
-        raise errors.invalid_env("interface name contains / or : or whitespace characters", value)
+        return "interface name contains / or : or whitespace characters", value
+    return None
+
+
+def validate_ifname(value: str) -> None:
+    problem = ifname_problem(value)
+    if problem is not None:
+        raise errors.invalid_env(*problem)
 
 
 def validate_netns(value: str) -> None:

@@ -162,14 +162,3 @@ def journaled(root: str) -> dict[str, str]:
         if mode in MODES and isinstance(bridge, str) and bridge and out.get(bridge) != STRICT:
             out[bridge] = str(mode)
     return out
-
-
-def restore_commands(root: str) -> list[Cmd]:
-    """One transaction re-adding every journaled bridge's elements (empty: nothing to do)."""
-    wanted = journaled(root)
-    if not wanted:
-        return []
-    cmds = layout.base_layout()
-    for bridge, mode in sorted(wanted.items()):
-        cmds += [layout.add_elements(name, elems) for name, elems in elements(bridge, mode).items()]
-    return cmds

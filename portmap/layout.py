@@ -479,15 +479,6 @@ def attachment_add(chain: str, mappings: list[PortMapping], addresses: list[str]
     return cmds
 
 
-def portmap_add(chain: str, mappings: list[PortMapping], addresses: list[str], *, snat: bool = True,
-                masq_all: bool = False, mark_bit: int = DEFAULT_MASQ_BIT, external_setmark: str | None = None,
-                note: str | None = None) -> list[Cmd]:
-    """A whole ADD transaction with nothing to replace: base ensure + the attachment."""
-    return (base_layout(external_setmark) + mark_layout(mark_bit)
-            + attachment_add(chain, mappings, addresses, snat=snat, masq_all=masq_all,
-                             external_setmark=external_setmark, note=note))
-
-
 def elements_by_map(chain: str, mappings: list[PortMapping], version: int = PORTMAP_LAYOUT) -> dict[str, list[Any]]:
     out: dict[str, list[Any]] = {}
     for m in mappings:
@@ -673,18 +664,3 @@ def masq_elements(chain: str, addresses: list[str]) -> dict[str, list[Any]]:
         version = ipaddress.ip_address(addr).version
         out.setdefault(MASQ_V4_MAP if version == 4 else MASQ_V6_MAP, []).append(verdict_elem(addr, chain))
     return out
-
-
-def masq_add(chain: str, cidrs: list[str], bridge: str | None, note: str | None = None) -> list[Cmd]:
-    """An attachment's ipMasq before IPMASQ_LAYOUT (a CNI-<hash> chain behind @masq-v4/-v6):
-    berth no longer writes it; tests build old attachments with it."""
-    addresses = [str(ipaddress.ip_interface(c).ip) for c in cidrs]
-    subnets = [str(ipaddress.ip_interface(c).network) for c in cidrs]
-    cmds = base_layout()
-    cmds += [add_chain(chain), flush_chain(chain)]
-    cmds += masq_rules(chain, subnets, note=note)
-    for name, elems in masq_elements(chain, addresses).items():
-        cmds.append(add_elements(name, elems))
-    if bridge:
-        cmds.append(add_elements(BRIDGES_SET, [bridge]))
-    return cmds

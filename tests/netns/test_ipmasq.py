@@ -8,7 +8,7 @@ import json
 from typing import Any
 
 from portmap import layout, nft
-from tests import harness
+from tests import harness, nft_builders
 from tests.netns.test_bridge_common import add, assert_clean, conf, delete, ipv4, journal
 
 SUBNET = "10.88.0.0/24"
@@ -69,7 +69,7 @@ def test_an_older_berths_masquerade_chain_keeps_working_and_goes(topo: harness.T
     chain = layout.masq_chain_name(c["name"], "cold")
     # rewrite this attachment as an older berth made it: its own chain, a masq-v4 element, no map element
     commands = (layout.ipmasq_del(layout.ipmasq_elements([cidr], record["bridge"]["masq"]["tag"]))
-                + layout.masq_add(chain, [cidr], c["bridge"], note=layout.comment(c["name"], "cold", "eth0")))
+                + nft_builders.masq_add(chain, [cidr], c["bridge"], note=layout.comment(c["name"], "cold", "eth0")))
     node.exec(["nft", "-j", "-f", "-"], input=json.dumps(nft.wrap(commands)))
     record["bridge"]["masq"] = {"chain": chain, "addresses": [cidr.split("/")[0]], "bridge": c["bridge"]}
     harness.journal_path(node.state_dir, c["name"], "cold").write_text(json.dumps(record))

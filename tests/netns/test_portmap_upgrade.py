@@ -71,9 +71,9 @@ def old_add(topo: harness.Topology, pod: Pod) -> None:
 
 
 def _mapping(raw: dict[str, Any]) -> dict[str, Any]:
-    from portmap import portmap
+    from portmap import conf as pmconf
 
-    return portmap.parse_mapping(raw).to_json()
+    return pmconf.parse_mapping(raw).to_json()
 
 
 def maps(node: harness.Node) -> dict[str, tuple[list[str], list[Any]]]:

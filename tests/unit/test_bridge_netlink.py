@@ -44,8 +44,8 @@ def test_errno_translation() -> None:
     with pytest.raises(netlink.AlreadyExists):
         netlink.set_up(handle(rtnl.RtnlError(errno.EEXIST, "x")), 7, "eth0")
     with pytest.raises(netlink.NetlinkFailure) as err:
-        netlink.set_mtu(handle(rtnl.RtnlError(errno.EINVAL, "text that must not matter")), 7, 1400, "eth0")
-    assert err.value.code == errno.EINVAL and "set mtu 1400 on eth0" in str(err.value)
+        netlink.set_up(handle(rtnl.RtnlError(errno.EINVAL, "text that must not matter")), 7, "eth0")
+    assert err.value.code == errno.EINVAL and "eth0" in str(err.value) and "must not matter" not in str(err.value)
     with pytest.raises(netlink.NetlinkFailure) as err:
         netlink.set_up(handle(TimeoutError()), 7, "eth0")
     assert err.value.code == errno.ETIMEDOUT and "no answer from the kernel" in str(err.value)

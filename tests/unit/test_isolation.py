@@ -181,14 +181,21 @@ def test_check_names_what_is_missing(fake: nft.Fake) -> None:
     assert isolation.check("br0", "strict") == ["bridge br0 is missing from set strict"]
 
 
-def test_restore_commands_cover_every_journaled_bridge(tmp_path: Path) -> None:
-    assert isolation.restore_commands(str(tmp_path)) == []
+def test_reconcile_restores_every_journaled_bridge(tmp_path: Path) -> None:
+    from portmap import diff, reconcile
+
+    assert reconcile.plan(str(tmp_path), [], diff.Table(True), set()).fixes == []
     put(tmp_path, "n1", "a", "br0", "isolated")
     put(tmp_path, "n2", "b", "br0", "strict")
     put(tmp_path, "n3", "c", "br1", "isolated")
     put(tmp_path, "n4", "d", "br2", None)
     assert isolation.journaled(str(tmp_path)) == {"br0": "strict", "br1": "isolated"}
-    cmds = isolation.restore_commands(str(tmp_path))
+    fake = nft.Fake()
+    fake.apply(layout.base_layout())
+    plan = reconcile.plan(str(tmp_path), [], diff.Table.from_objects(fake.list_table()), set())
+    cmds = plan.commands()
     adds = [(c["add"]["element"]["name"], c["add"]["element"]["elem"]) for c in cmds if "element" in c.get("add", {})]
     assert adds == [("isolated", ["br0"]), ("isolated-self", [{"concat": ["br0", "br0"]}]), ("strict", ["br0"]),
                     ("isolated", ["br1"]), ("isolated-self", [{"concat": ["br1", "br1"]}])]
+    fake.apply(cmds)
+    assert reconcile.plan(str(tmp_path), [], diff.Table.from_objects(fake.list_table()), set()).fixes == []

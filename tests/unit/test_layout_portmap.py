@@ -9,6 +9,7 @@ from typing import Any
 from cni import records
 from cni.records import PortMapping
 from portmap import layout
+from tests import nft_builders
 
 T = {"family": "inet", "table": "berth"}
 CHAIN = "CNI-DN-0726f1684a40233c08ebd"
@@ -104,7 +105,7 @@ def test_base_layout_never_flushes_admin_and_is_size_independent() -> None:
              if "add" in c and "chain" in c["add"] and "hook" in c["add"]["chain"]}
     assert hooks == {"guard": -300, "prerouting": -100, "output": -100, "postrouting": 100, "forward": 0}
     # one ADD's transaction is a fixed size however many attachments exist
-    one = layout.portmap_add(CHAIN, [PortMapping(8080, 8080, 80, "tcp")], ["10.88.0.5"])
+    one = nft_builders.portmap_add(CHAIN, [PortMapping(8080, 8080, 80, "tcp")], ["10.88.0.5"])
     assert len(one) == len(cmds) + len(layout.mark_layout()) + 6
 
 
@@ -188,7 +189,7 @@ def test_dual_stack_and_ranges() -> None:
 
 def test_masq_golden() -> None:
     chain = layout.masq_chain_name("pmnet", "abc")
-    cmds = layout.masq_add(chain, ["10.88.0.5/24"], "bt0")[len(layout.base_layout()):]
+    cmds = nft_builders.masq_add(chain, ["10.88.0.5/24"], "bt0")[len(layout.base_layout()):]
     assert cmds == [
         {"add": {"chain": {**T, "name": chain}}},
         {"flush": {"chain": {**T, "name": chain}}},

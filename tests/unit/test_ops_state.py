@@ -18,6 +18,7 @@ from cni.records import Attachment, PortMapping
 from cni.state import journal_name
 from portmap import diff, layout, ports, reconcile
 from portmap.diff import Table
+from tests import nft_builders
 
 NET = "opsnet"
 M8080 = PortMapping(8080, 8080, 80, "tcp")
@@ -95,8 +96,8 @@ def healthy(cid: str = "c1", mappings: list[PortMapping] | None = None, ip: str 
     """The commands berth's plugins would have applied for one attachment."""
     maps = mappings or [M8080]
     note = layout.comment(NET, cid, "eth0")
-    return (layout.masq_add(layout.masq_chain_name(NET, cid, "eth0"), [f"{ip}/24"], "bt0", note=note)
-            + layout.portmap_add(layout.dnat_chain_name(NET, cid, "eth0"), maps, [ip], note=note))
+    return (nft_builders.masq_add(layout.masq_chain_name(NET, cid, "eth0"), [f"{ip}/24"], "bt0", note=note)
+            + nft_builders.portmap_add(layout.dnat_chain_name(NET, cid, "eth0"), maps, [ip], note=note))
 
 
 def setup(tmp_path: Path, extra: list[dict[str, Any]] | None = None) -> tuple[str, list[Attachment], Table]:

@@ -13,6 +13,7 @@ from cni import errors
 from cni.errors import CNIError
 from cni.records import PortMapping
 from cni.skel import CmdArgs
+from portmap import conf as pmconf
 from portmap import layout, nft, portmap
 
 PREV = {
@@ -46,14 +47,14 @@ def args(tmp: Path, command: str, mappings: list[dict[str, Any]] | None, cid: st
 # --- parsing ---------------------------------------------------------------------
 
 def test_both_key_styles() -> None:
-    lower = portmap.parse_mapping({"hostPort": 8080, "containerPort": 80, "protocol": "UDP", "hostIP": "0.0.0.0"})
-    cri = portmap.parse_mapping({"HostPort": 8080, "ContainerPort": 80, "Protocol": "udp", "HostIP": ""})
+    lower = pmconf.parse_mapping({"hostPort": 8080, "containerPort": 80, "protocol": "UDP", "hostIP": "0.0.0.0"})
+    cri = pmconf.parse_mapping({"HostPort": 8080, "ContainerPort": 80, "Protocol": "udp", "HostIP": ""})
     assert lower == cri == PortMapping(8080, 8080, 80, "udp", "")
-    assert portmap.parse_mapping({"hostPort": 1, "containerPort": 65535}).protocol == "tcp"
-    assert portmap.parse_mapping({"hostPort": 90, "containerPort": 9, "hostIP": "FD00::1"}).host_ip == "fd00::1"
-    ranged = portmap.parse_mapping({"hostPort": 30000, "containerPort": 7000, "range": 3})
+    assert pmconf.parse_mapping({"hostPort": 1, "containerPort": 65535}).protocol == "tcp"
+    assert pmconf.parse_mapping({"hostPort": 90, "containerPort": 9, "hostIP": "FD00::1"}).host_ip == "fd00::1"
+    ranged = pmconf.parse_mapping({"hostPort": 30000, "containerPort": 7000, "range": 3})
     assert (ranged.host_hi, ranged.container_hi) == (30002, 7002)
-    assert portmap.parse_mapping({"hostPort": "100-101", "containerPort": 200}).container_hi == 201
+    assert pmconf.parse_mapping({"hostPort": "100-101", "containerPort": 200}).container_hi == 201
 
 
 @pytest.mark.parametrize("entry", [
@@ -78,17 +79,17 @@ def test_both_key_styles() -> None:
 ])
 def test_bad_mappings_are_code_7(entry: Any) -> None:
     with pytest.raises(CNIError) as err:
-        portmap.parse_mapping(entry)
+        pmconf.parse_mapping(entry)
     assert err.value.code == errors.INVALID_NETWORK_CONFIG
 
 
 def test_overlap_in_one_request_and_duplicates() -> None:
     conf = {"runtimeConfig": {"portMappings": [{"hostPort": 80, "containerPort": 80}] * 2}}
-    assert len(portmap.parse_mappings(conf)) == 1
+    assert len(pmconf.parse_mappings(conf)) == 1
     conf = {"runtimeConfig": {"portMappings": [{"hostPort": 80, "containerPort": 80},
                                                {"hostPort": "79-81", "containerPort": "79-81"}]}}
     with pytest.raises(CNIError) as err:
-        portmap.parse_mappings(conf)
+        pmconf.parse_mappings(conf)
     assert err.value.code == 7
 
 
@@ -260,7 +261,7 @@ def test_del_after_half_done_add(tmp_path: Path, fake: nft.Fake) -> None:
 
 
 def test_conditions_restrict_the_dnat_rules() -> None:
-    conds = portmap.parse_conditions({"conditionsV4": ["!", "-s", "10.0.0.0/8", "-i eth1"]}, "conditionsV4", 4)
+    conds = pmconf.parse_conditions({"conditionsV4": ["!", "-s", "10.0.0.0/8", "-i eth1"]}, "conditionsV4", 4)
     assert conds == [
         {"match": {"op": "!=", "left": {"payload": {"protocol": "ip", "field": "saddr"}},
                    "right": {"prefix": {"addr": "10.0.0.0", "len": 8}}}},

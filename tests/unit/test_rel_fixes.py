@@ -18,6 +18,7 @@ from cni.errors import CNIError
 from cni.ops import explain as ops_explain
 from cni.skel import CmdArgs
 from portmap import layout, masq, nft, portmap, ports
+from tests import nft_builders
 from tests.unit.test_portmap_plugin import args as portmap_args
 
 PREV = {
@@ -87,7 +88,8 @@ def test_masq_teardown_of_an_older_berths_chain(tmp_path: Path, fake: nft.Fake) 
     env = {"BERTH_STATE_DIR": str(tmp_path)}
     old = layout.masq_chain_name("net", "c1")
     other = layout.masq_chain_name("net", "c2")
-    fake.apply(layout.masq_add(old, ["10.1.0.5/24"], "br0") + layout.masq_add(other, ["10.1.0.6/24"], "br0"))
+    fake.apply(nft_builders.masq_add(old, ["10.1.0.5/24"], "br0")
+               + nft_builders.masq_add(other, ["10.1.0.6/24"], "br0"))
     masq.teardown({"chain": old, "addresses": ["10.1.0.5"], "bridge": "br0"}, "net", "c1", "eth0", env)
     assert old not in fake.chains and other in fake.chains
     assert fake.elements["masq-v4"] == [["10.1.0.6", {"jump": {"target": other}}]]

@@ -448,3 +448,22 @@ def test_entry_unloadable_plugin(monkeypatch: pytest.MonkeyPatch) -> None:
     body = json.loads(out.getvalue())
     assert rc == 1 and body["code"] == errors.INTERNAL and "cannot load plugin berth-bridge" in body["msg"]
     assert "no_such_module_xyz" in body["details"]
+
+
+def test_one_interface_name_rule_in_bytes_for_every_name() -> None:
+    """CNI_IFNAME, a bridge name and a portmap -i condition follow one rule:
+    15 bytes as the kernel counts them (a 15-character name of 2-byte letters is too long)."""
+    from cni import bridge_conf, skel
+    from portmap import conf as pmconf
+
+    wide = "é" * 8  # 8 characters, 16 bytes
+    assert skel.ifname_problem("eth0") is None and skel.ifname_problem("é" * 7) is None
+    assert skel.ifname_problem(wide) is not None
+    with pytest.raises(CNIError):
+        skel.validate_ifname(wide)
+    base = {"cniVersion": "1.0.0", "name": "n", "type": "berth-bridge"}
+    with pytest.raises(CNIError):
+        bridge_conf.parse({**base, "bridge": wide}, {})
+    with pytest.raises(CNIError):
+        pmconf.parse_conditions({"conditionsV4": ["-i", wide]}, "conditionsV4", 4)
+    assert pmconf.parse_conditions({"conditionsV4": ["-i", "br.10"]}, "conditionsV4", 4)
