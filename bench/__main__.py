@@ -1,4 +1,4 @@
-"""`python -m bench` (`make bench BENCH_ARGS=...`): see bench/__init__.py and issue #7."""
+"""`python -m bench` (`make bench BENCH_ARGS=...`): see bench/__init__.py."""
 
 from __future__ import annotations
 

@@ -33,7 +33,7 @@ class Mode:
     portmap: str
     origin: str  # where the executables come from, for the report
     in_process_ipam: bool  # IPAM runs inside the bridge process (no extra exec)
-    agent: bool = False  # a `berth agent` in the node namespace serves the calls (issue #10)
+    agent: bool = False  # a `berth agent` in the node namespace serves the calls
 
     def conflist(self, data_dir: Path) -> dict[str, Any]:
         return {

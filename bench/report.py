@@ -127,7 +127,7 @@ def goals_agent(fig: dict[str, Any]) -> str:
         return _get(lv, level, m, verb, "p50_ms")
 
     agent, standalone = "berth-agent", "berth"
-    lines = ["Goals (issue #10):", ""]
+    lines = ["Goals (the agent path):", ""]
     if agent in lv.get("0", {}):
         checks = [
             ("berth-agent chain ADD p50 <= 0.5x reference (@ 0)", ratio(p50("0", agent, "add"), p50("0", REF, "add")),
@@ -169,7 +169,7 @@ def goals(fig: dict[str, Any], mode: str) -> str:
          ratio(_get(c, mode, "per_second_many"), _get(c, mode, "per_second_1")), 0.95, "ge"),
         ("32 concurrent ADDs: 0 errors", _get(fig, "burst", mode, "errors"), 0, "le"),
     ]
-    lines = [f"Goals (issue #7) for {mode}:", ""]
+    lines = [f"Goals for {mode}:", ""]
     lines += [f"- {label}: {_verdict(value, bound, how)}" for label, value, bound, how in checks]
     if hi == "0" or int(hi) < 1000:
         lines.append(f"- (growth measured up to {hi} existing attachments; `--full` goes to 1,000)")

@@ -34,9 +34,9 @@ it has answered it tells the parent it is free again, and the parent keeps it
 as a spare or, with enough spares waiting, retires it or a never-used spare
 (SIGUSR1: it leaves once idle). The parent forks only when no spare waits (a
 burst; at most `--max-workers` children) or when spare and busy workers are
-fewer than `--spare-workers` (one crashed or left). So neither fork (~1.5 ms
-for the ~30 MiB parent, with its page-table copy) nor the first call's
-copy-on-write faults are on a caller's clock.
+fewer than `--spare-workers` (one crashed or left). So neither a fork (with
+the parent's page-table copy) nor the first call's copy-on-write faults are
+on a caller's clock.
 
 The parent stays single-threaded and holds no state besides what is on disk
 (journals, leases): kill -9 loses nothing, in-flight children finish on their

@@ -38,8 +38,7 @@ _BOOL_FIELDS = {
 
 
 class BridgeConf:
-    """A parsed bridge config: parse() builds it and fills the fields in. A plain
-    class, not a dataclass: dataclasses (which pulls inspect) would cost every exec."""
+    """A parsed bridge config: parse() builds it and fills the fields in."""
 
     __slots__ = ("bridge", "disable_container_interface", "enable_dad", "force_address", "hairpin", "ip_masq",
                  "ip_masq_backend", "ipam", "is_default_gateway", "is_gateway", "isolate", "mac", "mac_spoof_check",

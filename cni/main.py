@@ -84,8 +84,8 @@ def _run_plugin(name: str, fast_exit: bool = False) -> int:
 
 def exit_now(rc: int) -> None:
     """End a thin call (VERSION, or one the agent answered) without the
-    interpreter's finalization (module teardown, GC passes: 1-3 ms of such a
-    call here). Only on those paths: nothing that ran there needs atexit or
+    interpreter's finalization (module teardown, GC passes: a good part of such
+    a call). Only on those paths: nothing that ran there needs atexit or
     finalizers; the output is flushed here."""
     for stream in (sys.stdout, sys.stderr):
         try:

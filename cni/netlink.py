@@ -169,8 +169,7 @@ def open_netns(path: str) -> Handle:
 # --- links -------------------------------------------------------------------
 
 class Link:
-    """One link as the kernel reported it. Plain classes and NamedTuples here, not
-    dataclasses: importing dataclasses (it pulls inspect) would cost every exec."""
+    """One link as the kernel reported it."""
 
     __slots__ = ("flags", "hairpin", "index", "kind", "mac", "master", "mtu", "name", "peer_index", "promiscuity",
                  "vlan_filtering")
@@ -283,7 +282,7 @@ def ensure_bridge(h: Handle, name: str, mtu: int, vlan_filtering: bool, promisc:
 
 
 def random_veth_name() -> str:
-    return f"veth{os.urandom(4).hex()}"  # os.urandom: `secrets` costs ~10 ms of imports
+    return f"veth{os.urandom(4).hex()}"  # os.urandom: `secrets` is a heavy import
 
 
 def create_veth(
@@ -396,8 +395,8 @@ def delete_container_link(netns_path: str, name: str) -> bool:
     netns, return as soon as the kernel announces the host end's RTM_DELLINK.
     The kernel sends it once both ends are unlisted, out of the bridge, their
     addresses and routes gone: everything anyone can observe. What follows
-    (RCU grace periods, rcu_barrier, freeing: ≈16 of the ≈17 ms a delete takes
-    here) finishes in a thread of its own, which a process that ends waits for.
+    (RCU grace periods, rcu_barrier, freeing: most of what a delete takes)
+    finishes in a thread of its own, which a process that ends waits for.
     """
     with open_netns(netns_path) as cont:
         link = link_by_name(cont, name)

@@ -8,9 +8,8 @@ from_json(), which reads what any berth wrote (older journals lack keys that
 newer ones have) and never raises on a hand-edited one: what cannot be read
 is left out, and DEL/GC then clean what the names tell.
 
-Records are NamedTuples and plain classes, not dataclasses: importing
-dataclasses pulls `inspect`, which every plugin exec would pay for (the rule is
-stated once in docs/contributing.md).
+Records are NamedTuples and plain classes (docs/contributing.md: what the exec
+path may import).
 
 Schema versions ("layout" in the JSON, for where an ADD put its nft objects):
     portmap  0: every hostPort element in interval maps keyed l4proto . port

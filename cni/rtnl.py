@@ -1,18 +1,19 @@
 """A synchronous rtnetlink socket: pyroute2's message classes over a plain socket.
 
 pyroute2 0.9's IPRoute runs every request through an asyncio event loop and
-builds one per handle (~7 ms each), and its NetNS forks a helper process to get
-a socket inside another namespace (~7 ms more). A plugin call makes ~15 small
-requests in two namespaces, so that machinery cost more than the kernel work
-itself. Here a request is: encode with pyroute2's message class, send on an
+builds one per handle, and its NetNS forks a helper process to get a socket
+inside another namespace. A plugin call makes some fifteen small requests in
+two namespaces, so that machinery cost more than the kernel work itself.
+Here a request is: encode with pyroute2's message class, send on an
 AF_NETLINK socket, read until the ACK/DONE, decode with pyroute2 again, except
 the link and address replies every ADD reads (and the link GET it sends): those
-are packed and parsed here (parse_link, parse_addr, link_request), ~10x faster.
+are packed and parsed here (parse_link, parse_addr, link_request), an order of
+magnitude faster (docs/performance.md).
 A socket for another namespace is opened after a setns() of this thread and
 keeps that namespace for its life.
 
 pyroute2's package __init__ eagerly imports NDB, IPDB, asyncio, ethtool, ...
-(~160 ms on this machine); `messages()` loads only the message modules, with
+(more than a whole plugin call otherwise costs); `messages()` loads only the message modules, with
 the package pre-registered so its __init__ runs only if something else asks for
 a name from it (see `lazy_pyroute2`).
 """
@@ -256,9 +257,9 @@ class LinkEvents:
 
 
 # --- the two replies read on every ADD, decoded without pyroute2 ---------------
-# pyroute2 decodes every attribute of a link reply into objects (~0.5 ms for one
-# veth here, the kernel's part is ~25 us); an ADD reads five links. These read
-# only the attributes cni.netlink uses, straight from the bytes.
+# pyroute2 decodes every attribute of a link reply into objects, many times the
+# kernel's own cost of the reply; an ADD reads five links. These read only the
+# attributes cni.netlink uses, straight from the bytes.
 
 IFINFOMSG = struct.Struct("=BxHiII")  # family, type, index, flags, change
 IFADDRMSG = struct.Struct("=BBBBI")  # family, prefixlen, flags, scope, index

@@ -57,7 +57,7 @@ _EMPTY_ENV: dict[str, str] = {}
 
 
 class CmdArgs:
-    """One invocation, validated. A plain class (not a dataclass) to keep import cheap."""
+    """One invocation, validated (a plain class: see docs/contributing.md on the exec path's imports)."""
 
     __slots__ = ("args", "command", "config", "container_id", "environ", "ifname", "netns", "path", "raw_args",
                  "stdin", "version")

@@ -69,8 +69,7 @@ def legacy_journal_name(container_id: str, ifname: str) -> str:
 
 
 class Journal:
-    """One attachment's journal file. A plain class, not a dataclass: importing
-    dataclasses (it pulls inspect) would cost every exec; nothing compares journals."""
+    """One attachment's journal file."""
 
     __slots__ = ("_path", "container_id", "ifname", "network", "root")
 

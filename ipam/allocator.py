@@ -18,7 +18,7 @@ from ipam.ranges import IPAddress, Range, RangeSet
 from ipam.store import Owner, Store
 
 
-class Allocation(NamedTuple):  # not a dataclass: importing dataclasses (it pulls inspect) would cost every exec
+class Allocation(NamedTuple):
     range_set: int
     range: Range
     address: IPAddress

@@ -21,7 +21,7 @@ _ROUTE_INT_FIELDS = ("mtu", "advmss", "priority", "table", "scope")
 
 
 class IPAMConfig:
-    """A plain class, not a dataclass: importing dataclasses (it pulls inspect) would cost every exec."""
+    """A parsed host-local IPAM config."""
 
     __slots__ = ("data_dir", "dns", "network", "range_sets", "requested", "routes")
 

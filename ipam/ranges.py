@@ -58,8 +58,6 @@ def parse_subnet(value: object, what: str = "subnet") -> IPNetwork:
     return net
 
 
-# Range and RangeSet are NamedTuples, not frozen dataclasses: importing dataclasses
-# (it pulls inspect) would cost every exec.
 class Range(NamedTuple):
     subnet: IPNetwork
     start: IPAddress

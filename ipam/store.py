@@ -13,7 +13,7 @@ written and fsync'ed under a temporary name, then link()ed to the final name
 is fsync'ed. Leftover temporaries carry a prefix that never parses as an address,
 so upstream ignores them too; we sweep them under the lock.
 
-Finding an attachment's leases without reading every lease (issue #10)
+Finding an attachment's leases without reading every lease
 ----------------------------------------------------------------------
 Upstream answers "which addresses does (containerID, ifname) hold" by reading every
 file of the network directory; so did we, on every ADD (retried-ADD lookup) and DEL:
@@ -29,9 +29,9 @@ directory keeps exactly upstream's files (a subdirectory there would be walked b
 upstream's filepath.Walk and listed by tools). Hint files are empty and the seal has
 spaces and no "\r": neither can equal "<id>\r\n<ifname>" or a bare ID after upstream's
 TrimSpace, so a reader that does open them never takes one for a lease. Empty files
-and directories are metadata only, nothing to flush: a first version with one hint
-file per attachment, rewritten by tmp + rename, measured ADD 13 ms instead of 2.5 ms
-here, mostly in slower fsyncs (ext4 flushes a renamed-over file's data on commit).
+and directories are metadata only, nothing to flush (one hint file per attachment,
+rewritten by tmp + rename, made every ADD several times slower: ext4 flushes a
+renamed-over file's data on commit).
 
 A hint is only a pointer: every address it names is checked against the lease file's
 content before it is believed (and dropped when it is stale), so a hint naming an
@@ -72,10 +72,8 @@ a clock stepped back by more than BACKDATE_SECONDS, an operator deleting single 
 Cost of ADD and DEL: two stats, one pread and one pwrite of the seal, one listdir of
 the owner's hint directory (two with the legacy ID-only key), one read per hinted
 address, one hint created (ADD) or dropped (DEL): flat in the number of leases. The
-full scan is paid once per foreign change, crash or boot: measured at 1,000 dual-stack
-attachments, 56 ms after the reference wrote a lease (the scan alone was 38 ms before
-hints), and 0.7 s for the very first operation on a directory without hints (3,000
-hint entries created once).
+full scan is paid once per foreign change, crash or boot, and the very first
+operation on a directory without hints creates them all once (docs/ipam.md).
 """
 
 from __future__ import annotations
@@ -84,7 +82,7 @@ import contextlib
 import ipaddress
 import os
 import time
-from _blake2 import blake2b  # builtin: hashlib would import OpenSSL (~3 ms) on every exec
+from _blake2 import blake2b  # builtin: hashlib would import OpenSSL on every exec
 from collections.abc import Iterable, Iterator
 from typing import Protocol
 
@@ -398,7 +396,7 @@ class DiskStore:
         key, ip = owner_key(*owner), str(addr)
         # the hint goes first, so that the lease is never on disk without it (invariant H)
         added = self._locked and ip not in self._hinted(key) and self._add_hint(key, ip)
-        tmp = self._path(f"{TMP_PREFIX}{os.getpid()}-{os.urandom(4).hex()}")  # `secrets` costs ~10 ms of imports
+        tmp = self._path(f"{TMP_PREFIX}{os.getpid()}-{os.urandom(4).hex()}")  # os.urandom: `secrets` is a heavy import
         linked = False
         try:
             try:

@@ -4,8 +4,8 @@ A UDP "flow" to hostPort created before a DNAT rule existed (or while it pointed
 at a container that is gone) keeps its old translation until it times out, so
 traffic black-holes; deleting the entries makes the next packet hit the current
 rules. TCP is left alone (a new connection gets a new entry). pyroute2's conntrack
-costs ~100 ms to import, so it is imported only when there is such a mapping and
-the table is not empty.
+costs more to import than the rest of a plugin call, so it is imported only when
+there is such a mapping and the table is not empty.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def flush(mappings: list[PortMapping], versions: tuple[int, ...] = (4, 6)) -> li
     try:
         from cni.rtnl import lazy_pyroute2
 
-        lazy_pyroute2()  # skip pyroute2/__init__ (NDB, IPDB, ...): ~65 ms of the import
+        lazy_pyroute2()  # skip pyroute2/__init__ (NDB, IPDB, ...): most of the import
         from pyroute2.conntrack import Conntrack
         from pyroute2.netlink.nfnetlink.nfctsocket import NFCTAttrTuple
     except ImportError as exc:

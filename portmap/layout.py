@@ -52,7 +52,7 @@ ever `add`ed, never flushed.
 from __future__ import annotations
 
 import ipaddress
-from _sha512 import sha512  # builtin: hashlib would import OpenSSL (~3 ms) on every exec
+from _sha512 import sha512  # builtin: hashlib would import OpenSSL on every exec
 from typing import Any
 
 from cni.records import MASQ_SCHEMA, PORTMAP_SCHEMA, PortMapping

@@ -51,7 +51,7 @@ def _nft() -> Any:
     with _lock:
         if _handle is None:
             try:
-                import nftables  # lazy: ~20 ms, only when there is nft work
+                import nftables  # lazy: only when there is nft work
             except ImportError as exc:
                 raise CNIError(errors.PLUGIN_NOT_AVAILABLE, "libnftables binding not available", str(exc)) from None
             try:
@@ -313,7 +313,7 @@ def forget_context() -> None:
 
 def prepare() -> None:
     """Load libnftables now, before the caller takes the node-wide ports lock:
-    the import and context set-up (~20 ms) need not hold up every other ADD/DEL."""
+    the import and context set-up need not hold up every other ADD/DEL."""
     if isinstance(backend(), NFT):
         _nft()
 

@@ -30,8 +30,6 @@ from portmap import layout
 PORTS_DIR = "ports"
 
 
-# NamedTuples and a plain class, not dataclasses: importing dataclasses (it pulls
-# inspect) would cost every exec.
 class Owner(NamedTuple):
     network: str
     container_id: str

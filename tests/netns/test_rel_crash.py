@@ -1,4 +1,4 @@
-"""Reliability: SIGKILL the real plugins after every step of ADD (issue #8).
+"""Reliability: SIGKILL the real plugins after every step of ADD.
 
 After each kill the runtime's DEL (portmap, then bridge) and a GC with an empty
 valid list must leave nothing: no veth, lease, chain, map element, journal or

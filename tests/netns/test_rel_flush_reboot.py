@@ -1,5 +1,5 @@
 """Reliability: a firewall reload that flushes everything, and a node reboot with
-the journals and leases still on disk (issue #8)."""
+the journals and leases still on disk."""
 
 from __future__ import annotations
 

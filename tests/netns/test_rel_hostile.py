@@ -1,4 +1,4 @@
-"""Reliability: hostile input against the real plugins (issue #8).
+"""Reliability: hostile input against the real plugins.
 
 The property tests run the real berth-bridge / berth-host-local / berth-portmap
 verbs in-process (skel.run) in a forked child that first unshares a fresh,

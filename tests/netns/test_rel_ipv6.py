@@ -1,4 +1,4 @@
-"""Reliability: IPv6 is usable the moment ADD returns (extra fix 5, issue #8).
+"""Reliability: IPv6 is usable the moment ADD returns.
 
 Right after ADD the container's link-local address would still be tentative
 (DAD, 1-2 s) and early v6 traffic fails; berth turns DAD off for the container

@@ -1,5 +1,5 @@
 """Reliability: locking between networks, dead lock holders, and security
-(127.0.0.0/8 from off-node, foreign tables untouched, file modes) (issue #8)."""
+(127.0.0.0/8 from off-node, foreign tables untouched, file modes)."""
 
 from __future__ import annotations
 

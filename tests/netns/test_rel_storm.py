@@ -1,4 +1,4 @@
-"""Reliability: a storm of concurrent ADD/DEL cycles on one network (issue #8).
+"""Reliability: a storm of concurrent ADD/DEL cycles on one network.
 
 Each round N pods are attached at once (bridge with ipMasq + portmap, each with
 its own host port), checked for duplicate addresses while all are alive, then

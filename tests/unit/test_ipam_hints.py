@@ -1,4 +1,4 @@
-"""Hints: which addresses (containerID, ifname) holds, without reading every lease (issue #10, ipam/store.py).
+"""Hints: which addresses (containerID, ifname) holds, without reading every lease (ipam/store.py).
 
 The hints live in <dataDir>/.berth-ipam-hints/<network>/<key>/<ip>; the seal over them is the lock file's content.
 """

@@ -1,4 +1,4 @@
-"""Reliability fixes of issue #8 at unit level (in-memory nft backend, tmp state):
+"""Reliability fixes at unit level (in-memory nft backend, tmp state):
 DEL without a journal, journaled mark settings, the test-only kill/fail points,
 masquerade under the node-wide lock, the read-only foreign listing."""
 
