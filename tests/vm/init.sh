@@ -22,7 +22,7 @@ while IFS= read -r arg; do set -- "$@" "$arg"; done < /etc/berth-vm-args
 . /etc/berth-vm-env
 echo "BERTH-VM-KERNEL $($bb uname -r)"
 cd "$BERTH_VM_REPO" || { echo "BERTH-VM-RESULT rc=97"; $bb poweroff -f; }
-export HOME=/root BERTH_BIN_DIR="$BERTH_VM_REPO/dist/berth"
+export HOME=/root PYTHONUNBUFFERED=1 BERTH_BIN_DIR="$BERTH_VM_REPO/dist/berth"
 echo "BERTH-VM-START"
 if [ -f /etc/berth-vm-script ]; then
   $bb sh /etc/berth-vm-script
