@@ -361,31 +361,93 @@ def delete_link(h: Handle, name: str) -> bool:
 
 
 class _KernelJob:
-    """`fn` in a thread of its own, for one long kernel call (the GIL is released
-    while the kernel works). Not a daemon: a process that ends waits for it."""
+    """`fn` in a forked child of its own, for one long kernel call whose tail the
+    caller need not wait for: the child keeps no descriptor of ours but a status
+    pipe (stdin, stdout and stderr are /dev/null), so a plugin may answer and exit
+    while the kernel finishes, and the runtime, which waits for the plugin's exit
+    and for its stdout to close, does not wait for that tail either. Where fork
+    is refused, `fn` runs in a thread, which a process that ends waits for."""
 
-    def __init__(self, fn: Callable[[], Any]) -> None:
+    def __init__(self, fn: Callable[[], bool]) -> None:
+        self._forked = False
+        self._status: bytes | None = None
+        try:
+            self._read, write = os.pipe()
+            pid = os.fork()
+        except OSError:
+            self._start_thread(fn)
+            return
+        if pid == 0:  # an intermediate child: fork the worker and leave, so init reaps the worker
+            try:
+                if os.fork() == 0:
+                    _run_detached(fn, write)
+            finally:
+                os._exit(0)
+        os.close(write)
+        os.waitpid(pid, 0)
+        self._forked = True
+
+    def _start_thread(self, fn: Callable[[], bool]) -> None:
         import threading
 
-        self.finished = threading.Event()
-        self._value: Any = None
+        self._read = -1
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, args=(fn,), name="berth-kernel-job")
+
+        def run() -> None:
+            try:
+                self._status = b"1" if fn() else b"0"
+            except BaseException as exc:  # handed to the caller by result()
+                self._error = exc
+                self._status = b"e"
+
+        self._thread = threading.Thread(target=run, name="berth-kernel-job")
         self._thread.start()
 
-    def _run(self, fn: Callable[[], Any]) -> None:
-        try:
-            self._value = fn()
-        except BaseException as exc:  # handed to the caller by result()
-            self._error = exc
-        finally:
-            self.finished.set()
+    def finished(self) -> bool:
+        if not self._forked:
+            return self._status is not None
+        import select
 
-    def result(self) -> Any:
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-        return self._value
+        return bool(select.select([self._read], [], [], 0)[0])
+
+    def result(self) -> bool:
+        """The call's answer, waiting for it (and reaping the child)."""
+        if not self._forked:
+            self._thread.join()
+            if self._error is not None:
+                raise self._error
+            return self._status == b"1"
+        try:
+            status = os.read(self._read, 1)
+        finally:
+            os.close(self._read)
+        if status not in (b"0", b"1"):
+            raise NetlinkFailure(errno.EIO, "delete link (in a child process)")
+        return status == b"1"
+
+    def detach(self) -> None:
+        """Leave the call to finish on its own (its answer is no longer needed)."""
+        if self._forked:
+            os.close(self._read)  # its report goes nowhere; init (or a subreaper) reaps the worker
+
+
+def _run_detached(fn: Callable[[], bool], report: int) -> None:
+    """The worker of a _KernelJob: stdio on /dev/null, no descriptor of the caller's
+    but `report`, one status byte there, then an exit without the caller's cleanup."""
+    code = b"e"
+    try:
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)
+        os.closerange(3, report)
+        os.closerange(report + 1, 65536)
+        code = b"1" if fn() else b"0"
+    except BaseException:  # nothing may escape a forked child
+        code = b"e"
+    finally:
+        with contextlib.suppress(OSError):
+            os.write(report, code)
+        os._exit(0)
 
 
 def delete_container_link(netns_path: str, name: str) -> bool:
@@ -396,7 +458,8 @@ def delete_container_link(netns_path: str, name: str) -> bool:
     The kernel sends it once both ends are unlisted, out of the bridge, their
     addresses and routes gone: everything anyone can observe. What follows
     (RCU grace periods, rcu_barrier, freeing: most of what a delete takes)
-    finishes in a thread of its own, which a process that ends waits for.
+    finishes in a child process of its own (_KernelJob), which the plugin does
+    not wait for.
     """
     with open_netns(netns_path) as cont:
         link = link_by_name(cont, name)
@@ -409,11 +472,12 @@ def delete_container_link(netns_path: str, name: str) -> bool:
     events = LinkEvents()  # before the request: its announcement cannot be missed
     try:
         job = _KernelJob(lambda: _delete_in(netns_path, name))
-        if events.wait_deleted(link.peer_index, job.finished.is_set):
+        if events.wait_deleted(link.peer_index, job.finished):
+            job.detach()
             return True
     finally:
         events.close()
-    return bool(job.result())  # not announced here (an odd peer, lost events): the request's own answer
+    return job.result()  # not announced here (an odd peer, lost events): the request's own answer
 
 
 def _delete_in(netns_path: str, name: str) -> bool:
