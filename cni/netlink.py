@@ -73,22 +73,21 @@ def _translate(code: int, what: str) -> NetlinkFailure:
 
 
 def _request(h: Handle, what: str, kind: str, fields: dict[str, Any], attrs: list[Any], msg_type: int,
-             flags: int = 0, raw: bool = False) -> list[Any]:
-    """One rtnetlink request on h's socket: retry dump races, translate errors by errno
-    (`raw`: the replies' bytes, see rtnl.parse_link)."""
+             flags: int = 0) -> list[bytes]:
+    """One rtnetlink request on h's socket (rtnl.encode's form): retry dump races,
+    translate errors by errno; the replies' bytes (see rtnl.parse_link)."""
     from cni import rtnl
 
-    return _send(h, what, lambda: rtnl.new(kind, fields, attrs), msg_type, flags, raw)
+    return _send(h, what, lambda: rtnl.encode(kind, fields, attrs), msg_type, flags)
 
 
-def _send(h: Handle, what: str, message: Callable[[], Any], msg_type: int, flags: int = 0,
-          raw: bool = False) -> list[Any]:
-    """_request for any message: a pyroute2 one or a body rtnl packed (link_request)."""
+def _send(h: Handle, what: str, message: Callable[[], bytes], msg_type: int, flags: int = 0) -> list[bytes]:
+    """_request for any message body (rtnl.encode, rtnl.link_request)."""
     from cni import rtnl
 
     for attempt in range(DUMP_RETRIES):
         try:
-            return h.sock.request(message(), msg_type, flags, raw)
+            return h.sock.request(message(), msg_type, flags)
         except rtnl.DumpInterrupted:
             if attempt == DUMP_RETRIES - 1:
                 raise NetlinkFailure(errno.EINTR, f"{what}: the dump kept changing") from None
@@ -199,8 +198,7 @@ def _link_get(h: Handle, what: str, index: int, name: str) -> Link | None:
     from cni import rtnl
 
     try:
-        msgs = _send(h, what, lambda: rtnl.link_request(index, name, RTEXT_FILTER_SKIP_STATS), rtnl.RTM_GETLINK,
-                     raw=True)
+        msgs = _send(h, what, lambda: rtnl.link_request(index, name, RTEXT_FILTER_SKIP_STATS), rtnl.RTM_GETLINK)
     except LinkNotFound:
         return None
     return Link(**rtnl.parse_link(msgs[0])) if msgs else None
@@ -498,7 +496,7 @@ def addresses(h: Handle, index: int, version: int = 0) -> list[str]:
     out = []
     family = {4: AF_INET, 6: AF_INET6}.get(version, 0)
     for chunk in _request(h, f"dump addresses of #{index}", "addr", {"family": family, "index": index}, [],
-                          RTM_GETADDR, NLM_F_DUMP, raw=True):
+                          RTM_GETADDR, NLM_F_DUMP):
         msg_family, msg_index, prefixlen, addr = parse_addr(chunk)
         if msg_index != index or (family and msg_family != family):
             continue
@@ -564,18 +562,16 @@ def add_route(h: Handle, index: int, dst: str, gw: str | None) -> None:
 
 def routes(h: Handle, index: int) -> list[Route]:
     """Main-table unicast routes leaving through link `index`."""
+    from cni import rtnl
     from cni.rtnl import NLM_F_DUMP, RTM_GETROUTE
 
     out = []
     for family in (AF_INET, AF_INET6):
         msgs = _request(h, "dump routes", "route", {"family": family, "table": RT_TABLE_MAIN},
                         [["RTA_OIF", index]], RTM_GETROUTE, NLM_F_DUMP)
-        for msg in msgs:
-            if msg.get_attr("RTA_OIF") != index or msg["type"] != RTN_UNICAST:
+        for chunk in msgs:
+            kind, dst_len, table, oif, dst, gateway = rtnl.parse_route(chunk)
+            if oif != index or kind != RTN_UNICAST or table != RT_TABLE_MAIN:
                 continue
-            table = msg.get_attr("RTA_TABLE") or msg["table"]
-            if table != RT_TABLE_MAIN:
-                continue
-            dst = msg.get_attr("RTA_DST") or ("0.0.0.0" if family == AF_INET else "::")
-            out.append(Route(f"{dst}/{msg['dst_len']}", msg.get_attr("RTA_GATEWAY")))
+            out.append(Route(f"{dst or ('0.0.0.0' if family == AF_INET else '::')}/{dst_len}", gateway or None))
     return out
