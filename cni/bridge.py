@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import os
-import signal
 import time
 from collections.abc import Callable, Iterator
 from types import ModuleType
@@ -42,9 +41,12 @@ ADDING_GRACE_SECONDS = 300.0
 STEPS = ("journal", "ipam", "bridge", "veth", "addresses", "routes", "gateway", "sysctls", "masq", "isolation")
 
 
+SIGKILL = 9  # the test hook's kill; `signal` would import enum for every exec
+
+
 def _step_done(step: str, environ: Any) -> None:
     if environ.get("BERTH_TEST_KILL_AFTER") == step:
-        os.kill(os.getpid(), signal.SIGKILL)
+        os.kill(os.getpid(), SIGKILL)
     if environ.get("BERTH_TEST_FAIL_AFTER") == step:
         raise CNIError(errors.INTERNAL, f"test failure injected after step {step!r}")
 

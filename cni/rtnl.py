@@ -20,8 +20,8 @@ keeps that namespace for its life.
 
 from __future__ import annotations
 
+import _socket  # the C module: socket.py would import enum and selectors for every exec
 import os
-import socket
 import struct
 from collections.abc import Callable
 from typing import Any
@@ -106,7 +106,7 @@ class RtnlSocket:
     """One NETLINK_ROUTE socket in the namespace it was opened in."""
 
     def __init__(self) -> None:
-        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_ROUTE)
+        self.sock = _socket.socket(_socket.AF_NETLINK, _socket.SOCK_RAW | _socket.SOCK_CLOEXEC, NETLINK_ROUTE)
         self.seq = 0
         try:
             self.sock.settimeout(REPLY_TIMEOUT_SECONDS)
@@ -173,7 +173,7 @@ class LinkEvents:
     RTMGRP_LINK = 1
 
     def __init__(self) -> None:
-        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_ROUTE)
+        self.sock = _socket.socket(_socket.AF_NETLINK, _socket.SOCK_RAW | _socket.SOCK_CLOEXEC, NETLINK_ROUTE)
         try:
             self.sock.bind((0, self.RTMGRP_LINK))
         except BaseException:
@@ -295,7 +295,7 @@ def parse_addr(chunk: bytes) -> tuple[int, int, int, str]:
     address = ""
     if value:
         try:
-            address = socket.inet_ntop(family, value)
+            address = _socket.inet_ntop(family, value)
         except (ValueError, OSError):
             address = ""
     return family, index, prefixlen, address
@@ -365,7 +365,7 @@ def _value(codec: str, value: Any, info_kind: str) -> bytes:
         return bytes(int(part, 16) for part in str(value).split(":"))
     if codec == "ip":
         text = str(value)
-        return socket.inet_pton(socket.AF_INET6 if ":" in text else socket.AF_INET, text)
+        return _socket.inet_pton(_socket.AF_INET6 if ":" in text else _socket.AF_INET, text)
     if codec == "peer":
         return IFINFOMSG.pack(0, 0, 0, 0, 0) + _attrs("link", value["attrs"])
     if codec == "info_data":
@@ -389,6 +389,6 @@ def _address(family: int, value: bytes | None) -> str:
     if not value:
         return ""
     try:
-        return socket.inet_ntop(family, value)
+        return _socket.inet_ntop(family, value)
     except (ValueError, OSError):
         return ""

@@ -9,10 +9,10 @@ nothing to do must not pay for it. Only berth's own table is ever listed.
 
 from __future__ import annotations
 
+import _socket  # the C module: socket.py would import enum and selectors for every exec
 import errno
 import json
 import os
-import socket
 import struct
 import threading
 from typing import Any, Protocol
@@ -359,7 +359,7 @@ class _RawSocket:
     parent's replies), in another netns, or after any error."""
 
     def __init__(self) -> None:
-        self.sock: socket.socket | None = None
+        self.sock: _socket.socket | None = None
         self.owner: tuple[int, int] = (0, 0)  # (pid, netns inode) it was opened in
         self.seq = 0
 
@@ -374,7 +374,7 @@ class _RawSocket:
     def _request(self, message: bytes) -> bytes | None:
         owner = (os.getpid(), os.stat("/proc/thread-self/ns/net").st_ino)
         if self.sock is None or self.owner != owner:
-            self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
+            self.sock = _socket.socket(_socket.AF_NETLINK, _socket.SOCK_RAW, NETLINK_NETFILTER)
             self.sock.settimeout(2.0)
             self.owner = owner
         self.seq = (self.seq + 1) & 0xFFFFFFFF or 1
