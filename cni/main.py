@@ -52,6 +52,18 @@ def load_funcs(name: str) -> "PluginFuncs":
 
 
 def _run_plugin(name: str, fast_exit: bool = False) -> int:
+    if os.environ.get("BERTH_PHASES"):  # make bench's cold-path breakdown (cni/phases.py)
+        from cni import phases
+
+        phases.start(os.environ)
+        status = _run_plugin_timed(name)
+        phases.mark("work")
+        phases.report(sys.stderr)
+        return status
+    return _run_plugin_timed(name, fast_exit)
+
+
+def _run_plugin_timed(name: str, fast_exit: bool = False) -> int:
     if os.environ.get("CNI_COMMAND") in (None, "", "VERSION"):
         # VERSION and the about text need no plugin code: keep them instant.
         from cni import skel
@@ -75,6 +87,10 @@ def _run_plugin(name: str, fast_exit: bool = False) -> int:
 
     invoke.register_own(plugin_funcs, self_path)
     funcs = load_funcs(name)
+    if os.environ.get("BERTH_PHASES"):
+        from cni import phases
+
+        phases.mark("imports")
     if data is None:
         return skel.main(funcs)
     import io  # the agent declined after we had read stdin: run on what we read

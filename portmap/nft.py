@@ -17,7 +17,7 @@ import struct
 import threading
 from typing import Any, Protocol
 
-from cni import errors
+from cni import errors, phases
 from cni.errors import CNIError
 
 _lock = threading.Lock()
@@ -50,6 +50,7 @@ def _nft() -> Any:
     global _handle
     with _lock:
         if _handle is None:
+            phases.mark("work")
             try:
                 import nftables  # lazy: only when there is nft work
             except ImportError as exc:
@@ -61,6 +62,7 @@ def _nft() -> Any:
             handle.set_json_output(True)
             handle.set_handle_output(False)
             _handle = handle
+            phases.mark("libnftables")
         return _handle
 
 

@@ -17,7 +17,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 LOWER = {"cni", "cni.errors", "cni.spec", "cni.skel", "cni.invoke", "cni.files", "cni.state", "cni.records",
-         "cni.rtnl", "cni.netlink", "cni.netns", "cni.sysctl"}
+         "cni.rtnl", "cni.netlink", "cni.netns", "cni.sysctl", "cni.phases"}
 # modules that may import the kernel libraries (and what only they may do)
 ADAPTERS = {"cni.rtnl", "cni.netlink", "portmap.nft", "portmap.conntrack", "cni.ops.doctor"}
 
@@ -74,9 +74,9 @@ def test_layout_imports_only_the_records() -> None:
     assert found <= {"cni.records"}, found
 
 
-def test_nft_imports_only_the_errors_and_its_probes() -> None:
+def test_nft_imports_only_the_errors_its_probes_and_the_phase_clock() -> None:
     found = {n for n in imports(MODULES["portmap.nft"]) if ours(n)}
-    assert found <= {"cni", "cni.errors", "portmap", "portmap.features"}, found
+    assert found <= {"cni", "cni.errors", "cni.phases", "portmap", "portmap.features"}, found
 
 
 def test_only_the_adapters_load_the_kernel_libraries() -> None:
