@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.chain import Mode, ensure_links
-from bench.report import REF, coldpath, goals, goals_agent, markdown
+from bench.report import REF, coldpath, goals, goals_agent, goals_standalone, markdown
 from bench.run import Bench, Plan
 from bench.stats import ratio
 from bench.topo import Registry, stale_namespaces
