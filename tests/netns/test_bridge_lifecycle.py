@@ -138,7 +138,7 @@ def test_gc_removes_attachments_not_listed(topo: harness.Topology) -> None:
     gc = dict(c, **{"cni.dev/valid-attachments": [{"containerID": "keep", "ifname": "eth0"}]})
     node.plugin("berth-bridge", "GC", gc).ok()
     assert len(veths(node)) == 1 and b.links() == ["lo"] and "eth0" in a.links()
-    assert [p.name for p in (node.state_dir / "l2net").glob("*.json")] == ["keep-eth0.json"]
+    assert [p.name for p in (node.state_dir / "l2net").glob("*.json")] == ["keep:eth0.json"]
     node.plugin("berth-bridge", "GC", dict(c, **{"cni.dev/valid-attachments": []})).ok()
     assert_clean(node, "l2net")
     bad = node.plugin("berth-bridge", "GC", c)
@@ -162,7 +162,7 @@ def test_gc_spares_a_recent_unfinished_add(topo: harness.Topology) -> None:
     assert res.rc == -9
     gc = dict(c, **{"cni.dev/valid-attachments": []})
     node.plugin("berth-bridge", "GC", gc).ok()
-    path = node.state_dir / "l2net" / "c1-eth0.json"
+    path = node.state_dir / "l2net" / "c1:eth0.json"
     assert path.exists() and len(veths(node)) == 1  # might be an ADD in flight
     data = json.loads(path.read_text())
     data["created"] -= 3600
@@ -209,7 +209,7 @@ def test_del_with_corrupt_journal_still_cleans(topo: harness.Topology) -> None:
     node, ns = topo.node, topo.container()
     c = conf(node)
     add(node, c, ns)
-    journal = node.state_dir / "testnet" / "c1-eth0.json"
+    journal = node.state_dir / "testnet" / "c1:eth0.json"
     journal.write_text("{not json")
     delete(node, c, netns=ns.path)
     assert veths(node) == [] and leases(node) == []

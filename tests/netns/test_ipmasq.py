@@ -72,7 +72,7 @@ def test_an_older_berths_masquerade_chain_keeps_working_and_goes(topo: harness.T
                 + layout.masq_add(chain, [cidr], c["bridge"]))
     node.exec(["nft", "-j", "-f", "-"], input=json.dumps(nft.wrap(commands)))
     record["bridge"]["masq"] = {"chain": chain, "addresses": [cidr.split("/")[0]], "bridge": c["bridge"]}
-    (node.state_dir / c["name"] / "cold-eth0.json").write_text(json.dumps(record))
+    (node.state_dir / c["name"] / "cold:eth0.json").write_text(json.dumps(record))
     assert masq_map(node) == [] and chain in node.nft_text()
     add(node, c, new, "cnew")
     with topo.outside.server(8093, banner="out"):
@@ -118,7 +118,7 @@ def test_a_subnet_an_older_berth_set_up_keeps_working(topo: harness.Topology) ->
 
         pytest.skip(f"this kernel refuses layout 2's map lookup, so no older berth ran here: {proc.stderr.strip()}")
     record["bridge"]["masq"]["layout"] = 2
-    (node.state_dir / c["name"] / "cold-eth0.json").write_text(json.dumps(record))
+    (node.state_dir / c["name"] / "cold:eth0.json").write_text(json.dumps(record))
     ip_new = ipv4(add(node, c, new, "cnew"))
     assert _set_elements(node) == [ip_new] and len(subnet_rules(node)) == 2  # the old rule and the new
     with topo.outside.server(8094, banner="out"):

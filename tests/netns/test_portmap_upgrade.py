@@ -23,7 +23,7 @@ NODE4, OUTSIDE4 = harness.Topology.NODE_V4, harness.Topology.OUTSIDE_V4
 # DNAT chain, elements in those maps), a journal record without "layout", port
 # files naming the interval map.
 OLD_ADD = """
-import json, sys
+import json, os, sys
 from cni import state
 from portmap import layout, nft, ports
 root, network, cid, ifname, addresses, raw = json.loads(sys.argv[1])
@@ -48,10 +48,12 @@ for name, elems in layout.elements_by_map(chain, mappings, 0).items():
 nft.apply(cmds)
 me = ports.Owner(network, cid, ifname)
 with ports.locked(root):
-    state.Journal(root, network, cid, ifname).put("portmap", {
+    journal = state.Journal(root, network, cid, ifname)
+    journal.put("portmap", {
         "chain": chain, "addresses": addresses, "bridge": "bt0", "state": "done",
         "mappings": [m.to_json() for m in mappings], "snat": True, "markMasqBit": 13, "masqAll": False,
         "externalSetMarkChain": None, "boot": ports.boot_id()})
+    os.rename(journal.path, os.path.join(journal.directory, state.legacy_journal_name(cid, ifname)))  # its name
     for m in mappings:
         claim = ports.Claim(me, chain, m.map_name(0), m.map_key(0))
         for path in ports.port_files(root, m):
@@ -118,7 +120,7 @@ def test_old_attachments_survive_the_upgrade_and_go_cleanly(topo: harness.Topolo
     after = maps(node)
     assert after["hostport"][0] == [] and after["hostports"][0] == ["interval"]
     elems = targets(node)
-    new_chain = json.loads((node.state_dir / "pmnet" / "new-eth0.json").read_text())["portmap"]["chain"]
+    new_chain = json.loads((node.state_dir / "pmnet" / "new:eth0.json").read_text())["portmap"]["chain"]
     assert elems["hostport"] == [[{"concat": ["tcp", 8081]}, new_chain]]
     assert any(e[0] == {"concat": ["tcp", 8080]} for e in elems["hostports"])  # old elements stay put
     with old1.netns.server(80, "tcp", banner="o1"), new.netns.server(80, "tcp", banner="n"), \
