@@ -671,7 +671,7 @@ class Agent:
             while view:
                 view = view[os.write(memfd, view):]
             while self.spare:
-                pid = min(self.spare)
+                pid = min(self.spare - self.fresh or self.spare)  # a warm one first: a fresh one may still prewarm
                 self.spare.discard(pid)
                 try:
                     socket.send_fds(self.control[pid], [b"r"], [pending.conn.fileno(), memfd])

@@ -7,9 +7,9 @@ interface name may contain ":", so the name stands for one attachment only.
 Berth before this layout wrote <containerID>-<ifname>.json, which two
 attachments can share ("a" + "b-c" and "a-b" + "c"): such a file is still read,
 and written, for the attachment its content names, never for another one
-(see Journal.path); new attachments get the new name. Writes are atomic (tmp + rename)
-under an flock on <root>/<network>/journal.lock, so a crashed or killed plugin
-leaves either the old or the new file, never a torn one.
+(see Journal.path); new attachments get the new name. Writes are atomic (tmp +
+rename) under an flock on <root>/<network>/journal.lock, so a crashed or killed
+plugin leaves either the old or the new file, never a torn one.
 
 Journal writes are not fsync'ed (nor are portmap's port claims): they describe
 kernel objects (veths, nft chains and elements), and only a power loss or a
@@ -23,6 +23,7 @@ IPAM DEL/GC without a journal. Saves 2-4 fsyncs per attachment.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import time
@@ -157,7 +158,7 @@ class Journal:
             data.pop(name, None)
             if any(isinstance(v, dict) for v in data.values()):
                 atomic_write(self.path, json.dumps(data, indent=1, sort_keys=True).encode(), durable=False,
-                         tmp=locked_tmp(self.path))
+                             tmp=locked_tmp(self.path))
             else:
                 self._remove_file()
 
@@ -239,10 +240,10 @@ def remove_empty_journals(root: str, network: str) -> list[str]:
 def journals(root: str, network: str | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
     """Every journal file under root (optionally one network): (path, content).
     A root that is there but no directory of ours is CNI code 5 (none at all: no journals)."""
+    if os.path.lexists(root) and not os.path.isdir(root):
+        raise unusable(root, NotADirectoryError(errno.ENOTDIR, "Not a directory", root))
     try:
         networks = [network] if network else sorted(os.listdir(root))
-        if network and not os.path.isdir(root) and os.path.lexists(root):
-            raise NotADirectoryError(20, "Not a directory", root)
     except FileNotFoundError:
         return
     except OSError as exc:
