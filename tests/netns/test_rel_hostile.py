@@ -350,6 +350,17 @@ def env_for(sandbox: dict[str, Any], command: str, **over: str) -> dict[str, str
     return env
 
 
+def contained_data_dir(sandbox: dict[str, Any], data_dir: str) -> str:
+    """dataDir is the operator's to choose and any path is valid, so its hostile
+    spellings are kept inside the sandbox: absolute ones re-rooted below it,
+    relative ones below a base deeper than any traversal they can spell (a
+    relative dataDir resolves against the plugin's working directory)."""
+    if data_dir in ("", "/etc/passwd"):  # the default (a private /var/lib); a file nothing can be made below
+        return data_dir
+    base = str(sandbox["root"] / "data" / Path(*[f"d{i}" for i in range(16)]))
+    return base + data_dir if data_dir.startswith("/") else base + "/" + data_dir
+
+
 def _outside_files(root: Path) -> list[str]:
     """Files under the sandbox root but outside its state/data/cwd dirs."""
     return [str(p) for p in root.rglob("*") if p.is_file() and p.relative_to(root).parts[0] not in
@@ -364,6 +375,9 @@ def test_hostile_config_fields(sandbox: dict[str, Any], plugin: str, verb: str,
     config = base_config(plugin, str(sandbox["root"] / "data"))
     for path, value in edits:
         put(config, path, copy.deepcopy(value))
+    ipam = config.get("ipam")
+    if isinstance(ipam, dict) and isinstance(ipam.get("dataDir"), str):
+        ipam["dataDir"] = contained_data_dir(sandbox, ipam["dataDir"])
     try:
         data = json.dumps(config).encode("utf-8", "surrogatepass")
     except (ValueError, UnicodeEncodeError):
@@ -381,7 +395,7 @@ def test_hostile_names_and_paths(sandbox: dict[str, Any], plugin: str, verb: str
                                  name: str, data_dir: str, cni_args: str, netns: str) -> None:
     """Traversal in container ID, ifname, network name and dataDir never escapes;
     a namespace that is not the container's never gets the container's interface."""
-    config = base_config(plugin, str(sandbox["root"] / "data" / data_dir) if data_dir[:1] != "/" else data_dir)
+    config = base_config(plugin, contained_data_dir(sandbox, data_dir))
     config["name"] = name
     env = env_for(sandbox, verb, CNI_CONTAINERID=cid, CNI_IFNAME=ifname, CNI_ARGS=cni_args,
                   CNI_NETNS=special(sandbox, netns))
