@@ -25,7 +25,6 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from types import ModuleType
-from typing import Any
 
 from cni import errors, netlink, netns, sysctl
 from cni.bridge_conf import BridgeConf, parse
@@ -35,6 +34,10 @@ from cni.records import Attachment, BridgeRecord
 from cni.skel import CmdArgs, PluginFuncs
 from cni.spec import CURRENT_VERSION, Result, prev_result, valid_attachments
 from cni.state import Journal, journals, remove_empty_journals, state_root
+
+TYPE_CHECKING = False  # mypy treats this name as True: typing stays off the exec path
+if TYPE_CHECKING:
+    from typing import Any
 
 SECTION = "bridge"
 ADDING_GRACE_SECONDS = 300.0
@@ -533,12 +536,12 @@ def _ipam_gc_stdin(config: dict[str, Any], spared: list[dict[str, str]]) -> byte
     gets an address an in-flight ADD is about to use); None: the config as is."""
     if not spared:
         return None
-    import json
+    from cni import jsonc
 
     key = "cni.dev/valid-attachments" if "cni.dev/valid-attachments" in config else "cni.dev/attachments"
     widened = dict(config)
     widened[key] = [*config.get(key, []), *spared]
-    return json.dumps(widened).encode()
+    return jsonc.dumps(widened).encode()
 
 
 def _age(data: dict[str, Any]) -> float:

@@ -9,11 +9,13 @@ the gateway on a `<bridge>.<vlan>` sub-interface).
 
 from __future__ import annotations
 
-from typing import Any
-
 from cni import errors
 from cni.errors import CNIError
 from cni.skel import ifname_problem
+
+TYPE_CHECKING = False  # mypy treats this name as True: typing stays off the exec path
+if TYPE_CHECKING:
+    from typing import Any
 
 DEFAULT_BRIDGE = "cni0"
 MIN_MTU = 68

@@ -30,13 +30,12 @@ def canonical_name(name: str) -> str | None:
 
 
 def plugin_funcs(name: str) -> "PluginFuncs | None":
-    import importlib
-
     canonical = canonical_name(name)
     if canonical is None:
         return None
     module_name, _, attr = PLUGINS[canonical].partition(":")
-    funcs: PluginFuncs = getattr(importlib.import_module(module_name), attr)
+    __import__(module_name)  # importlib would load warnings too
+    funcs: PluginFuncs = getattr(sys.modules[module_name], attr)
     return funcs
 
 

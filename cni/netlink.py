@@ -19,14 +19,18 @@ import errno
 import ipaddress
 import os
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from cni import netns
 
+TYPE_CHECKING = False  # mypy treats this name as True: typing stays off the exec path
 if TYPE_CHECKING:
+    from typing import Any, NamedTuple, TypeVar
+
     from cni.rtnl import RtnlSocket
 
-T = TypeVar("T")
+    T = TypeVar("T")
+else:
+    from cni.tuples import NamedTuple
 
 DUMP_RETRIES = 5
 IFF_UP = 0x1

@@ -37,7 +37,7 @@ def report(stream: object) -> None:
     """Write the phases (ms, summed per name) as one line; nothing when off."""
     if not _marks:
         return
-    import json
+    from cni import jsonc
 
     out: dict[str, float] = {}
     last = _t0
@@ -46,4 +46,4 @@ def report(stream: object) -> None:
         last = at
     write = getattr(stream, "write", None)
     if write is not None:
-        write("berth-phases " + json.dumps(out) + "\n")
+        write("berth-phases " + jsonc.dumps(out) + "\n")

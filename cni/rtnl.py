@@ -24,7 +24,10 @@ import _socket  # the C module: socket.py would import enum and selectors for ev
 import os
 import struct
 from collections.abc import Callable
-from typing import Any
+
+TYPE_CHECKING = False  # mypy treats this name as True: typing stays off the exec path
+if TYPE_CHECKING:
+    from typing import Any
 
 NETLINK_ROUTE = 0
 SOL_NETLINK = 270

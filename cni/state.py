@@ -24,16 +24,18 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import os
 import time
 from collections.abc import Iterator
-from typing import Any
 
-from cni import errors
+from cni import errors, jsonc
 from cni.errors import CNIError
 from cni.files import atomic_write, flocked, locked_tmp, private_dirs, remove_temporaries
 from cni.records import Attachment
+
+TYPE_CHECKING = False  # mypy treats this name as True: typing stays off the exec path
+if TYPE_CHECKING:
+    from typing import Any
 
 DEFAULT_ROOT = "/var/lib/cni/berth"
 MAX_EMPTY_CHECK_BYTES = 1 << 16  # an empty journal is never larger (a real one is a few hundred bytes)
@@ -118,7 +120,7 @@ class Journal:
         if holds_nothing(raw):
             return {}  # what a power loss leaves of a file renamed before its data reached the disk
         try:
-            data = json.loads(raw)
+            data = jsonc.loads(raw)
         except ValueError as exc:
             raise CNIError(errors.IO_FAILURE, f"corrupt journal {self.path}", str(exc)) from None
         return data if isinstance(data, dict) else {}
@@ -139,7 +141,7 @@ class Journal:
             data.setdefault("network", self.network)
             data.setdefault("created", round(time.time(), 3))
             data[name] = value
-            atomic_write(self.path, json.dumps(data, indent=1, sort_keys=True).encode(), durable=False,
+            atomic_write(self.path, jsonc.dumps(data, indent=1, sort_keys=True).encode(), durable=False,
                          tmp=locked_tmp(self.path))
 
     def drop(self, name: str) -> None:
@@ -157,7 +159,7 @@ class Journal:
                 return
             data.pop(name, None)
             if any(isinstance(v, dict) for v in data.values()):
-                atomic_write(self.path, json.dumps(data, indent=1, sort_keys=True).encode(), durable=False,
+                atomic_write(self.path, jsonc.dumps(data, indent=1, sort_keys=True).encode(), durable=False,
                              tmp=locked_tmp(self.path))
             else:
                 self._remove_file()
@@ -174,7 +176,7 @@ def legacy_is_ours(path: str, container_id: str, ifname: str) -> bool:
     ours only when its name has no other reading."""
     try:
         with open(path, "rb") as fh:
-            data = json.loads(fh.read())
+            data = jsonc.loads(fh.read())
     except (OSError, ValueError):
         data = None
     if isinstance(data, dict) and isinstance(data.get("containerID"), str) and isinstance(data.get("ifname"), str):
@@ -260,7 +262,7 @@ def journals(root: str, network: str | None = None) -> Iterator[tuple[str, dict[
             path = os.path.join(directory, name)
             try:
                 with open(path, "rb") as fh:
-                    data = json.load(fh)
+                    data = jsonc.load(fh)
             except (OSError, ValueError):
                 continue
             if isinstance(data, dict):

@@ -6,13 +6,16 @@ masqAll, markMasqBit, externalSetMarkChain, conditionsV4/V6) and berth's own
 from __future__ import annotations
 
 import ipaddress
-from typing import Any
 
 from cni import errors
 from cni.errors import CNIError
 from cni.records import PortMapping
 from cni.skel import ifname_problem
 from portmap import layout
+
+TYPE_CHECKING = False  # mypy treats this name as True: typing stays off the exec path
+if TYPE_CHECKING:
+    from typing import Any
 
 PROTOCOLS = ("tcp", "udp", "sctp")
 MAX_RANGE = 1024

@@ -15,7 +15,6 @@ import contextlib
 import ipaddress
 import os
 import sys
-from typing import Any
 
 from cni import errors, records, state, sysctl
 from cni.errors import CNIError
@@ -24,6 +23,10 @@ from cni.skel import CmdArgs, PluginFuncs
 from cni.spec import Result, prev_result, valid_attachments
 from portmap import conntrack, generation, layout, nft, ports
 from portmap.conf import Conf
+
+TYPE_CHECKING = False  # mypy treats this name as True: typing stays off the exec path
+if TYPE_CHECKING:
+    from typing import Any
 
 SECTION = "portmap"
 STEPS = ("portmap-journal", "portmap-nft")
