@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from cni.errors import DECODE_FAILURE, INCOMPATIBLE_VERSION, INVALID_NETWORK_CONFIG, CNIError
 
-# copy, ipaddress and typing are imported where used: a VERSION call needs none of them.
+# ipaddress and typing are imported where used: a VERSION call needs neither.
 TYPE_CHECKING = False  # mypy treats this name as True
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -61,11 +61,23 @@ def _family_of(address: object) -> str:
         raise CNIError(DECODE_FAILURE, f"invalid address {address!r} in result") from None
 
 
+def _clone(result: Result) -> Result:
+    """A deep copy of a parsed result: copy.deepcopy's import and memo bookkeeping
+    are not needed for JSON trees, which have no cycles and no shared objects."""
+    return {k: _clone_value(v) for k, v in result.items()}
+
+
+def _clone_value(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _clone_value(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_clone_value(v) for v in value]
+    return value
+
+
 def _to_0x(result: Result, version: str) -> Result:
     """1.x shape -> 0.3.x/0.4.0 shape: every ip carries "version"."""
-    import copy
-
-    out = copy.deepcopy(result)
+    out = _clone(result)
     for ip in out.get("ips", []) or []:
         ip["version"] = _family_of(ip.get("address", ""))
     for iface in out.get("interfaces", []) or []:
@@ -79,9 +91,7 @@ def _to_0x(result: Result, version: str) -> Result:
 
 
 def _to_1x(result: Result, version: str) -> Result:
-    import copy
-
-    out = copy.deepcopy(result)
+    out = _clone(result)
     for ip in out.get("ips", []) or []:
         ip.pop("version", None)
     if version == "1.0.0":
@@ -120,9 +130,7 @@ def convert_result(result: Result, to_version: str) -> Result:
     if not isinstance(src, str):
         raise CNIError(DECODE_FAILURE, "result cniVersion must be a string")
     if src == to_version:
-        import copy
-
-        return copy.deepcopy(result)
+        return _clone(result)
     fn = _CONVERTERS.get((src, to_version))
     if fn is None:
         raise CNIError(

@@ -141,7 +141,7 @@ class Journal:
             data.setdefault("network", self.network)
             data.setdefault("created", round(time.time(), 3))
             data[name] = value
-            atomic_write(self.path, jsonc.dumps(data, indent=1, sort_keys=True).encode(), durable=False,
+            atomic_write(self.path, (jsonc.dumps(data, sort_keys=True) + "\n").encode(), durable=False,
                          tmp=locked_tmp(self.path))
 
     def drop(self, name: str) -> None:
@@ -159,7 +159,7 @@ class Journal:
                 return
             data.pop(name, None)
             if any(isinstance(v, dict) for v in data.values()):
-                atomic_write(self.path, jsonc.dumps(data, indent=1, sort_keys=True).encode(), durable=False,
+                atomic_write(self.path, (jsonc.dumps(data, sort_keys=True) + "\n").encode(), durable=False,
                              tmp=locked_tmp(self.path))
             else:
                 self._remove_file()

@@ -10,11 +10,11 @@ nothing to do must not pay for it. Only berth's own table is ever listed.
 from __future__ import annotations
 
 import _socket  # the C module: socket.py would import enum and selectors for every exec
+import _thread
 import errno
 import os
 import struct
 import sys
-import threading
 
 from cni import errors, jsonc, phases
 from cni.errors import CNIError
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 else:
     Protocol = object  # the interface needs no checking at run time
 
-_lock = threading.Lock()
+_lock = _thread.allocate_lock()
 _handle: Any = None
 # The table this adapter works in, and only that one (portmap/layout.py builds its
 # objects under the same names; a unit test holds the two together).
