@@ -19,7 +19,8 @@ from cni.skel import ifname_problem
 DEFAULT_BRIDGE = "cni0"
 MIN_MTU = 68
 MAX_MTU = 65535
-NOT_IPAM = ("berth", "berth-bridge", "berth-portmap")  # berth's own names that are no IPAM plugin
+NOT_IPAM = ("berth", "berth-bridge", "berth-portmap", "berth-loopback", "berth-tuning", "berth-firewall",
+            "berth-bandwidth")  # berth's own names that are no IPAM plugin
 _MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
 
 _BOOL_FIELDS = {

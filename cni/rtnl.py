@@ -267,6 +267,7 @@ NLA = struct.Struct("=HH")
 U32 = struct.Struct("=I")
 NLA_TYPE_MASK = 0x3FFF  # without NLA_F_NESTED / NLA_F_NET_BYTEORDER
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINK, IFLA_MASTER, IFLA_LINKINFO, IFLA_PROMISCUITY = 1, 3, 4, 5, 10, 18, 30
+IFLA_TXQLEN = 13
 IFLA_INFO_KIND, IFLA_INFO_DATA, IFLA_INFO_SLAVE_KIND, IFLA_INFO_SLAVE_DATA = 1, 2, 4, 5
 IFLA_BR_VLAN_FILTERING = 7
 IFLA_BRPORT_MODE = 4  # hairpin
@@ -334,6 +335,7 @@ def parse_link(chunk: bytes) -> dict[str, Any]:
         "mac": ":".join(f"{b:02x}" for b in mac), "mtu": _u32(attrs.get(IFLA_MTU)),
         "master": _u32(attrs.get(IFLA_MASTER)), "flags": flags, "peer_index": _u32(attrs.get(IFLA_LINK)),
         "promiscuity": _u32(attrs.get(IFLA_PROMISCUITY)), "vlan_filtering": vlan_filtering, "hairpin": hairpin,
+        "txqlen": _u32(attrs.get(IFLA_TXQLEN)),
     }
 
 
