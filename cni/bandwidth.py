@@ -26,7 +26,7 @@ from typing import Any, NamedTuple
 
 from cni import errors, netlink, netns, tc
 from cni.errors import CNIError
-from cni.meta import chained_result, gc_sections, journal, kernel_errors, quietly, section
+from cni.meta import chained_result, gc_sections, journal, kernel_errors, quietly, section, step_done
 from cni.records import BANDWIDTH, BandwidthRecord
 from cni.skel import CmdArgs, PluginFuncs
 from cni.spec import CURRENT_VERSION, Result, prev_result
@@ -164,13 +164,18 @@ def cmd_add(args: CmdArgs) -> Result:
                                  limits.ingress)
         entry.put(BANDWIDTH, record.to_json())
         try:
+            step_done("bandwidth-journal", args.environ)
             if limits.ingress:
                 tc.add_tbf(node, host.index, *tc.tbf_parameters(limits.ingress_rate, limits.ingress_burst), host.name)
+                step_done("bandwidth-ingress", args.environ)
             if limits.egress:
                 ifb = netlink.create_ifb(node, record.ifb, host.mtu)
+                step_done("bandwidth-ifb", args.environ)
                 tc.add_ingress(node, host.index, host.name)
                 tc.add_redirect(node, host.index, ifb.index, host.name)
+                step_done("bandwidth-redirect", args.environ)
                 tc.add_tbf(node, ifb.index, *tc.tbf_parameters(limits.egress_rate, limits.egress_burst), ifb.name)
+                step_done("bandwidth-egress", args.environ)
                 prev.setdefault("interfaces", []).append({"name": ifb.name, "mac": ifb.mac})
         except BaseException:
             quietly(lambda: _remove(node, record))()

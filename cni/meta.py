@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from cni import errors, netlink, netns
@@ -36,6 +36,18 @@ def kernel_errors(action: str) -> Iterator[None]:
         raise CNIError(code, f"{action}: {exc}") from None
     except OSError as exc:
         raise CNIError(errors.IO_FAILURE, f"{action}: {exc}") from None
+
+
+def step_done(step: str, environ: Mapping[str, str]) -> None:
+    """Failure injection for tests (docs/journal.md): BERTH_TEST_KILL_AFTER=<step>
+    SIGKILLs the process after the step, BERTH_TEST_FAIL_AFTER=<step> fails the call there."""
+    if environ.get("BERTH_TEST_KILL_AFTER") == step:
+        import os
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+    if environ.get("BERTH_TEST_FAIL_AFTER") == step:
+        raise CNIError(errors.INTERNAL, f"test failure injected after step {step!r}")
 
 
 def chained_result(args: CmdArgs, plugin: str) -> Result:

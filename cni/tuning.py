@@ -32,7 +32,7 @@ from typing import Any, NamedTuple
 
 from cni import errors, netlink, netns, sysctl
 from cni.errors import CNIError
-from cni.meta import chained_result, gc_sections, journal, kernel_errors, quietly, section
+from cni.meta import chained_result, gc_sections, journal, kernel_errors, quietly, section, step_done
 from cni.records import TUNING, LinkAttrs, TuningRecord
 from cni.skel import CmdArgs, PluginFuncs
 from cni.spec import Result
@@ -230,21 +230,25 @@ def _originals(link: netlink.Link, conf: TuningConf, before: LinkAttrs) -> LinkA
         txqlen=before.txqlen if before.txqlen is not None else (link.txqlen if conf.txqlen is not None else None))
 
 
-def _apply(cont: netlink.Handle, index: int, ifname: str, attrs: LinkAttrs) -> None:
+def _apply(cont: netlink.Handle, index: int, ifname: str, attrs: LinkAttrs,
+           environ: Mapping[str, str] | None = None) -> None:
     """Set the attributes in upstream's order (MAC, promisc, MTU, allmulti, txQLen), one
     request each, so that a refusal leaves the earlier ones done and undoable."""
-    steps: list[tuple[Any, Any]] = [
-        (attrs.mac, lambda v: netlink.set_attributes(cont, index, f"set MAC of {ifname} to {v}", mac=v)),
-        (attrs.promisc, lambda v: netlink.set_flag(cont, index, netlink.IFF_PROMISC, v, f"set promisc of {ifname}")),
-        (attrs.mtu, lambda v: netlink.set_attributes(cont, index, f"set MTU of {ifname} to {v}", mtu=v)),
-        (attrs.allmulti, lambda v: netlink.set_flag(cont, index, netlink.IFF_ALLMULTI, v,
-                                                    f"set allmulticast of {ifname}")),
-        (attrs.txqlen, lambda v: netlink.set_attributes(cont, index, f"set txqueuelen of {ifname} to {v}",
-                                                        txqlen=v)),
+    steps: list[tuple[str, Any, Any]] = [
+        ("mac", attrs.mac, lambda v: netlink.set_attributes(cont, index, f"set MAC of {ifname} to {v}", mac=v)),
+        ("promisc", attrs.promisc,
+         lambda v: netlink.set_flag(cont, index, netlink.IFF_PROMISC, v, f"set promisc of {ifname}")),
+        ("mtu", attrs.mtu, lambda v: netlink.set_attributes(cont, index, f"set MTU of {ifname} to {v}", mtu=v)),
+        ("allmulti", attrs.allmulti,
+         lambda v: netlink.set_flag(cont, index, netlink.IFF_ALLMULTI, v, f"set allmulticast of {ifname}")),
+        ("txqlen", attrs.txqlen,
+         lambda v: netlink.set_attributes(cont, index, f"set txqueuelen of {ifname} to {v}", txqlen=v)),
     ]
-    for value, step in steps:
+    for name, value, step in steps:
         if value is not None:
             step(value)
+            if environ is not None:
+                step_done(f"tuning-{name}", environ)
 
 
 # --- verbs ---------------------------------------------------------------------------
@@ -268,6 +272,7 @@ def cmd_add(args: CmdArgs) -> Result:
                 old = tuple((s.parts, sysctl.read(*s.parts) or "") for s in conf.sysctls)
             record = TuningRecord("adding", args.netns, args.ifname, originals, old)
             entry.put(TUNING, record.to_json())
+            step_done("tuning-journal", args.environ)
             if previous:
                 rollback.callback(quietly(lambda: entry.put(TUNING, previous)))
             else:
@@ -276,9 +281,10 @@ def cmd_add(args: CmdArgs) -> Result:
                 with netns.entered(args.netns):
                     _write_sysctl(s.parts, s.value)
                 rollback.callback(quietly(functools.partial(_put_back_sysctl, args.netns, s.parts, was)))
+            step_done("tuning-sysctls", args.environ)
             wanted = LinkAttrs(conf.mac, conf.mtu, True if conf.promisc else None, conf.allmulti, conf.txqlen)
             rollback.callback(quietly(lambda: _restore(cont, link.index, args.ifname, now)))
-            _apply(cont, link.index, args.ifname, wanted)
+            _apply(cont, link.index, args.ifname, wanted, args.environ)
             entry.put(TUNING, record._replace(state="done").to_json())
             rollback.pop_all()
     if conf.mac:

@@ -19,8 +19,9 @@ _HEAVY = ("dataclasses", "hashlib", "inspect")
 _PROBE = """
 import sys
 import cni.bridge, cni.bridge_conf, cni.netlink, cni.rtnl, cni.state
+import cni.loopback, cni.tuning, cni.firewall, cni.bandwidth, cni.meta, cni.tc
 import ipam.allocator, ipam.config, ipam.hostlocal, ipam.ranges
-import portmap.layout, portmap.masq, portmap.portmap, portmap.ports
+import portmap.layout, portmap.masq, portmap.portmap, portmap.ports, portmap.firewall
 portmap.layout.dnat_chain_name("net", "c1")  # the chain-name hash
 cni.rtnl.messages()  # pyroute2's message classes, as every netlink call loads them
 print(",".join(sorted(m for m in {heavy!r} if m in sys.modules)))
