@@ -55,8 +55,17 @@ class Limits(NamedTuple):
         return self.egress_rate > 0 and self.egress_burst > 0
 
 
+def _get(entry: dict[str, Any], field: str) -> Any:
+    """A field as Go's encoding/json finds it: by its name, else by any spelling in another case
+    (containerd's CRI sends the bandwidth capability as IngressRate, EgressBurst, ...)."""
+    if field in entry:
+        return entry[field]
+    folded = field.lower()
+    return next((value for key, value in entry.items() if isinstance(key, str) and key.lower() == folded), None)
+
+
 def _bits(entry: dict[str, Any], field: str, where: str) -> int:
-    value = entry.get(field)
+    value = _get(entry, field)
     if value is None:
         return 0
     if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_U64:
@@ -80,7 +89,7 @@ def _pair(rate: int, burst: int, what: str) -> None:
 def parse(config: dict[str, Any]) -> Limits:
     """The limits: the config's top-level entry when it has any of its fields (as
     upstream's embedded struct), else runtimeConfig.bandwidth."""
-    if any(f in config for f in FIELDS + SUBNET_FIELDS):
+    if any(_get(config, f) is not None for f in FIELDS + SUBNET_FIELDS):
         entry, where = config, ""
     else:
         runtime = config.get("runtimeConfig")
@@ -91,7 +100,7 @@ def parse(config: dict[str, Any]) -> Limits:
         if not isinstance(entry, dict):
             raise errors.invalid_config("runtimeConfig.bandwidth must be an object")
     for field in SUBNET_FIELDS:
-        value = entry.get(field)
+        value = _get(entry, field)
         if value not in (None, []):
             raise CNIError(errors.UNSUPPORTED_FIELD, f"{where}{field} is not implemented by berth-bandwidth",
                            "berth shapes all of the container's traffic (upstream's tbf form)")

@@ -158,6 +158,9 @@ def test_bandwidth_from_the_config_or_the_capability() -> None:
     limits = bandwidth.parse(cap)
     assert limits == bandwidth.Limits(0, 0, 1600, 160) and limits.egress and not limits.ingress
     assert bandwidth.parse({}) == bandwidth.Limits()
+    cri = {"runtimeConfig": {"bandwidth": {"IngressRate": 16_000_000, "IngressBurst": 4294967295,
+                                           "EgressRate": 8_000_000, "EgressBurst": 4294967295}}}
+    assert bandwidth.parse(cri) == bandwidth.Limits(16_000_000, 4294967295, 8_000_000, 4294967295)
     assert bandwidth.parse({"runtimeConfig": {"bandwidth": {"unshapedSubnets": []}}}) == bandwidth.Limits()
 
 
