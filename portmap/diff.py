@@ -478,11 +478,10 @@ def firewall_static_problems(table: Table) -> list[str]:
     return problems
 
 
-def firewall_missing(record: FirewallRecord, table: Table) -> list[Missing]:
-    """The firewall's chains and sets, and the attachment's elements, that the table lacks."""
-    out = [Missing(what, layout.firewall_layout()) for what in firewall_static_problems(table)]
-    if not table.exists:
-        return out
+def firewall_missing(record: FirewallRecord, table: Table, static: bool = True) -> list[Missing]:
+    """The firewall's chains and sets (unless `static` is False: reconcile plans them once),
+    and the attachment's elements, that the table lacks."""
+    out = [Missing(what, layout.firewall_layout()) for what in firewall_static_problems(table)] if static else []
     wanted = layout.firewall_elements(list(record.addresses), record.interface)
     if record.same_bridge:
         wanted.update(layout.same_bridge_elements(record.same_bridge))

@@ -80,6 +80,16 @@ def bridge_in_use(root: str, network: str, bridge: str, exclude: Key) -> bool:
     return any(key != exclude and record.get("sameBridge") == bridge for key, record in _records(root, network))
 
 
+def journaled(root: str) -> list[tuple[Key, FirewallRecord]]:
+    """Every finished firewall ADD the journals record: what `berth reconcile` puts back after a flush."""
+    out = []
+    for key, data in _records(root, ""):
+        record = FirewallRecord.from_json(data)
+        if record.state == "done":
+            out.append((key, record))
+    return out
+
+
 def check(record: FirewallRecord) -> list[str]:
     """What is missing of the attachment's firewall (empty when all is there)."""
     table = diff.snapshot()

@@ -398,3 +398,25 @@ def test_bandwidth_shapes_to_the_configured_rates(topo: harness.Topology) -> Non
         assert within(got, rate), f"{direction}: {got / 1e6:.2f} Mbit/s, configured {rate / 1e6:.0f}"
     print(f"measured: ingress {rates['ingress'] / 1e6:.2f} of {LIMITS['ingressRate'] / 1e6:.0f} Mbit/s, "
           f"egress {rates['egress'] / 1e6:.2f} of {LIMITS['egressRate'] / 1e6:.0f} Mbit/s")
+
+
+def test_firewall_after_a_flush_check_fails_and_reconcile_puts_it_back(topo: harness.Topology) -> None:
+    node = topo.node
+    pods = {n: topo.container(n) for n in "ab"}
+    fws, ips = {}, {}
+    for n, bridge, subnet in (("a", "bfa0", "10.91.0.0/24"), ("b", "bfb0", "10.92.0.0/24")):
+        _c, res = add_bridge(node, pods[n], cid=f"c{n}", name=f"net{n}", subnets=(subnet,), bridge=bridge)
+        fws[n] = chained("berth-firewall", res, name=f"net{n}", ingressPolicy="same-bridge")
+        node.plugin("berth-firewall", "ADD", fws[n], container_id=f"c{n}", netns=pods[n].path).ok()
+        ips[n] = res["ips"][0]["address"].split("/")[0]
+    node.exec(["nft", "flush", "ruleset"])
+    assert reaches(pods["a"], pods["b"], ips["b"]), "a flush took the same-bridge drop with it"
+    check = node.plugin("berth-firewall", "CHECK", fws["a"], container_id="ca", netns=pods["a"].path)
+    assert check.rc == 1 and check.json["code"] == 106
+    proc = node.berth("reconcile")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for n in "ab":
+        assert node.plugin("berth-firewall", "CHECK", fws[n], container_id=f"c{n}", netns=pods[n].path).rc == 0
+    assert not reaches(pods["a"], pods["b"], ips["b"])
+    again = json.loads(node.berth("reconcile", "--dry-run", "--json").stdout)
+    assert again["fixes"] == [], again
