@@ -256,6 +256,10 @@ def _apply(cont: netlink.Handle, index: int, ifname: str, attrs: LinkAttrs,
 def cmd_add(args: CmdArgs) -> Result:
     conf = parse(args.config, args.args, args.ifname, args.stdin, args.environ)
     result = chained_result(args, "berth-tuning")
+    if not conf.sysctls and not conf.changes_link:  # podman's list chains an empty tuning: nothing to record
+        with kernel_errors("ADD"):
+            netns.check_container(args.netns)
+        return result
     entry = journal(args)
     previous = section(entry, TUNING)
     before = TuningRecord.from_json(previous)

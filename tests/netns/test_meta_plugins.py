@@ -420,3 +420,16 @@ def test_firewall_after_a_flush_check_fails_and_reconcile_puts_it_back(topo: har
     assert not reaches(pods["a"], pods["b"], ips["b"])
     again = json.loads(node.berth("reconcile", "--dry-run", "--json").stdout)
     assert again["fixes"] == [], again
+
+
+def test_an_empty_tuning_passes_the_result_on_and_records_nothing(topo: harness.Topology) -> None:
+    """What podman's generated list chains: `{"type": "tuning"}`."""
+    node, ns = topo.node, topo.container()
+    _c, res = add_bridge(node, ns)
+    before = attrs(ns)
+    assert node.plugin("berth-tuning", "ADD", chained("berth-tuning", res), container_id="c1",
+                       netns=ns.path).ok() == res
+    assert attrs(ns) == before and "tuning" not in sections(node)
+    own = node.plugin("berth-tuning", "ADD", chained("berth-tuning", res), container_id="c1", netns=node.path)
+    assert own.rc == 1 and own.json["code"] == 8
+    node.plugin("berth-tuning", "DEL", chained("berth-tuning", res), container_id="c1", netns=ns.path).ok()
