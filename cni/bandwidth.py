@@ -22,7 +22,6 @@ are not implemented: error 2 when given.
 from __future__ import annotations
 
 from _sha512 import sha512  # builtin: hashlib would import OpenSSL on every exec
-from typing import Any, NamedTuple
 
 from cni import errors, netlink, netns, tc
 from cni.errors import CNIError
@@ -30,6 +29,12 @@ from cni.meta import chained_result, gc_sections, journal, kernel_errors, quietl
 from cni.records import BANDWIDTH, BandwidthRecord
 from cni.skel import CmdArgs, PluginFuncs
 from cni.spec import CURRENT_VERSION, Result, prev_result
+
+TYPE_CHECKING = False  # mypy treats this name as True: typing stays off the exec path
+if TYPE_CHECKING:
+    from typing import Any, NamedTuple
+else:
+    from cni.tuples import NamedTuple
 
 FIELDS = ("ingressRate", "ingressBurst", "egressRate", "egressBurst")
 SUBNET_FIELDS = ("unshapedSubnets", "shapedSubnets")

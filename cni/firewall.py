@@ -17,7 +17,6 @@ transaction, so DEL and GC remove the elements without the runtime's prevResult.
 from __future__ import annotations
 
 import ipaddress
-from typing import Any, NamedTuple
 
 from cni import errors, skel
 from cni.errors import CNIError
@@ -25,6 +24,12 @@ from cni.meta import chained_result, gc_sections, journal, quietly, section
 from cni.records import FIREWALL, FirewallRecord
 from cni.skel import CmdArgs, PluginFuncs
 from cni.spec import Result, prev_result
+
+TYPE_CHECKING = False  # mypy treats this name as True: typing stays off the exec path
+if TYPE_CHECKING:
+    from typing import Any, NamedTuple
+else:
+    from cni.tuples import NamedTuple
 
 BACKENDS = ("", "iptables", "firewalld", "nftables")
 OPEN, SAME_BRIDGE = "open", "same-bridge"
@@ -163,12 +168,10 @@ def cmd_gc(args: CmdArgs) -> None:
 
 def cmd_status(args: CmdArgs) -> None:
     parse(args.config)
-    import importlib.util
-
-    if importlib.util.find_spec("nftables") is None:
-        raise CNIError(errors.PLUGIN_NOT_AVAILABLE, "berth-firewall needs libnftables, which is not available")
     from portmap import nft
 
+    if not nft.binding_available():
+        raise CNIError(errors.PLUGIN_NOT_AVAILABLE, "berth-firewall needs libnftables, which is not available")
     problem = nft.unsupported()
     if problem is not None:
         raise CNIError(errors.PLUGIN_NOT_AVAILABLE, *problem)

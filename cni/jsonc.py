@@ -16,6 +16,7 @@ import _json
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import IO, Any
 
 _WHITESPACE = " \t\n\r"
@@ -52,6 +53,20 @@ def loads(s: str | bytes | bytearray) -> Any:
         return _stdlib().loads(s)
     if s[end:].strip(_WHITESPACE):
         return _stdlib().loads(s)  # "Extra data"
+    return obj
+
+
+def loads_pairs(s: str, object_pairs_hook: Callable[[list[tuple[str, Any]]], Any]) -> Any:
+    """json.loads(s, object_pairs_hook=object_pairs_hook)."""
+    decoding = _Decoding()
+    decoding.object_pairs_hook = object_pairs_hook  # type: ignore[assignment]
+    start = len(s) - len(s.lstrip(_WHITESPACE))
+    try:
+        obj, end = _json.make_scanner(decoding)(s, start)  # type: ignore[arg-type]
+    except (StopIteration, ValueError, RecursionError, SystemError):
+        end = -1
+    if end < 0 or s[end:].strip(_WHITESPACE):
+        return _stdlib().loads(s, object_pairs_hook=object_pairs_hook)  # its error
     return obj
 
 

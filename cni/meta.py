@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
 
 from cni import errors, netlink, netns
 from cni.errors import CNIError
@@ -14,6 +13,11 @@ from cni.skel import CmdArgs
 from cni.spec import Result, prev_result, valid_attachments
 from cni.state import Journal, journals, state_root
 
+TYPE_CHECKING = False  # mypy treats this name as True: typing stays off the exec path
+if TYPE_CHECKING:
+    from typing import Any
+
+SIGKILL = 9  # the test hook's kill; `signal` would import enum for every exec
 ADDING_GRACE_SECONDS = 300.0  # as the bridge's GC: an ADD this young may still be running
 
 
@@ -43,9 +47,8 @@ def step_done(step: str, environ: Mapping[str, str]) -> None:
     SIGKILLs the process after the step, BERTH_TEST_FAIL_AFTER=<step> fails the call there."""
     if environ.get("BERTH_TEST_KILL_AFTER") == step:
         import os
-        import signal
 
-        os.kill(os.getpid(), signal.SIGKILL)
+        os.kill(os.getpid(), SIGKILL)
     if environ.get("BERTH_TEST_FAIL_AFTER") == step:
         raise CNIError(errors.INTERNAL, f"test failure injected after step {step!r}")
 

@@ -106,7 +106,7 @@ def _send(h: Handle, what: str, message: Callable[[], bytes], msg_type: int, fla
 def send_raw(h: Handle, what: str, body: bytes, msg_type: int, flags: int = 0) -> list[bytes]:
     """One request whose body (the bytes after the netlink header) the caller packed
     (cni/tc.py): the replies' bytes; errors translated as for every other request."""
-    return _send(h, what, lambda: body, msg_type, flags, raw=True)
+    return _send(h, what, lambda: body, msg_type, flags)
 
 
 def _call(what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:

@@ -318,7 +318,8 @@ NLA_F_NESTED = 0x8000
 
 _TABLES: dict[str, dict[str, tuple[int, str]]] = {
     "link": {"IFLA_ADDRESS": (1, "mac"), "IFLA_IFNAME": (3, "str"), "IFLA_MTU": (4, "u32"),
-             "IFLA_MASTER": (10, "u32"), "IFLA_PROTINFO": (12, "brport"), "IFLA_LINKINFO": (18, "linkinfo"),
+             "IFLA_MASTER": (10, "u32"), "IFLA_PROTINFO": (12, "brport"), "IFLA_TXQLEN": (13, "u32"),
+             "IFLA_LINKINFO": (18, "linkinfo"),
              "IFLA_NET_NS_FD": (28, "u32")},
     "linkinfo": {"IFLA_INFO_KIND": (1, "str"), "IFLA_INFO_DATA": (2, "info_data")},
     "bridge": {"IFLA_BR_VLAN_FILTERING": (7, "u8")},

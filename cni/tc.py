@@ -15,12 +15,17 @@ plugin call costs (docs/contributing.md, import cost).
 
 from __future__ import annotations
 
-import socket
 import struct
-from typing import NamedTuple
+from _socket import htons
 
 from cni import netlink
 from cni.rtnl import HEADER, NLA, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, attributes
+
+TYPE_CHECKING = False  # mypy treats this name as True: typing stays off the exec path
+if TYPE_CHECKING:
+    from typing import NamedTuple
+else:
+    from cni.tuples import NamedTuple
 
 RTM_NEWQDISC, RTM_DELQDISC, RTM_GETQDISC = 36, 37, 38
 RTM_NEWTFILTER, RTM_GETTFILTER = 44, 46
@@ -136,7 +141,7 @@ def add_redirect(h: netlink.Handle, index: int, target: int, what: str) -> None:
     action = _nested(1, _nla(TCA_ACT_KIND, b"mirred\0"), _nested(TCA_ACT_OPTIONS, _nla(TCA_MIRRED_PARMS, mirred)))
     options = _nested(TCA_OPTIONS, _nla(TCA_U32_CLASSID, U32.pack(REDIRECT_CLASSID)), _nla(TCA_U32_SEL, selector),
                       _nested(TCA_U32_ACT, action))
-    info = (1 << 16) | socket.htons(ETH_P_ALL)  # preference 1, every protocol
+    info = (1 << 16) | htons(ETH_P_ALL)  # preference 1, every protocol
     body = _tcmsg(index, 0, INGRESS_HANDLE, info) + _kind("u32") + options
     netlink.send_raw(h, f"add redirect filter to {what}", body, RTM_NEWTFILTER, NLM_F_CREATE | NLM_F_EXCL)
 

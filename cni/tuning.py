@@ -24,18 +24,22 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
-import json
 import sys
 from collections import Counter
 from collections.abc import Mapping
-from typing import Any, NamedTuple
 
-from cni import errors, netlink, netns, sysctl
+from cni import errors, jsonc, netlink, netns, sysctl
 from cni.errors import CNIError
 from cni.meta import chained_result, gc_sections, journal, kernel_errors, quietly, section, step_done
 from cni.records import TUNING, LinkAttrs, TuningRecord
 from cni.skel import CmdArgs, PluginFuncs
 from cni.spec import Result
+
+TYPE_CHECKING = False  # mypy treats this name as True: typing stays off the exec path
+if TYPE_CHECKING:
+    from typing import Any, NamedTuple
+else:
+    from cni.tuples import NamedTuple
 
 ALLOWLIST = "/etc/cni/tuning/allowlist.conf"
 MAX_SYSCTL_VALUE = 4096
@@ -127,7 +131,7 @@ def _duplicate_sysctl_keys(stdin: bytes) -> list[str]:
     """Keys that appear twice in the top-level `sysctl` object (json.loads keeps the
     last one silently; upstream refuses them)."""
     try:
-        raw = json.loads(stdin.decode("utf-8"), object_pairs_hook=_Object)
+        raw = jsonc.loads_pairs(stdin.decode("utf-8"), _Object)
     except (ValueError, RecursionError, UnicodeDecodeError):
         return []
     found = raw.get("sysctl") if isinstance(raw, dict) else None

@@ -14,11 +14,14 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from collections.abc import Mapping as MappingT
-from typing import Any
 
 from cni import state
 from cni.records import FIREWALL, FirewallRecord
 from portmap import diff, generation, layout, nft, ports
+
+TYPE_CHECKING = False  # mypy treats this name as True: typing stays off the exec path
+if TYPE_CHECKING:
+    from typing import Any
 
 Key = tuple[str, str, str]  # network, containerID, ifname
 

@@ -25,8 +25,18 @@ import portmap.layout, portmap.masq, portmap.portmap, portmap.ports, portmap.fir
 portmap.layout.dnat_chain_name("net", "c1")  # the chain-name hash
 cni.rtnl.encode("link", {{"index": 1}}, [["IFLA_IFNAME", "x"]])  # the request codec every netlink call uses
 import cni.main
-for name in ("berth-bridge", "berth-host-local", "berth-portmap"):
+for name in ("berth-bridge", "berth-host-local", "berth-portmap", "berth-loopback", "berth-tuning", "berth-firewall",
+             "berth-bandwidth"):
     cni.main.plugin_funcs(name)
+# the small plugins' config parsers, as each ADD runs them (tuning's duplicate-key scan included)
+cni.tuning.parse({{"sysctl": {{"net.ipv4.conf.IFNAME.forwarding": "1"}}, "mac": "c2:b0:57:49:47:f1", "mtu": 1400}},
+                 {{}}, "eth0", b'{{"sysctl": {{"net.core.somaxconn": "500"}}}}',
+                 {{"BERTH_TUNING_ALLOWLIST": "/nonexistent"}})
+cni.firewall.expected(cni.firewall.parse({{"backend": "iptables", "ingressPolicy": "same-bridge"}}),
+                      {{"interfaces": [{{"name": "cni0"}}], "ips": [{{"address": "10.0.0.2/24"}}]}})
+cni.bandwidth.parse({{"runtimeConfig": {{"bandwidth": {{"IngressRate": 8000, "IngressBurst": 8000}}}}}})
+cni.bandwidth.ifb_name("net", "c1", "eth0")
+cni.tc.tbf_parameters(1000000, 8000)
 portmap.nft._import_binding()  # the libnftables binding, as a transaction loads it
 print(",".join(sorted(m for m in {heavy!r} if m in sys.modules)))
 """
