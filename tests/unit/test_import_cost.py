@@ -1,8 +1,9 @@
 """The plugin execution path stays cheap to import: a standalone plugin pays its
 imports on every exec. dataclasses (it pulls inspect, plus a cost per class),
 hashlib (OpenSSL), typing, json and re (json compiles regular expressions on
-import; re pulls enum) stay out: see cni.tuples, cni.jsonc, the TYPE_CHECKING
-imports and the builtin _sha512/_blake2 modules.
+import; re pulls enum), copy (and weakref) stay out: see cni.tuples, cni.jsonc,
+the TYPE_CHECKING imports, the builtin _sha512/_blake2 modules and cni.spec's
+copy of a result.
 
 Third-party code we load on some paths is not covered: pyroute2's conntrack
 (portmap/conntrack.py, only to flush UDP/SCTP entries) imports asyncio and
@@ -14,7 +15,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-_HEAVY = ("dataclasses", "hashlib", "inspect", "typing", "json", "re", "enum", "importlib", "warnings")
+_HEAVY = ("dataclasses", "hashlib", "inspect", "typing", "json", "re", "enum", "importlib", "warnings", "copy")
 
 _PROBE = """
 import sys
@@ -37,6 +38,9 @@ cni.firewall.expected(cni.firewall.parse({{"backend": "iptables", "ingressPolicy
 cni.bandwidth.parse({{"runtimeConfig": {{"bandwidth": {{"IngressRate": 8000, "IngressBurst": 8000}}}}}})
 cni.bandwidth.ifb_name("net", "c1", "eth0")
 cni.tc.tbf_parameters(1000000, 8000)
+import cni.spec  # a chained plugin's prevResult, converted to the config's version
+cni.spec.convert_result({{"cniVersion": "1.0.0", "ips": [{{"address": "10.0.0.2/24"}}]}}, "0.4.0")
+cni.spec.convert_result({{"cniVersion": "1.0.0", "ips": []}}, "1.0.0")
 portmap.nft._import_binding()  # the libnftables binding, as a transaction loads it
 print(",".join(sorted(m for m in {heavy!r} if m in sys.modules)))
 """
