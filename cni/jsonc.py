@@ -5,9 +5,10 @@ Importing `json` compiles the regular expressions of `json.decoder` and
 `json.encoder`, which imports `re` and, through it, `enum`: most of what a cold
 plugin process spends on imports. The C accelerator `_json` that `json` itself
 uses does all the work of a plugin's loads and dumps, so these functions call it
-directly and give byte-for-byte the stdlib's answers. Whatever the fast form does
-not cover (indentation, BOMs and UTF-16/32 input, and every error, so that its
-message and position are the stdlib's) is handed to `json`.
+directly and give byte-for-byte the stdlib's answers (the indented form, which the
+C encoder lacks, is laid out here around its leaves). Whatever the fast form does
+not cover (BOMs and UTF-16/32 input, keys that are not strings, and every error,
+so that its message and position are the stdlib's) is handed to `json`.
 """
 
 from __future__ import annotations
