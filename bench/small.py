@@ -90,7 +90,8 @@ def main() -> int:
     run_id = secrets.token_hex(3)
     tmp = Path(tempfile.mkdtemp(prefix=f"berth-bench-small-{run_id}-"))
     node = Netns(f"bb-{run_id}-node")
-    impls = {"berth": lambda p: str(Path(opts.bin) / f"berth-{p}"), "reference": lambda p: f"{opts.ref}/{opts.ref_prefix}{p}"}
+    impls = {"berth": lambda p: str(Path(opts.bin) / f"berth-{p}"),
+             "reference": lambda p: f"{opts.ref}/{opts.ref_prefix}{p}"}
     conts = {impl: Netns(f"bb-{run_id}-c{impl[0]}") for impl in impls}
     figures: dict[str, dict[str, dict[str, float]]] = {}
     try:
