@@ -87,7 +87,9 @@ test-kernels: venv kernel-deps bundle
 	$(PY) -m tests.vm.run $(if $(KERNELS),--kernels $(KERNELS)) --subset $(KERNEL_SUBSET) --quiet
 
 # One onedir bundle, one multi-call executable; the plugins are links to it (see packaging/berth.spec).
-BUNDLE_LINKS := berth-bridge berth-host-local berth-portmap
+BUNDLE_LINKS := berth-bridge berth-host-local berth-portmap berth-loopback berth-tuning berth-firewall berth-bandwidth
+# with ALIASES=1 also the upstream names, replacing reference plugins of those names
+ALIAS_LINKS := bridge host-local portmap loopback tuning firewall bandwidth
 # The bootloader is PyInstaller's own, built from its sources without the onedir restart
 # (packaging/bootloader.py: one restart less per plugin exec, cached in build/bootloader);
 # `make bundle STOCK_BOOTLOADER=1` uses PyInstaller's prebuilt one instead.
@@ -120,7 +122,7 @@ install:
 	if [ -d "$$dir/.berth" ] && [ ! -L "$$dir/.berth" ]; then mv "$$dir/.berth" "$$dir/.berth-0-unversioned"; fi; \
 	prev=$$(readlink "$$dir/.berth" 2>/dev/null || true); \
 	ln -sfn "$$new" "$$dir/.berth.tmp"; mv -Tf "$$dir/.berth.tmp" "$$dir/.berth"; \
-	names="berth $(BUNDLE_LINKS)"; if [ "$(ALIASES)" = "1" ]; then names="$$names bridge host-local portmap"; fi; \
+	names="berth $(BUNDLE_LINKS)"; if [ "$(ALIASES)" = "1" ]; then names="$$names $(ALIAS_LINKS)"; fi; \
 	for n in $$names; do ln -sfn .berth/berth "$$dir/$$n.tmp"; mv -Tf "$$dir/$$n.tmp" "$$dir/$$n"; done; \
 	for old in "$$dir"/.berth-*; do b=$$(basename "$$old"); \
 	  if [ "$$b" != "$$new" ] && [ "$$b" != "$$prev" ]; then rm -rf "$$old"; fi; done; \

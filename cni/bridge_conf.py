@@ -20,7 +20,8 @@ if TYPE_CHECKING:
 DEFAULT_BRIDGE = "cni0"
 MIN_MTU = 68
 MAX_MTU = 65535
-NOT_IPAM = ("berth", "berth-bridge", "berth-portmap")  # berth's own names that are no IPAM plugin
+NOT_IPAM = ("berth", "berth-bridge", "berth-portmap", "berth-loopback", "berth-tuning", "berth-firewall",
+            "berth-bandwidth")  # berth's own names that are no IPAM plugin
 HEX = frozenset("0123456789abcdefABCDEF")
 
 

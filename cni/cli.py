@@ -37,6 +37,7 @@ def usage() -> str:
     lines = [
         "usage: berth COMMAND [ARGS...]",
         "       berth-bridge | berth-host-local | berth-portmap   (CNI plugins, via links to this program)",
+        "       berth-loopback | berth-tuning | berth-firewall | berth-bandwidth",
         "       berth plugin PLUGIN                              (run a plugin by name)",
         "",
         "commands:",

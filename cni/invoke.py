@@ -22,7 +22,8 @@ from cni.skel import CmdArgs, PluginFuncs
 from cni.spec import CURRENT_VERSION, Result, convert_result
 
 # Plugin types that are this very program; run them without an exec.
-OWN_PLUGINS = ("berth-host-local", "berth-bridge", "berth-portmap")
+OWN_PLUGINS = ("berth-host-local", "berth-bridge", "berth-portmap", "berth-loopback", "berth-tuning",
+               "berth-firewall", "berth-bandwidth")
 OWN_IPAM = ("berth-host-local",)  # those of them that are IPAM plugins
 OWN_NAMES = ("berth", *OWN_PLUGINS)
 # What a plugin gets to answer: runtimes give a whole ADD a few minutes.

@@ -1,7 +1,9 @@
 """Multi-call entry point: one executable, dispatching on the name it was run as.
 
-`berth-bridge`, `berth-host-local`, `berth-portmap` (and, for a drop-in install,
-`bridge`, `host-local`, `portmap`) are links to the one `berth` executable;
+`berth-bridge`, `berth-host-local`, `berth-portmap`, `berth-loopback`,
+`berth-tuning`, `berth-firewall`, `berth-bandwidth` (and, for a drop-in install,
+the upstream names `bridge`, `host-local`, `portmap`, `loopback`, `tuning`,
+`firewall`, `bandwidth`) are links to the one `berth` executable;
 `berth` itself is the operator CLI. `berth plugin NAME` runs a plugin by name,
 for systems where links are awkward. Imports are lazy: a VERSION call must not
 pay for pyroute2 or libnftables, and a call forwarded to the node agent imports
@@ -20,8 +22,14 @@ PLUGINS: dict[str, str] = {
     "berth-bridge": "cni.bridge:FUNCS",
     "berth-host-local": "ipam.hostlocal:FUNCS",
     "berth-portmap": "portmap.portmap:FUNCS",
+    "berth-loopback": "cni.loopback:FUNCS",
+    "berth-tuning": "cni.tuning:FUNCS",
+    "berth-firewall": "cni.firewall:FUNCS",
+    "berth-bandwidth": "cni.bandwidth:FUNCS",
 }
-ALIASES: dict[str, str] = {"bridge": "berth-bridge", "host-local": "berth-host-local", "portmap": "berth-portmap"}
+ALIASES: dict[str, str] = {"bridge": "berth-bridge", "host-local": "berth-host-local", "portmap": "berth-portmap",
+                           "loopback": "berth-loopback", "tuning": "berth-tuning", "firewall": "berth-firewall",
+                           "bandwidth": "berth-bandwidth"}
 
 
 def canonical_name(name: str) -> str | None:

@@ -35,6 +35,7 @@ else:
 DUMP_RETRIES = 5
 IFF_UP = 0x1
 IFF_PROMISC = 0x100
+IFF_ALLMULTI = 0x200
 IFA_F_NODAD = 0x02
 RT_SCOPE_UNIVERSE = 0
 RT_SCOPE_LINK = 253
@@ -100,6 +101,12 @@ def _send(h: Handle, what: str, message: Callable[[], bytes], msg_type: int, fla
         except TimeoutError:
             raise NetlinkFailure(errno.ETIMEDOUT, f"{what}: no answer from the kernel") from None
     raise AssertionError("unreachable")
+
+
+def send_raw(h: Handle, what: str, body: bytes, msg_type: int, flags: int = 0) -> list[bytes]:
+    """One request whose body (the bytes after the netlink header) the caller packed
+    (cni/tc.py): the replies' bytes; errors translated as for every other request."""
+    return _send(h, what, lambda: body, msg_type, flags)
 
 
 def _call(what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -175,11 +182,11 @@ class Link:
     """One link as the kernel reported it."""
 
     __slots__ = ("flags", "hairpin", "index", "kind", "mac", "master", "mtu", "name", "peer_index", "promiscuity",
-                 "vlan_filtering")
+                 "txqlen", "vlan_filtering")
 
     def __init__(
         self, index: int, name: str, kind: str, mac: str, mtu: int, master: int, flags: int, peer_index: int,
-        promiscuity: int, vlan_filtering: int | None = None, hairpin: int | None = None,
+        promiscuity: int, vlan_filtering: int | None = None, hairpin: int | None = None, txqlen: int = 0,
     ) -> None:
         self.index = index
         self.name = name
@@ -192,10 +199,20 @@ class Link:
         self.promiscuity = promiscuity
         self.vlan_filtering = vlan_filtering
         self.hairpin = hairpin
+        self.txqlen = txqlen
 
     @property
     def up(self) -> bool:
         return bool(self.flags & IFF_UP)
+
+    @property
+    def promisc(self) -> bool:
+        """The IFF_PROMISC flag as set by a user (promiscuity also counts a bridge port's own)."""
+        return bool(self.flags & IFF_PROMISC)
+
+    @property
+    def allmulti(self) -> bool:
+        return bool(self.flags & IFF_ALLMULTI)
 
 
 def _link_get(h: Handle, what: str, index: int, name: str) -> Link | None:
@@ -243,6 +260,43 @@ def linkinfo(kind: str, data: list[Any]) -> list[Any]:
 
 def set_up(h: Handle, index: int, what: str) -> None:
     _link_set(h, f"set {what} up", index, [], flags=IFF_UP, change=IFF_UP)
+
+
+def set_down(h: Handle, index: int, what: str) -> None:
+    _link_set(h, f"set {what} down", index, [], flags=0, change=IFF_UP)
+
+
+def set_flag(h: Handle, index: int, flag: int, on: bool, what: str) -> None:
+    """Turn one IFF_* flag (IFF_PROMISC, IFF_ALLMULTI) on or off; the others stay."""
+    _link_set(h, what, index, [], flags=flag if on else 0, change=flag)
+
+
+def set_attributes(h: Handle, index: int, what: str, *, mtu: int | None = None, mac: str | None = None,
+                   txqlen: int | None = None) -> None:
+    """Change MTU, MAC address and transmit queue length of a link, in one request."""
+    attrs: list[Any] = []
+    if mtu is not None:
+        attrs.append(["IFLA_MTU", mtu])
+    if mac is not None:
+        attrs.append(["IFLA_ADDRESS", mac])
+    if txqlen is not None:
+        attrs.append(["IFLA_TXQLEN", txqlen])
+    if attrs:
+        _link_set(h, what, index, attrs)
+
+
+def create_ifb(h: Handle, name: str, mtu: int) -> Link:
+    """An ifb device, up, with the given MTU (0: the kernel's)."""
+    attrs: list[Any] = [["IFLA_IFNAME", name]]
+    if mtu:
+        attrs.append(["IFLA_MTU", mtu])
+    attrs.append(linkinfo("ifb", []))
+    _create_link(h, f"create ifb {name}", attrs)
+    link = link_by_name(h, name)
+    if link is None:
+        raise LinkNotFound(errno.ENODEV, f"ifb {name} vanished after creation")
+    set_up(h, link.index, f"ifb {name}")
+    return link_by_name(h, name) or link
 
 
 def ensure_bridge(h: Handle, name: str, mtu: int, vlan_filtering: bool, promisc: bool,

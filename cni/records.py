@@ -2,7 +2,7 @@
 
 A journal file (cni/state.py) holds one JSON object per attachment: the
 attachment's names, when it was made, and one section per plugin ("bridge",
-"portmap"). These records are those sections with the same JSON keys: every
+"portmap", "tuning", "firewall", "bandwidth"). These records are those sections with the same JSON keys: every
 section is built through a record's to_json() and read through its
 from_json(), which reads what any berth wrote (older journals lack keys that
 newer ones have) and never raises on a hand-edited one: what cannot be read
@@ -30,6 +30,9 @@ else:
 
 BRIDGE = "bridge"
 PORTMAP = "portmap"
+TUNING = "tuning"
+FIREWALL = "firewall"
+BANDWIDTH = "bandwidth"
 PORTMAP_SCHEMA = 3
 MASQ_SCHEMA = 3
 # every portmap schema whose elements a DEL may have to find
@@ -212,6 +215,104 @@ class BridgeRecord(NamedTuple):
             netns=_str(data.get("netns")), ifname=_str(data.get("ifname")), ipam_type=_str(data.get("ipamType")),
             ips=_strings(data.get("ips")), mac=_str(data.get("mac")),
             masq=MasqRecord.from_json(masq) if isinstance(masq, dict) else None, isolate=_str(data.get("isolate")))
+
+
+class LinkAttrs(NamedTuple):
+    """Link attributes of the container interface, as tuning found them before
+    changing them (None: not changed, so nothing to restore)."""
+
+    mac: str | None = None
+    mtu: int | None = None
+    promisc: bool | None = None
+    allmulti: bool | None = None
+    txqlen: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in (("mac", self.mac), ("mtu", self.mtu), ("promisc", self.promisc),
+                           ("allmulti", self.allmulti), ("txQLen", self.txqlen)):
+            if value is not None:
+                out[key] = value
+        return out
+
+    @classmethod
+    def from_json(cls, data: Any) -> LinkAttrs:
+        data = data if isinstance(data, dict) else {}
+        mac, promisc, allmulti = data.get("mac"), data.get("promisc"), data.get("allmulti")
+        return cls(mac=mac if isinstance(mac, str) and mac else None, mtu=_count(data.get("mtu")),
+                   promisc=promisc if isinstance(promisc, bool) else None,
+                   allmulti=allmulti if isinstance(allmulti, bool) else None, txqlen=_count(data.get("txQLen")))
+
+
+def _count(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+class TuningRecord(NamedTuple):
+    """berth-tuning's section: the interface it changed, what it found there
+    (restored on DEL, as upstream's backup file is) and the sysctls it wrote
+    with their values before (what a failed ADD puts back)."""
+
+    state: str  # "adding" until the ADD finished, then "done"
+    netns: str
+    ifname: str
+    original: LinkAttrs
+    sysctls: tuple[tuple[tuple[str, ...], str], ...] = ()  # (name parts, value before)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"state": self.state, "netns": self.netns, "ifname": self.ifname, "original": self.original.to_json(),
+                "sysctls": [{"name": list(parts), "was": was} for parts, was in self.sysctls]}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TuningRecord:
+        sysctls = []
+        raw = data.get("sysctls")
+        for item in raw if isinstance(raw, list) else []:
+            if isinstance(item, dict) and isinstance(item.get("name"), list) and isinstance(item.get("was"), str):
+                sysctls.append((tuple(str(p) for p in item["name"]), item["was"]))
+        return cls(state=_str(data.get("state")), netns=_str(data.get("netns")), ifname=_str(data.get("ifname")),
+                   original=LinkAttrs.from_json(data.get("original")), sysctls=tuple(sysctls))
+
+
+class FirewallRecord(NamedTuple):
+    """berth-firewall's section: the host-side interface and the container
+    addresses it accepts (elements `address . interface` of the firewall sets),
+    and the bridge it put in the same-bridge sets ("" for ingressPolicy open)."""
+
+    state: str  # "adding" until the ADD finished, then "done"
+    interface: str
+    addresses: tuple[str, ...] = ()
+    same_bridge: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"state": self.state, "interface": self.interface, "addresses": list(self.addresses),
+                "sameBridge": self.same_bridge}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> FirewallRecord:
+        return cls(state=_str(data.get("state")), interface=_str(data.get("interface")),
+                   addresses=_strings(data.get("addresses")), same_bridge=_str(data.get("sameBridge")))
+
+
+class BandwidthRecord(NamedTuple):
+    """berth-bandwidth's section: the host veth it shaped (by name and index:
+    names get reused) and the ifb device it made for egress ("" for none)."""
+
+    state: str  # "adding" until the ADD finished, then "done"
+    host_veth: str
+    host_index: int
+    ifb: str = ""
+    ingress: bool = False  # a tbf on the host veth (traffic into the container)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"state": self.state, "hostVeth": self.host_veth, "hostIndex": self.host_index, "ifb": self.ifb,
+                "ingress": self.ingress}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> BandwidthRecord:
+        return cls(state=_str(data.get("state")), host_veth=_str(data.get("hostVeth")),
+                   host_index=_count(data.get("hostIndex")) or 0, ifb=_str(data.get("ifb")),
+                   ingress=data.get("ingress") is True)
 
 
 class Attachment:

@@ -220,6 +220,7 @@ NLA = struct.Struct("=HH")
 U32 = struct.Struct("=I")
 NLA_TYPE_MASK = 0x3FFF  # without NLA_F_NESTED / NLA_F_NET_BYTEORDER
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINK, IFLA_MASTER, IFLA_LINKINFO, IFLA_PROMISCUITY = 1, 3, 4, 5, 10, 18, 30
+IFLA_TXQLEN = 13
 IFLA_INFO_KIND, IFLA_INFO_DATA, IFLA_INFO_SLAVE_KIND, IFLA_INFO_SLAVE_DATA = 1, 2, 4, 5
 IFLA_BR_VLAN_FILTERING = 7
 IFLA_BRPORT_MODE = 4  # hairpin
@@ -287,6 +288,7 @@ def parse_link(chunk: bytes) -> dict[str, Any]:
         "mac": ":".join(f"{b:02x}" for b in mac), "mtu": _u32(attrs.get(IFLA_MTU)),
         "master": _u32(attrs.get(IFLA_MASTER)), "flags": flags, "peer_index": _u32(attrs.get(IFLA_LINK)),
         "promiscuity": _u32(attrs.get(IFLA_PROMISCUITY)), "vlan_filtering": vlan_filtering, "hairpin": hairpin,
+        "txqlen": _u32(attrs.get(IFLA_TXQLEN)),
     }
 
 
@@ -316,7 +318,8 @@ NLA_F_NESTED = 0x8000
 
 _TABLES: dict[str, dict[str, tuple[int, str]]] = {
     "link": {"IFLA_ADDRESS": (1, "mac"), "IFLA_IFNAME": (3, "str"), "IFLA_MTU": (4, "u32"),
-             "IFLA_MASTER": (10, "u32"), "IFLA_PROTINFO": (12, "brport"), "IFLA_LINKINFO": (18, "linkinfo"),
+             "IFLA_MASTER": (10, "u32"), "IFLA_PROTINFO": (12, "brport"), "IFLA_TXQLEN": (13, "u32"),
+             "IFLA_LINKINFO": (18, "linkinfo"),
              "IFLA_NET_NS_FD": (28, "u32")},
     "linkinfo": {"IFLA_INFO_KIND": (1, "str"), "IFLA_INFO_DATA": (2, "info_data")},
     "bridge": {"IFLA_BR_VLAN_FILTERING": (7, "u8")},

@@ -61,23 +61,24 @@ def _family_of(address: object) -> str:
         raise CNIError(DECODE_FAILURE, f"invalid address {address!r} in result") from None
 
 
-def _clone(result: Result) -> Result:
-    """A deep copy of a parsed result: copy.deepcopy's import and memo bookkeeping
-    are not needed for JSON trees, which have no cycles and no shared objects."""
-    return {k: _clone_value(v) for k, v in result.items()}
+def _copy(result: Result) -> Result:
+    """A deep copy of a result (copy.deepcopy's answer for JSON data, without
+    importing copy and weakref on every exec)."""
+    out: Result = _copy_value(result)
+    return out
 
 
-def _clone_value(value: Any) -> Any:
+def _copy_value(value: Any) -> Any:
     if isinstance(value, dict):
-        return {k: _clone_value(v) for k, v in value.items()}
+        return {k: _copy_value(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_clone_value(v) for v in value]
-    return value
+        return [_copy_value(v) for v in value]
+    return value  # str, numbers, None: immutable
 
 
 def _to_0x(result: Result, version: str) -> Result:
     """1.x shape -> 0.3.x/0.4.0 shape: every ip carries "version"."""
-    out = _clone(result)
+    out = _copy(result)
     for ip in out.get("ips", []) or []:
         ip["version"] = _family_of(ip.get("address", ""))
     for iface in out.get("interfaces", []) or []:
@@ -91,7 +92,7 @@ def _to_0x(result: Result, version: str) -> Result:
 
 
 def _to_1x(result: Result, version: str) -> Result:
-    out = _clone(result)
+    out = _copy(result)
     for ip in out.get("ips", []) or []:
         ip.pop("version", None)
     if version == "1.0.0":
@@ -130,7 +131,7 @@ def convert_result(result: Result, to_version: str) -> Result:
     if not isinstance(src, str):
         raise CNIError(DECODE_FAILURE, "result cniVersion must be a string")
     if src == to_version:
-        return _clone(result)
+        return _copy(result)
     fn = _CONVERTERS.get((src, to_version))
     if fn is None:
         raise CNIError(

@@ -19,7 +19,7 @@ from collections import Counter
 from collections.abc import Iterable
 
 from cni import jsonc
-from cni.records import Attachment, MasqRecord, PortMapping, PortmapRecord
+from cni.records import Attachment, FirewallRecord, MasqRecord, PortMapping, PortmapRecord
 from portmap import layout
 
 TYPE_CHECKING = False  # mypy treats this name as True: typing stays off the exec path
@@ -462,4 +462,38 @@ def isolation_missing(bridge: str, mode: str, table: Table) -> list[Missing]:
         for elem in elems:
             if not table.has_member(name, elem):
                 out.append(Missing(f"bridge {bridge} is missing from set {name}", [layout.add_elements(name, [elem])]))
+    return out
+
+
+# --- the firewall plugin -------------------------------------------------------------------------
+
+def firewall_static_problems(table: Table) -> list[str]:
+    """What is missing of the firewall's own chains and sets."""
+    if not table.exists:
+        return [f"table {layout.FAMILY} {layout.TABLE} is missing"]
+    problems = [f"set {name} is missing" for name, _key in layout.FIREWALL_SETS if name not in table.elements]
+    built = layout.firewall_rules()
+    for chain in (layout.FIREWALL_CHAIN, layout.SAME_BRIDGE_CHAIN):
+        if chain not in table.chains:
+            problems.append(f"chain {chain} is missing")
+            continue
+        expected = built_rules(built, chain)
+        lacking = rules_missing(table, chain, expected)
+        if lacking:
+            problems.append(f"chain {chain} lacks {lacking} of its {len(expected)} rules")
+    return problems
+
+
+def firewall_missing(record: FirewallRecord, table: Table, static: bool = True) -> list[Missing]:
+    """The firewall's chains and sets (unless `static` is False: reconcile plans them once),
+    and the attachment's elements, that the table lacks."""
+    out = [Missing(what, layout.firewall_layout()) for what in firewall_static_problems(table)] if static else []
+    wanted = layout.firewall_elements(list(record.addresses), record.interface)
+    if record.same_bridge:
+        wanted.update(layout.same_bridge_elements(record.same_bridge))
+    for name, elems in wanted.items():
+        for elem in elems:
+            if not table.has_member(name, elem):
+                shown = " . ".join(elem["concat"]) if isinstance(elem, dict) else str(elem)
+                out.append(Missing(f"set {name} element {shown} is missing", [layout.add_elements(name, [elem])]))
     return out

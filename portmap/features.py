@@ -90,6 +90,9 @@ PROBES: tuple[tuple[str, str, list[Cmd]], ...] = (
     ("sets of interface-name pairs (iifname . oifname)", "nf_tables",
      [FWD, {"add": _obj("set", name="s", type=["ifname", "ifname"])},
       _rule("fwd", _match({"concat": [_meta("iifname"), _meta("oifname")]}, "@s"), {"accept": None})]),
+    ("sets of address . interface-name pairs (the firewall plugin's)", "nf_tables",
+     [FWD, {"add": _obj("set", name="s", type=["ipv4_addr", "ifname"])},
+      _rule("fwd", _match({"concat": [_payload("ip", "saddr"), _meta("iifname")]}, "@s"), {"accept": None})]),
 )
 
 

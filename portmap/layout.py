@@ -24,6 +24,12 @@ and one per-attachment chain holds both families' rules.
     CNI-ISOLATION           : bridge `isolate`: replies/DNAT/same bridge return, else drop between
                               isolated bridges and from any berth bridge into a strict one (portmap/isolation.py)
     guard (filter, -300)    : drop 127.0.0.0/8 not arriving on lo (CVE-2020-8558)
+    firewall (filter, 0)    : the firewall plugin's, made by its first ADD and not part of the static
+                              layout above (never flushed by its re-assertion): oifname @same-bridge ->
+                              CNI-SAME-BRIDGE; accept to (established) and from the container addresses
+                              in @firewall-v4/-v6, elements `address . host interface`
+    CNI-SAME-BRIDGE         : ingressPolicy same-bridge: traffic staying on its bridge returns, traffic
+                              from another same-bridge bridge is dropped
 
 Every construct here is one that the kernels berth supports accept (the
 matrix in tests/vm): Linux 5.10 and 6.1 refuse a lookup of a map used as a
@@ -668,3 +674,88 @@ def masq_elements(chain: str, addresses: list[str]) -> dict[str, list[Any]]:
         version = ipaddress.ip_address(addr).version
         out.setdefault(MASQ_V4_MAP if version == 4 else MASQ_V6_MAP, []).append(verdict_elem(addr, chain))
     return out
+
+
+# --- the firewall plugin ---------------------------------------------------------
+#
+# Upstream's firewall plugin adds, per container address, an accept of traffic
+# from the address and of established traffic to it (iptables CNI-FORWARD), and
+# for ingressPolicy same-bridge two rules per bridge (CNI-ISOLATION-STAGE-1/2).
+# Here the rules are constant and the addresses and bridges are set elements:
+# a container costs elements, never a rule, so its ADD does not make the kernel
+# re-validate any chain. Addresses are keyed with the host-side interface their
+# traffic uses (the bridge, or a ptp host veth): two networks may lease the same
+# address, never on one interface. The chains are not in base_layout: its
+# re-assertion flushes the base chains, and the firewall's are the firewall's.
+
+FIREWALL_CHAIN = "firewall"
+SAME_BRIDGE_CHAIN = "CNI-SAME-BRIDGE"
+FIREWALL_V4_SET = "firewall-v4"
+FIREWALL_V6_SET = "firewall-v6"
+SAME_BRIDGE_SET = "same-bridge"
+SAME_BRIDGE_SELF_SET = "same-bridge-self"  # `br . br`: traffic staying on its bridge
+FIREWALL_SETS: tuple[tuple[str, list[str] | str], ...] = (
+    (FIREWALL_V4_SET, ["ipv4_addr", "ifname"]),
+    (FIREWALL_V6_SET, ["ipv6_addr", "ifname"]),
+    (SAME_BRIDGE_SET, "ifname"),
+    (SAME_BRIDGE_SELF_SET, ["ifname", "ifname"]),
+)
+FIREWALL_BASE = ("filter", 0, "forward")
+
+
+def firewall_sets() -> list[Cmd]:
+    return [{"add": _obj("set", name=name, type=key)} for name, key in FIREWALL_SETS]
+
+
+def firewall_rules() -> list[Cmd]:
+    """The rules of the two firewall chains (constant: the sets hold the rest)."""
+    ifpair = {"concat": [meta("iifname"), meta("oifname")]}
+    established = match({"ct": {"key": "state"}}, ["established", "related"], "in")
+    cmds = [
+        add_rule(SAME_BRIDGE_CHAIN, match(ifpair, "@" + SAME_BRIDGE_SELF_SET), {"return": None}),
+        add_rule(SAME_BRIDGE_CHAIN, match(meta("iifname"), "@" + SAME_BRIDGE_SET), COUNTER, {"drop": None}),
+        add_rule(FIREWALL_CHAIN, match(meta("oifname"), "@" + SAME_BRIDGE_SET), jump(SAME_BRIDGE_CHAIN)),
+    ]
+    for version, name in ((4, FIREWALL_V4_SET), (6, FIREWALL_V6_SET)):
+        fam = ip_proto(version)
+        to_container = {"concat": [payload(fam, "daddr"), meta("oifname")]}
+        from_container = {"concat": [payload(fam, "saddr"), meta("iifname")]}
+        cmds += [add_rule(FIREWALL_CHAIN, match(to_container, "@" + name), established, {"accept": None}),
+                 add_rule(FIREWALL_CHAIN, match(from_container, "@" + name), {"accept": None})]
+    return cmds
+
+
+def firewall_layout() -> list[Cmd]:
+    """The firewall's own objects (idempotent; its chains add+flush+refill)."""
+    return [add_table(), *firewall_sets(), add_chain(SAME_BRIDGE_CHAIN), flush_chain(SAME_BRIDGE_CHAIN),
+            add_chain(FIREWALL_CHAIN, FIREWALL_BASE), flush_chain(FIREWALL_CHAIN), *firewall_rules()]
+
+
+def firewall_elements(addresses: list[str], interface: str) -> dict[str, list[Any]]:
+    """Set name -> the `address . interface` elements of these container addresses."""
+    out: dict[str, list[Any]] = {}
+    for addr in addresses:
+        version = ipaddress.ip_address(addr).version
+        out.setdefault(FIREWALL_V4_SET if version == 4 else FIREWALL_V6_SET, []).append(
+            {"concat": [addr, interface]})
+    return out
+
+
+def same_bridge_elements(bridge: str) -> dict[str, list[Any]]:
+    return {SAME_BRIDGE_SET: [bridge], SAME_BRIDGE_SELF_SET: [{"concat": [bridge, bridge]}]}
+
+
+def firewall_add(elements: dict[str, list[Any]], layout: bool) -> list[Cmd]:
+    """ADD's transaction: the firewall's objects when they may be missing, then the elements."""
+    cmds = firewall_layout() if layout else []
+    return cmds + [add_elements(name, elems) for name, elems in elements.items() if elems]
+
+
+def firewall_del(elements: dict[str, list[Any]]) -> list[Cmd]:
+    """DEL's transaction: add-then-delete of the elements (absence-tolerant), the
+    table and the sets asserted first."""
+    cmds: list[Cmd] = [add_table(), *(c for c in firewall_sets() if c["add"]["set"]["name"] in elements)]
+    for name, elems in elements.items():
+        if elems:
+            cmds += [add_elements(name, elems), delete_elements(name, elems)]
+    return cmds

@@ -69,6 +69,15 @@ def _import_binding() -> Any:
             del sys.modules["json"]
 
 
+def binding_available() -> bool:
+    """Can the nftables binding be loaded? (importlib's find_spec would load more than the binding itself.)"""
+    try:
+        _import_binding()
+    except ImportError:
+        return False
+    return True
+
+
 def _nft() -> Any:
     global _handle
     with _lock:

@@ -1,9 +1,9 @@
 """Put back what the journals say exists: berth's static layout, each
 attachment's CNI-DN-<hash> chain and verdict-map elements, the per-subnet
-ipMasq rules and elements, the bridges and isolation sets (portmap/diff.py
-says what is missing), all in ONE libnftables transaction under the node-wide
-ports lock portmap's ADD/DEL hold, so it never races a plugin call. It only
-adds (and refills the chains it owns); it never takes a port another
+ipMasq rules and elements, the bridges and isolation sets, the firewall
+plugin's chains and elements (portmap/diff.py says what is missing), all in
+ONE libnftables transaction under the node-wide ports lock portmap's ADD/DEL
+hold, so it never races a plugin call. It only adds (and refills the chains it owns); it never takes a port another
 attachment holds (its port file decides). Attachments whose ADD did not
 finish, or whose host veth is gone, are skipped and named: DEL/GC are the
 tools for those. `berth reconcile` renders it; `berth agent` runs it after a
@@ -69,6 +69,7 @@ def plan(root: str, attachments: list[Attachment], table: Table, gone: set[tuple
     result = Plan()
     live = [a for a in attachments if (a.portmap is not None or a.masq is not None)]
     _plan_isolation(root, table, result)
+    _plan_firewall(root, table, result)
     usable = []
     for att in live:
         if not att.complete():
@@ -126,6 +127,19 @@ def _plan_isolation(root: str, table: Table, result: Plan) -> None:
         static = ([] if not diff.static_problems(table)
                   else layout.base_layout(legacy_maps=diff.legacy_maps(table)))
         result.fixes.append(("node", Missing("isolation: " + "; ".join(missing), static + commands)))
+
+
+def _plan_firewall(root: str, table: Table, result: Plan) -> None:
+    """The firewall plugin's chains and sets once, then each journaled attachment's elements."""
+    from portmap import firewall
+
+    records = firewall.journaled(root)
+    static = diff.firewall_static_problems(table) if records else []
+    if static:
+        result.fixes.append(("node", Missing("firewall: " + "; ".join(static), layout.firewall_layout())))
+    for (network, container_id, ifname), record in records:
+        for missing in diff.firewall_missing(record, table, static=False):
+            result.fixes.append((f"{container_id}/{ifname} on {network}", missing))
 
 
 def _mark_bit(attachments: list[Attachment]) -> int:

@@ -26,6 +26,10 @@ ROOT = Path(__file__).resolve().parent.parent
 NETTOOL = str(Path(__file__).resolve().parent / "nettool.py")
 SYSTEM_PYTHON = "/usr/bin/python3"
 REFERENCE_DIR = "/usr/lib/cni"
+# what `make install` links to berth: its own names, and with ALIASES=1 the upstream ones (cni/main.py)
+BERTH_NAMES = ("berth", "berth-bridge", "berth-host-local", "berth-portmap", "berth-loopback", "berth-tuning",
+               "berth-firewall", "berth-bandwidth")
+ALIAS_NAMES = ("bridge", "host-local", "portmap", "loopback", "tuning", "firewall", "bandwidth")
 NS_PREFIX = "bt-"
 
 
@@ -98,7 +102,7 @@ def plugin_dir(tmp_root: Path) -> Path:
     entry = ROOT / ".venv" / "bin" / "berth"
     out = tmp_root / "bin"
     out.mkdir(parents=True, exist_ok=True)
-    for name in ("berth", "berth-bridge", "berth-host-local", "berth-portmap"):
+    for name in BERTH_NAMES:
         link = out / name
         if not link.exists():
             link.symlink_to(entry)

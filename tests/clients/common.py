@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import re
 import shutil
 import time
@@ -32,6 +33,24 @@ OUT_PORT = 9000
 CURL_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "NO_PROXY": "*", "no_proxy": "*"}
 # Per-attachment chains: upstream's names, "CNI-" + 24 hex / "CNI-DN-" + 21 hex.
 _ATTACHMENT_CHAIN = re.compile(r"\bCNI-(?:DN-)?[0-9a-f]{20,24}\b")
+
+
+def berth_install(tmp: Path, bin_dir: Path) -> Path:
+    """A plugin directory holding what `make install ALIASES=1` puts there and nothing else: the real
+    install of the bundle when the tests run against it, else the same names linked to the venv's entry."""
+    target = tmp / "opt-cni-bin"
+    bundle = harness.ROOT / "dist" / "berth"
+    if bin_dir.resolve() == bundle.resolve() and (bundle / "berth").is_file():
+        harness.run(["make", "-s", "-C", str(harness.ROOT), "install", f"PREFIX={target}", "ALIASES=1"], timeout=300)
+    else:
+        target.mkdir(parents=True, exist_ok=True)
+        real = os.path.realpath(bin_dir / "berth")
+        for name in (*harness.BERTH_NAMES, *harness.ALIAS_NAMES):
+            (target / name).symlink_to(real)
+    executables = {p.name: os.path.realpath(p) for p in target.iterdir() if not p.name.startswith(".")}
+    assert set(executables) == {*harness.BERTH_NAMES, *harness.ALIAS_NAMES}, sorted(executables)
+    assert len(set(executables.values())) == 1, f"not all of them are berth: {executables}"
+    return target
 
 
 def load_conf(name: str) -> dict[str, Any]:
@@ -148,6 +167,19 @@ def check_removed(topo: harness.Topology, bridge: str, host_port: int | None) ->
         assert http_get(node, f"http://127.0.0.1:{host_port}/", tries=1) is None, "hostPort still open after removal"
         assert http_get(topo.outside, f"http://{topo.NODE_V4}:{host_port}/", tries=1) is None, \
             "hostPort still open from the client namespace after removal"
+
+
+def tbf_rate(node: harness.Netns, dev: str) -> int:
+    """The rate (bits per second) of the root tbf qdisc of `dev`, 0 without one."""
+    for qdisc in json.loads(node.exec(["tc", "-j", "qdisc", "show", "dev", dev]).stdout or "[]"):
+        if qdisc["kind"] == "tbf":
+            return int(qdisc["options"]["rate"]) * 8
+    return 0
+
+
+def ifbs(node: harness.Netns) -> list[str]:
+    return sorted(link["ifname"] for link in node.ip_json("-d", "link", "show")
+                  if link.get("linkinfo", {}).get("info_kind") == "ifb")
 
 
 # --- berth's state ------------------------------------------------------------

@@ -11,7 +11,7 @@ mounts the plugin directory on /opt/cni/bin.
 
 Parameters: the plugin directory (a PluginDir: the CRI's bin_dir and ctr's /opt/cni/bin) and the
 conflist, installed into net.d as it is (or renamed to `network`). The CRI also runs its
-`loopback` network, so that plugin must be in the directory.
+`loopback` network, so that plugin must be in the directory (berth's with `make install ALIASES=1`).
 """
 
 from __future__ import annotations
@@ -144,11 +144,12 @@ class Containerd:
                 return ready, why
             time.sleep(0.2)
 
-    def run_pod(self, name: str, ports: Sequence[cri.PortMapping], command: Sequence[str]) -> tuple[str, str]:
+    def run_pod(self, name: str, ports: Sequence[cri.PortMapping], command: Sequence[str],
+                annotations: dict[str, str] | None = None) -> tuple[str, str]:
         """RunPodSandbox + CreateContainer + StartContainer, as kubelet does: (pod id, container id)."""
         pod = cri.PodConfig(name=name, namespace="berth-test", log_directory=f"/var/log/pods/{name}",
                             port_mappings=list(ports), cgroup_parent=self.host.cgroup_parent,
-                            labels={"app": name})
+                            labels={"app": name}, annotations=dict(annotations or {}))
         self.host.path(pod.log_directory).mkdir(parents=True, exist_ok=True)
         pod_id = self.cri.run_pod_sandbox(pod)
         container = cri.ContainerConfig(name=name, image=IMAGE, command=list(command), log_path=f"{name}.log")

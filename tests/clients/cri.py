@@ -147,6 +147,7 @@ class PodConfig:
     port_mappings: Sequence[PortMapping] = ()
     cgroup_parent: str = ""
     labels: dict[str, str] = field(default_factory=dict)
+    annotations: dict[str, str] = field(default_factory=dict)  # e.g. kubernetes.io/ingress-bandwidth
     uid: str = field(default_factory=lambda: str(uuid.uuid4()))
 
     def message(self) -> Message:
@@ -154,6 +155,7 @@ class PodConfig:
                         (3, self.log_directory)]
         msg += [(5, pm.message()) for pm in self.port_mappings]
         msg += [(6, entry) for entry in _map(self.labels)]
+        msg += [(7, entry) for entry in _map(self.annotations)]
         msg.append((8, [(1, self.cgroup_parent)]))
         return msg
 

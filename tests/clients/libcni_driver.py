@@ -35,8 +35,8 @@ BUILD_DIR = harness.ROOT / "build" / "libcni-driver"
 DRIVER = BUILD_DIR / "berth-libcni"
 # the environment libcni's invoke package sets for every plugin exec
 CNI_ENV = ("CNI_COMMAND", "CNI_CONTAINERID", "CNI_NETNS", "CNI_ARGS", "CNI_IFNAME", "CNI_PATH")
-BERTH_NAMES = ("berth", "berth-bridge", "berth-host-local", "berth-portmap")
-UPSTREAM_ALIASES = ("bridge", "host-local", "portmap")  # `make install ALIASES=1`
+BERTH_NAMES = harness.BERTH_NAMES
+UPSTREAM_ALIASES = harness.ALIAS_NAMES  # `make install ALIASES=1`
 FAIL_TYPE = "test-fail-add"
 FAIL_MSG, FAIL_DETAILS = "refusing ADD", "test plugin"
 

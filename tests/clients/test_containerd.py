@@ -1,4 +1,7 @@
-"""containerd 1.6: the CRI plugin (kubelet's path) and `ctr run --cni` drive berth."""
+"""containerd 1.6: the CRI plugin (kubelet's path) and `ctr run --cni` drive berth.
+
+The CRI gets berth's install (`make install ALIASES=1`) as its only plugin directory, and the node
+hides /usr/lib/cni: its own `loopback` network runs berth-loopback through the alias."""
 
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ from tests.clients.plugins import PluginDir, add_del_problems
 
 HOST_PORT = 18081
 BERTH = {"berth-bridge", "berth-host-local", "berth-portmap"}
+BANDWIDTH = {"kubernetes.io/ingress-bandwidth": "16M", "kubernetes.io/egress-bandwidth": "8M"}
 HTTPD = ["httpd", "-f", "-p", str(common.POD_PORT), "-h", "/www"]
 
 
@@ -27,8 +31,8 @@ def test_cri_pod_with_host_ports(topo: harness.Topology, tmp_path: Path) -> None
     name = "10-berth-containerd.conflist"
     conf = common.load_conf(name)
     network, bridge, subnet = conf["name"], common.bridge_name(conf), common.subnets(conf)[0]
-    # the CRI also sets up its loopback network: the reference `loopback` beside berth
-    plugins = PluginDir(tmp_path / "plugins", [topo.node.bin_dir, Path(common.REFERENCE_DIR) / "loopback"])
+    # the CRI also sets up its loopback network: berth's, through the `loopback` alias
+    plugins = PluginDir(tmp_path / "plugins", [common.berth_install(tmp_path, topo.node.bin_dir)])
     page = f"berth-cri-{secrets.token_hex(4)}"
 
     with Containerd(topo.node, tmp_path / "containerd", plugins, common.CONF_DIR / name, page=page) as ctrd:
@@ -58,7 +62,9 @@ def test_cri_pod_with_host_ports(topo: harness.Topology, tmp_path: Path) -> None
     assert not add_del_problems(calls, network), f"{add_del_problems(calls, network)}\n{plugins.table()}"
     called = {c.plugin for c in calls}
     assert {"berth-bridge", "berth-portmap", "loopback"} <= called <= BERTH | {"loopback"}, called
-    assert any(c.plugin == "loopback" and c.command == "ADD" and c.rc == 0 for c in calls), plugins.table()
+    loopback = next(c for c in calls if c.plugin == "loopback" and c.command == "ADD")
+    assert loopback.rc == 0 and loopback.env["CNI_IFNAME"] == "lo", plugins.table()
+    assert [ip["address"] for ip in loopback.stdout["ips"]] == ["127.0.0.1/8", "::1/128"], loopback.stdout
     portmap_add = next(c for c in calls if c.plugin == "berth-portmap" and c.command == "ADD")
     assert portmap_add.stdin["cniVersion"] == conf["cniVersion"]
     # the CRI sends capitalised keys, every mapping with its HostIP
@@ -71,6 +77,45 @@ def test_cri_pod_with_host_ports(topo: harness.Topology, tmp_path: Path) -> None
     # StopPodSandbox and RemovePodSandbox each send DEL; the second has no netns any more
     assert len(dels) >= 2 and all(c.rc == 0 for c in dels), plugins.table()
     assert any(not c.netns for c in dels), plugins.table()
+
+
+def test_cri_pod_with_bandwidth_annotations(topo: harness.Topology, tmp_path: Path) -> None:
+    """A Kubernetes-style list (bridge, portmap, bandwidth): the pod's bandwidth annotations reach berth-bandwidth
+    as the `bandwidth` capability and become tbf qdiscs on the host veth and its ifb, gone with the pod."""
+    _need_containerd()
+    name = "15-berth-k8s-bandwidth.conflist"
+    conf = common.load_conf(name)
+    network, bridge, subnet = conf["name"], common.bridge_name(conf), common.subnets(conf)[0]
+    plugins = PluginDir(tmp_path / "plugins", [common.berth_install(tmp_path, topo.node.bin_dir)])
+    page = f"berth-bw-{secrets.token_hex(4)}"
+
+    with Containerd(topo.node, tmp_path / "containerd", plugins, common.CONF_DIR / name, page=page) as ctrd:
+        var_lib_cni = ctrd.host.path("/var/lib/cni")
+        ready, why = ctrd.network_ready()
+        assert ready, f"CRI network not ready: {why}\n{ctrd.log()[-3000:]}"
+        pod_id, container_id = ctrd.run_pod("shaped", [cri.PortMapping(common.POD_PORT, HOST_PORT)], HTTPD,
+                                            annotations=BANDWIDTH)
+        ips = ctrd.cri.pod_ips(pod_id)
+        assert ips and common.pod_in(ips[0], subnet), f"pod IPs {ips} not in {subnet}\n{plugins.table()}"
+        common.check_published_pod(topo, ips[0], lambda script: ctrd.cri_exec(container_id, script), HOST_PORT, page)
+        veths = [link["ifname"] for link in topo.node.ip_json("link", "show", "master", bridge)]
+        assert len(veths) == 1, veths
+        shaped = {dev: common.tbf_rate(topo.node, dev) for dev in (veths[0], common.ifbs(topo.node)[0])}
+        assert sorted(shaped.values()) == [8_000_000, 16_000_000], shaped
+        assert shaped[veths[0]] == 16_000_000, "ingress (into the pod) is shaped on the host veth"
+
+        ctrd.remove_pod(pod_id)
+        common.check_removed(topo, bridge, HOST_PORT)
+        assert common.ifbs(topo.node) == [], "ifb left after RemovePodSandbox"
+        common.assert_nothing_left(topo.node, var_lib_cni, network)
+
+    calls = [c for c in plugins.calls() if c.command != "VERSION"]
+    assert not add_del_problems(calls, network), f"{add_del_problems(calls, network)}\n{plugins.table()}"
+    bw_add = next(c for c in calls if c.plugin == "berth-bandwidth" and c.command == "ADD")
+    # the CRI sends capitalised keys (go-cni's struct), each burst as the largest 32-bit value
+    assert bw_add.stdin["runtimeConfig"]["bandwidth"] == {"IngressRate": 16_000_000, "IngressBurst": 4294967295,
+                                                          "EgressRate": 8_000_000, "EgressBurst": 4294967295}
+    assert {c.plugin for c in calls} <= BERTH | {"berth-bandwidth", "loopback"}, plugins.table()
 
 
 def test_ctr_run_cni(topo: harness.Topology, tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ library on the same lists, call for call.
 
 from __future__ import annotations
 
+import itertools
 import json
 import secrets
 from collections.abc import Iterator
@@ -129,10 +130,12 @@ def test_conflist_through_libcni(world: World, filename: str) -> None:
     assert bool(v6) == ("dualstack" in filename), result
     adds = w.calls()
     assert lc.call_summary(adds) == [(t, "ADD", 0) for t in order]
-    bridge_add, portmap_add = adds
+    bridge_add, portmap_add, *others = adds  # a list may chain firewall, tuning, bandwidth after portmap
     assert "runtimeConfig" not in bridge_add.stdin, "libcni injects only declared capabilities"
     assert portmap_add.stdin["runtimeConfig"] == {"portMappings": [MAPPING]}
-    assert portmap_add.stdin["prevResult"] == json.loads(bridge_add.stdout), "chained ADD: previous result"
+    assert all("runtimeConfig" not in c.stdin for c in others), "no capability of theirs in CAP_ARGS"
+    for before, after in itertools.pairwise(adds):
+        assert after.stdin["prevResult"] == json.loads(before.stdout), "chained ADD: previous result"
     assert all(c.stdin["name"] == name and c.stdin["cniVersion"] == version for c in adds)
     assert all(c.env["CNI_CONTAINERID"] == lc.container_id(pod.path) and c.env["CNI_NETNS"] == pod.path
                and c.env["CNI_IFNAME"] == "eth0" for c in adds)
@@ -164,7 +167,8 @@ def test_conflist_through_libcni(world: World, filename: str) -> None:
     dels = w.calls()
     assert lc.call_summary(dels) == [(t, "DEL", 0) for t in reversed(order)], "DEL runs the list in reverse"
     assert all(c.stdin["prevResult"] == result for c in dels), "DEL gets the cached result"
-    assert dels[0].stdin["runtimeConfig"] == {"portMappings": [MAPPING]}
+    portmap_del = next(c for c in dels if c.plugin == portmap_add.plugin)
+    assert portmap_del.stdin["runtimeConfig"] == {"portMappings": [MAPPING]}
     w.libcni.run(node, "del", name, pod.path, w.env()).ok()  # the cache is gone: DEL without prevResult
     again = w.calls()
     assert lc.call_summary(again) == [(t, "DEL", 0) for t in reversed(order)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import secrets
 from pathlib import Path
 
@@ -57,3 +58,37 @@ def test_podman_publish_port_through_berth(topo: harness.Topology, tmp_path: Pat
     # podman sends lower-case keys
     expected = [{"hostPort": HOST_PORT, "containerPort": common.POD_PORT, "protocol": "tcp"}]
     assert portmap_add.stdin["runtimeConfig"]["portMappings"] == expected, portmap_add.stdin
+
+
+def test_podman_generated_network_with_only_berth_installed(topo: harness.Topology, tmp_path: Path) -> None:
+    """`podman network create`'s own conflist (bridge, portmap, firewall, tuning, host-local: the upstream
+    names) with berth's `make install ALIASES=1` as the only plugin directory and /usr/lib/cni hidden."""
+    common.need_root()
+    common.need_commands("podman", "crun", "conmon", "busybox", "curl")
+    common.need_cgroups()
+    install = common.berth_install(tmp_path, topo.node.bin_dir)
+    plugins = PluginDir(tmp_path / "plugins", [install])
+    page = f"berth-podman-gen-{secrets.token_hex(4)}"
+    network = "berth-podman-gen"
+
+    with Podman(topo.node, tmp_path / "podman", plugins, page=page, network=network) as pm:
+        generated = json.loads(pm.loaded_conflist())
+        assert [p["type"] for p in generated["plugins"]] == ["bridge", "portmap", "firewall", "tuning"], generated
+        bridge, subnet = common.bridge_name(generated), common.subnets(generated)[0]
+        var_lib_cni = pm.host.path("/var/lib/cni")
+        pm.run("web", [f"{HOST_PORT}:{common.POD_PORT}"], ["httpd", "-f", "-p", str(common.POD_PORT), "-h", "/www"])
+        ip = pm.ip("web")
+        assert common.pod_in(ip, subnet), f"pod IP {ip!r} not in {subnet}\n{plugins.table()}"
+        common.check_published_pod(topo, ip, lambda script: pm.exec("web", script).stdout, HOST_PORT, page)
+        elements = topo.node.exec(["nft", "list", "set", "inet", "berth", "firewall-v4"]).stdout
+        assert f'{ip} . "{bridge}"' in elements, f"the firewall accepts nothing for the pod:\n{elements}"
+        pm.rm("web")
+        common.check_removed(topo, bridge, HOST_PORT)
+        common.assert_nothing_left(topo.node, var_lib_cni, network)
+        elements = topo.node.exec(["nft", "list", "set", "inet", "berth", "firewall-v4"]).stdout
+        assert ip not in elements, elements
+
+    calls = plugins.calls()
+    assert not add_del_problems(calls, network), f"{add_del_problems(calls, network)}\n{plugins.table()}"
+    called = {c.plugin for c in calls if c.command in ("ADD", "DEL")}
+    assert called == {"bridge", "portmap", "firewall", "tuning", "host-local"}, plugins.table()

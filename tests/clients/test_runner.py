@@ -24,7 +24,7 @@ from tests.clients import common
 HOST_PORT = 18080
 POD_PORT = 8080
 OUT_PORT = 9000
-ALIASES = ("bridge", "host-local", "portmap")
+ALIASES = harness.ALIAS_NAMES
 # conflists with a published-port + egress story; name -> file
 BRIDGE_CONFS = {
     "berth-containerd": "10-berth-containerd.conflist",
@@ -33,7 +33,10 @@ BRIDGE_CONFS = {
     "berth-dropin": "40-dropin-upstream-types.conflist",
     "berth-podman": "87-berth-podman.conflist",
     "berth-nerdctl": "nerdctl-berth.conflist",
+    "berth-podman-fw": "88-berth-podman-firewall.conflist",
+    "berth-k8s": "15-berth-k8s-bandwidth.conflist",
 }
+BANDWIDTH = {"ingressRate": 16_000_000, "ingressBurst": 800_000, "egressRate": 8_000_000, "egressBurst": 400_000}
 
 
 def _netconf_dir(tmp: Path, data_dir: Path) -> Path:
@@ -52,7 +55,7 @@ def _alias_dir(tmp: Path, bin_dir: Path) -> Path:
     out = tmp / "aliases"
     out.mkdir(parents=True, exist_ok=True)
     target = os.path.realpath(bin_dir / "berth")
-    for name in ("berth", "berth-bridge", "berth-host-local", "berth-portmap", *ALIASES):
+    for name in (*harness.BERTH_NAMES, *ALIASES):
         (out / name).symlink_to(target)
     return out
 
@@ -83,7 +86,7 @@ def test_cnitool_mode_conflist(topo: harness.Topology, tmp_path: Path, network: 
         cni_path = f"{_alias_dir(tmp_path, node.bin_dir)}:{harness.REFERENCE_DIR}"
     mapping = {"hostPort": HOST_PORT, "containerPort": POD_PORT, "protocol": "tcp"}
     env = {"NETCONFPATH": str(netconf), "CNI_PATH": cni_path, "BERTH_CACHE_DIR": str(tmp_path / "cache"),
-           "CAP_ARGS": json.dumps({"portMappings": [mapping]})}
+           "CAP_ARGS": json.dumps({"portMappings": [mapping], "bandwidth": BANDWIDTH})}
     pod = topo.container("p")
 
     result = _berth(node, "add", network, pod.path, env)
@@ -96,6 +99,10 @@ def test_cnitool_mode_conflist(topo: harness.Topology, tmp_path: Path, network: 
         assert v6 and v6[0].startswith("fd00:202:50:"), result
     assert common.journal_files(node.state_dir), "ADD wrote no journal"
     assert common.lease_files(data_dir), "ADD reserved no address in the test's dataDir"
+    if network == "berth-k8s":  # the bandwidth capability reached the chain's last plugin
+        assert [common.tbf_rate(node, dev) for dev in common.ifbs(node)] == [BANDWIDTH["egressRate"]]
+    if network == "berth-podman-fw":
+        assert all(ip in node.exec(["nft", "list", "set", "inet", "berth", "firewall-v4"]).stdout for ip in v4)
     if network == "berth-dropin":
         calls_reference = [p for p in ALIASES if (Path(harness.REFERENCE_DIR) / p).exists()]
         assert calls_reference, "reference plugins missing: the alias test would prove nothing"
@@ -124,16 +131,20 @@ def test_cnitool_mode_conflist(topo: harness.Topology, tmp_path: Path, network: 
     assert not common.nft_leftovers(node.nft_text()), node.nft_text()
     assert not common.journal_files(node.state_dir), common.journal_files(node.state_dir)
     assert not common.lease_files(data_dir), common.lease_files(data_dir)
+    assert not common.ifbs(node), common.ifbs(node)
     assert outside.connect(topo.NODE_V4, HOST_PORT, timeout=1) is None, "published port still open after DEL"
 
 
 def test_cnitool_mode_loopback_conf(topo: harness.Topology, tmp_path: Path) -> None:
-    """conf/99-loopback.conf (the kubelet/CRI loopback network) through the runner: a .conf, not a conflist."""
+    """conf/99-loopback.conf (the kubelet/CRI loopback network) through the runner: a .conf, not a conflist;
+    `loopback` is berth's, as `make install ALIASES=1` links it (no reference plugin on the path)."""
     node = topo.node
-    env = {"NETCONFPATH": str(_netconf_dir(tmp_path, tmp_path / "ipam")), "BERTH_CACHE_DIR": str(tmp_path / "cache")}
+    env = {"NETCONFPATH": str(_netconf_dir(tmp_path, tmp_path / "ipam")), "BERTH_CACHE_DIR": str(tmp_path / "cache"),
+           "CNI_PATH": str(_alias_dir(tmp_path, node.bin_dir))}
     pod = topo.container("lo")
     pod.ip("link", "set", "lo", "down")
     name = common.load_conf("99-loopback.conf")["name"]
     _berth(node, "add", name, pod.path, env)
     assert "UP" in pod.ip_json("link", "show", "lo")[0]["flags"]
     _berth(node, "del", name, pod.path, env)
+    assert "UP" not in pod.ip_json("link", "show", "lo")[0]["flags"], "DEL takes lo down again, as upstream's"

@@ -15,7 +15,7 @@ from cni.spec import SUPPORTED_VERSIONS
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 FILES = sorted(p for p in CONF_DIR.iterdir() if p.is_file())
-KNOWN_TYPES = set(PLUGINS) | set(ALIASES) | {"loopback"}  # loopback comes from the reference plugins
+KNOWN_TYPES = set(PLUGINS) | set(ALIASES)
 NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$")
 CLIENT_TESTS_NET = ipaddress.ip_network("10.202.0.0/16")
 # kept clear for the client tests' own networks: podman's default network and pool (tests/clients/podman_driver.py),
@@ -37,7 +37,8 @@ def test_conf_dir_has_every_client() -> None:
     names = {p.name for p in FILES}
     for needed in ("10-berth-containerd.conflist", "99-loopback.conf", "20-berth-ctr.conflist",
                    "nerdctl-berth.conflist", "87-berth-podman.conflist", "30-berth-dualstack.conflist",
-                   "40-dropin-upstream-types.conflist"):
+                   "40-dropin-upstream-types.conflist", "88-berth-podman-firewall.conflist",
+                   "15-berth-k8s-bandwidth.conflist"):
         assert needed in names
 
 
@@ -61,6 +62,8 @@ def test_example_is_valid(path: Path) -> None:
             assert 1 <= len(plugin["bridge"]) <= 15
         if plugin["type"] in ("berth-portmap", "portmap"):
             assert plugin["capabilities"] == {"portMappings": True}
+        if plugin["type"] in ("berth-bandwidth", "bandwidth"):
+            assert plugin["capabilities"] == {"bandwidth": True}
     if path.name.startswith("nerdctl-"):  # nerdctl only lists its own files, with an ID
         assert re.fullmatch(r"[0-9a-f]{64}", conf["nerdctlID"])
 
@@ -92,4 +95,12 @@ def test_examples_can_coexist_on_one_node() -> None:
 def test_dropin_uses_only_upstream_types() -> None:
     conf = _load(CONF_DIR / "40-dropin-upstream-types.conflist")
     types = {p["type"] for p in conf["plugins"]} | {p["ipam"]["type"] for p in conf["plugins"] if "ipam" in p}
-    assert types == set(ALIASES)
+    assert types <= set(ALIASES)
+
+
+def test_podman_and_kubernetes_style_lists() -> None:
+    """podman's generated list (bridge, portmap, firewall, tuning) and a Kubernetes one with bandwidth."""
+    podman = [p["type"] for p in _load(CONF_DIR / "88-berth-podman-firewall.conflist")["plugins"]]
+    assert podman == ["berth-bridge", "berth-portmap", "berth-firewall", "berth-tuning"]
+    k8s = [p["type"] for p in _load(CONF_DIR / "15-berth-k8s-bandwidth.conflist")["plugins"]]
+    assert k8s == ["berth-bridge", "berth-portmap", "berth-bandwidth"]

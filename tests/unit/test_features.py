@@ -26,6 +26,8 @@ def test_the_probes_cover_the_constructs_of_the_layout() -> None:
     base = json.dumps(layout.base_layout() + layout.ipmasq_subnet_setup("10.88.0.0/24"))
     for construct in ('"fib"', '"vmap"', '"masquerade"', '"ct"', '"interval"', '"iifname"'):
         assert construct in base and construct in probes, construct
+    firewall = json.dumps(layout.firewall_layout())
+    assert '["ipv4_addr", "ifname"]' in firewall and '["ipv4_addr", "ifname"]' in probes
 
 
 def test_missing_names_the_first_refused_feature() -> None:

@@ -91,6 +91,49 @@ def test_indent_is_the_stdlibs() -> None:
     assert jsonc.dumps(value, indent=1, sort_keys=True) == json.dumps(value, indent=1, sort_keys=True)
 
 
+@settings(max_examples=400)
+@given(value=values, indent=st.sampled_from([0, 1, 2, "\t"]), sort_keys=st.booleans(), ensure_ascii=st.booleans(),
+       allow_nan=st.booleans(), compact=st.booleans())
+def test_indented_dumps_is_the_stdlibs(value: Any, indent: int | str, sort_keys: bool, ensure_ascii: bool,
+                                       allow_nan: bool, compact: bool) -> None:
+    """The journals' form (indent=1, sort_keys) is laid out by jsonc itself, byte for byte the stdlib's."""
+    kw: dict[str, Any] = {"indent": indent, "sort_keys": sort_keys, "ensure_ascii": ensure_ascii,
+                          "allow_nan": allow_nan}
+    if compact:
+        kw["separators"] = (",", ":")
+    assert outcome(jsonc.dumps, value, **kw) == outcome(json.dumps, value, **kw)
+
+
+@pytest.mark.parametrize("value", [{1: 2}, {"a": {None: 1, "b": 2}}, {"a": object()}, [float("nan")], (1, [2]),
+                                   {"a": ()}, {(1,): 2}])
+def test_indented_dumps_of_odd_values_is_the_stdlibs(value: Any) -> None:
+    for allow_nan in (True, False):
+        assert outcome(jsonc.dumps, value, indent=1, sort_keys=True, allow_nan=allow_nan) == \
+            outcome(json.dumps, value, indent=1, sort_keys=True, allow_nan=allow_nan)
+    circular: dict[str, Any] = {}
+    circular["a"] = [circular]
+    assert outcome(jsonc.dumps, circular, indent=1) == outcome(json.dumps, circular, indent=1)
+
+
+_JOURNAL_WRITE = """
+import sys
+from cni import jsonc
+jsonc.dumps({"containerID": "c1", "bridge": {"state": "done", "addresses": ["10.0.0.2/24"], "mtu": 1500}},
+            indent=1, sort_keys=True)
+print(",".join(m for m in ("json", "re", "enum") if m in sys.modules))
+"""
+
+
+def test_a_journal_write_imports_no_json() -> None:
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", _JOURNAL_WRITE], capture_output=True, text=True, timeout=60,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == ""
+
+
 _FRESH = """
 import sys
 from cni import jsonc

@@ -1,8 +1,9 @@
 """The product's imports point one way: plugins and tools -> adapters -> protocol core.
 
-    upper cni/   bridge, bridge_conf, agent, agent_client, main, cli, ops/, runner/
+    upper cni/   bridge, bridge_conf, loopback, tuning, firewall, bandwidth, meta, agent, agent_client, main,
+                 cli, ops/, runner/
     portmap/     berth's nft table and the portmap plugin    ipam/  host-local
-    lower cni/   errors, spec, skel, invoke, files, state, records, rtnl, netlink, netns, sysctl,
+    lower cni/   errors, spec, skel, invoke, files, state, records, rtnl, netlink, tc, netns, sysctl,
                  jsonc, tuples (the stdlib's json and NamedTuple without their imports)
 
 Read from the sources with ast (every import, lazy ones included), so a rule
@@ -18,9 +19,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 LOWER = {"cni", "cni.errors", "cni.spec", "cni.skel", "cni.invoke", "cni.files", "cni.state", "cni.records",
-         "cni.rtnl", "cni.netlink", "cni.netns", "cni.sysctl", "cni.phases", "cni.jsonc", "cni.tuples"}
-# modules that may import the kernel libraries (and what only they may do)
-ADAPTERS = {"cni.rtnl", "cni.netlink", "portmap.nft", "portmap.conntrack", "cni.ops.doctor"}
+         "cni.rtnl", "cni.netlink", "cni.tc", "cni.netns", "cni.sysctl", "cni.phases", "cni.jsonc", "cni.tuples"}
+# modules that may import the kernel libraries (and what only they may do); cni.tc packs its tc
+# messages itself (pyroute2's tcmsg package imports dataclasses and inspect) but is the tc adapter
+ADAPTERS = {"cni.rtnl", "cni.netlink", "cni.tc", "portmap.nft", "portmap.conntrack", "cni.ops.doctor"}
 
 
 def modules() -> dict[str, Path]:

@@ -38,6 +38,7 @@ def oracle_link(data: bytes) -> dict[str, Any]:
         "mac": (msg.get_attr("IFLA_ADDRESS") or "").lower(), "mtu": msg.get_attr("IFLA_MTU") or 0,
         "master": msg.get_attr("IFLA_MASTER") or 0, "flags": msg["flags"], "peer_index": msg.get_attr("IFLA_LINK") or 0,
         "promiscuity": msg.get_attr("IFLA_PROMISCUITY") or 0, "vlan_filtering": vlan_filtering, "hairpin": hairpin,
+        "txqlen": msg.get_attr("IFLA_TXQLEN") or 0,
     }
 
 

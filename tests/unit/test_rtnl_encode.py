@@ -31,6 +31,13 @@ SHAPES: list[tuple[str, dict[str, Any], list[Any]]] = [
     ("link", {"family": AF_BRIDGE, "index": 7},
      [("IFLA_PROTINFO", {"attrs": [["IFLA_BRPORT_MODE", 1], ["IFLA_BRPORT_ISOLATED", 1]]}, rtnl.NLA_F_NESTED)]),
     ("link", {"index": 0}, [["IFLA_IFNAME", "veth0123abcd"]]),
+    # berth-tuning's and berth-bandwidth's requests
+    ("link", {"index": 7}, [["IFLA_ADDRESS", "c2:b0:57:49:47:f1"]]),
+    ("link", {"index": 7}, [["IFLA_TXQLEN", 2000]]),
+    ("link", {"index": 7, "flags": 0x200, "change": 0x200}, []),
+    ("link", {"index": 1, "flags": 0, "change": 1}, []),
+    ("link", {"index": 0}, [["IFLA_IFNAME", "bwp0123456789ab"], ["IFLA_MTU", 1500],
+                            ["IFLA_LINKINFO", {"attrs": [["IFLA_INFO_KIND", "ifb"]]}]]),
     ("addr", {"family": AF_INET, "prefixlen": 24, "index": 5, "flags": 2},
      [["IFA_ADDRESS", "10.88.0.2"], ["IFA_LOCAL", "10.88.0.2"]]),
     ("addr", {"family": AF_INET6, "prefixlen": 64, "index": 5, "flags": 2}, [["IFA_ADDRESS", "fd00:88::2"]]),
@@ -54,7 +61,7 @@ def test_requests_encode_as_pyroute2_does(kind: str, fields: dict[str, Any], att
 
 def test_an_unknown_attribute_is_an_error_not_a_silent_skip() -> None:
     with pytest.raises(KeyError):
-        rtnl.encode("link", {}, [["IFLA_TXQLEN", 1]])
+        rtnl.encode("link", {}, [["IFLA_GROUP", 1]])
 
 
 @pytest.mark.parametrize(("family", "dst", "dst_len", "gw"), [

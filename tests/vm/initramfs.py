@@ -30,8 +30,9 @@ LINKS = {  # name -> target, as Debian has them
     "/usr/sbin/iptables": "xtables-nft-multi", "/usr/sbin/ip6tables": "xtables-nft-multi",
     "/usr/sbin/iptables-nft": "xtables-nft-multi",
 }
+# xtables: iptables' match and target extensions (`-m comment`), which the reference plugins' rules use
 TREES = ("/usr/lib/python3.11", "/usr/lib/python3/dist-packages/nftables", "/usr/lib/cni",
-         "/etc/python3.11", "/usr/share/iproute2", "/etc/iproute2")
+         "/etc/python3.11", "/usr/share/iproute2", "/etc/iproute2", "/usr/lib/x86_64-linux-gnu/xtables")
 # stdlib parts no test imports (large, or GUI)
 STDLIB_SKIP = {"test", "idlelib", "tkinter", "turtledemo", "ensurepip", "lib2to3", "pydoc_data",
                "config-3.11-x86_64-linux-gnu"}
