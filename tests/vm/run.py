@@ -167,8 +167,9 @@ def main(argv: list[str] | None = None) -> int:
         opts.kernels, opts.subset = matrix.CI_KERNEL, "ci"
     selection = list(SUBSETS[opts.subset])
     # no xdist in the guest: under emulation two workers importing the suite cost more than they gain
-    # one line per failure (--tb=line): under emulation the report must not outlast the run
-    args = ["-q", "--color=no", "-p", "no:xdist", "--tb=line", "-rfE", "--durations=15",
+    # one line per failure (--tb=line): under emulation the report must not outlast the run;
+    # one line per test (-v), so the console shows how far a slow guest has come
+    args = ["-v", "--color=no", "-p", "no:xdist", "--tb=line", "-rfE", "--durations=15",
             "-m", "not slow and not clients", *(opts.pytest_args or selection)]
     env = {"BERTH_CHURN_LOOPS": str(CHURN_LOOPS[opts.subset])}
     ensure_bundle()
