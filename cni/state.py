@@ -35,6 +35,7 @@ from cni.files import atomic_write, flocked, locked_tmp, private_dirs, remove_te
 from cni.records import Attachment
 
 DEFAULT_ROOT = "/var/lib/cni/berth"
+STRICT_MARKER = ".isolate-strict"  # written while the node has a strict network (portmap/isolation.py)
 MAX_EMPTY_CHECK_BYTES = 1 << 16  # an empty journal is never larger (a real one is a few hundred bytes)
 
 
@@ -42,6 +43,16 @@ def state_root(environ: Any = None) -> str:
     """BERTH_STATE_DIR overrides the default root (tests, non-standard nodes)."""
     env = os.environ if environ is None else environ
     return str(env.get("BERTH_STATE_DIR") or DEFAULT_ROOT)
+
+
+def strict_marker(root: str) -> str:
+    return os.path.join(root, STRICT_MARKER)
+
+
+def strict_node(root: str) -> bool:
+    """Has this node a strict network? Then every berth bridge belongs in the nft
+    set `bridges`, also one of a network with neither ipMasq nor isolate."""
+    return os.path.exists(strict_marker(root))
 
 
 def make_dirs(path: str, root: str) -> None:

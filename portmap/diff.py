@@ -447,6 +447,14 @@ def masq_present(att: Attachment, table: Table) -> bool:
 
 # --- isolation --------------------------------------------------------------------------------
 
+def strict_missing(bridges: set[str], table: Table) -> list[Missing]:
+    """While a strict network exists every berth bridge belongs in `bridges` (the
+    forward chain's gate to CNI-ISOLATION): the journaled ones the table lacks."""
+    return [Missing(f"bridge {b} is missing from set {layout.BRIDGES_SET} (a strict network keeps it out)",
+                    [layout.add_elements(layout.BRIDGES_SET, [b])])
+            for b in sorted(bridges) if not table.has_member(layout.BRIDGES_SET, b)]
+
+
 def isolation_missing(bridge: str, mode: str, table: Table) -> list[Missing]:
     """The set elements an isolated bridge needs that the table lacks."""
     from portmap import isolation

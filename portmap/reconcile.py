@@ -115,8 +115,14 @@ def _plan_isolation(root: str, table: Table, result: Plan) -> None:
 
     missing = []
     commands: list[layout.Cmd] = []
-    for bridge, mode in sorted(isolation.journaled(root).items()):
+    modes = isolation.journaled(root)
+    for bridge, mode in sorted(modes.items()):
         gone = diff.isolation_missing(bridge, mode, table)
+        if gone:
+            missing.append("; ".join(m.what for m in gone))
+            commands += [c for m in gone for c in m.commands]
+    if isolation.STRICT in modes.values():
+        gone = diff.strict_missing(isolation.journaled_bridges(root) - set(modes), table)
         if gone:
             missing.append("; ".join(m.what for m in gone))
             commands += [c for m in gone for c in m.commands]
@@ -147,6 +153,10 @@ def reconcile(root: str, dry_run: bool) -> tuple[Plan, str | None, list[str]]:
         attachments = state.attachments(root)
         table = diff.snapshot()
         result = plan(root, attachments, table, vanished_veths(attachments))
+        if not dry_run and any(a.bridge is not None and a.bridge.isolate == "strict" for a in attachments):
+            from portmap import isolation
+
+            isolation.mark_strict(root)  # the bridge ADDs to come keep enlisting their bridges
         if dry_run or not result.fixes:
             return result, None, []
         try:

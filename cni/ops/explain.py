@@ -366,6 +366,9 @@ def _isolation_hop(report: Report, att: Attachment, ctx: Context) -> None:
     if not mode or not bridge:
         return
     missing = [m.what for m in diff.isolation_missing(bridge, mode, ctx.table)]
+    if mode == "strict":
+        others = {a.bridge.bridge for a in ctx.attachments if a.bridge is not None and a.bridge.bridge}
+        missing += [m.what for m in diff.strict_missing(others - {bridge}, ctx.table)]
     if missing:
         report.add("isolation", FAIL, "; ".join(missing) + " (berth reconcile restores it)")
         return
