@@ -1,7 +1,7 @@
 """berth-portmap's configuration: the portMappings capability (podman's
 lower-case keys and CRI's capitalised ones), upstream's options (snat,
 masqAll, markMasqBit, externalSetMarkChain, conditionsV4/V6) and berth's own
-(conflictPolicy)."""
+(conflictPolicy, hostListenerPolicy)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from portmap import layout
 PROTOCOLS = ("tcp", "udp", "sctp")
 MAX_RANGE = 1024
 LAST_WINS = "last-wins"
+ALLOW = "allow"
 _PORT_RE = re.compile(r"^(\d{1,5})(?:-(\d{1,5}))?$")
 _CHAIN_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-]{0,63}$")
 
@@ -119,6 +120,11 @@ class Conf:
         if policy not in ("error", LAST_WINS):
             raise errors.invalid_config(f"invalid conflictPolicy {policy!r}", 'one of "error", "last-wins"')
         self.last_wins = policy == LAST_WINS
+        listening = config.get("hostListenerPolicy", "error")
+        if listening not in ("error", ALLOW):
+            raise errors.invalid_config(f"invalid hostListenerPolicy {listening!r}", 'one of "error", "allow"')
+        # a host socket on a mapped port loses its traffic to the container: only on purpose
+        self.allow_host_listeners = listening == ALLOW
         self.mappings = parse_mappings(config)
 
 

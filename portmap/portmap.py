@@ -23,7 +23,7 @@ from cni.errors import CNIError
 from cni.records import Attachment, PortMapping, PortmapRecord
 from cni.skel import CmdArgs, PluginFuncs
 from cni.spec import Result, prev_result, valid_attachments
-from portmap import conntrack, generation, layout, nft, ports
+from portmap import conntrack, generation, layout, listeners, nft, ports
 from portmap.conf import Conf
 
 SECTION = "portmap"
@@ -117,14 +117,16 @@ def cmd_add(args: CmdArgs) -> Result:
     chain = layout.dnat_chain_name(args.network, args.container_id, args.ifname)
     note = layout.comment(args.network, args.container_id, args.ifname)
     bridge = host_bridge(prev)
-    if conf.snat and bridge and any(ipaddress.ip_address(a).version == 4 for a in addresses):
-        enable_route_localnet(bridge)
 
     nft.prepare()  # outside the node-wide lock
     with ports.locked(root):
         prior = journal.section(SECTION)
         _refuse_shared_chain(root, me, chain, note, prior)
         takeovers = ports.check(root, me, conf.mappings, conf.last_wins)
+        warnings = [] if conf.allow_host_listeners else listeners.check(conf.mappings, _versions(addresses), False)
+        # after every refusal: a refused ADD changes nothing
+        if conf.snat and bridge and any(ipaddress.ip_address(a).version == 4 for a in addresses):
+            enable_route_localnet(bridge)
         record = {"chain": chain, "addresses": addresses, "bridge": bridge, "state": "adding",
                   "mappings": [m.to_json() for m in conf.mappings], "snat": conf.snat,
                   # what `berth reconcile` needs to rebuild the mark chains as this ADD did
@@ -183,6 +185,7 @@ def cmd_add(args: CmdArgs) -> Result:
         except Exception:
             _undo_add(root, me, chain, conf.mappings, journal)
             raise
+    _warn(warnings)
     for t in takeovers:
         if t.live:
             _warn([f"took host ports from {t.claim.owner.describe()} (conflictPolicy last-wins)"])

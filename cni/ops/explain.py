@@ -6,6 +6,7 @@ says at each hop whether it is in place:
 
   journal     the ADD finished (bridge and portmap sections)
   ports       no other attachment's journal claims the same hostIP/proto/port
+  listener    no socket of the node's own (a host service) listens on the port
   table       table inet berth with its base chains, maps and their rules
   hostport    the verdict-map element hostport -> CNI-DN-<hash>
   dnat        chain CNI-DN-<hash> with its rules, and how many packets it DNAT'ed
@@ -161,6 +162,9 @@ class Context:
     view: Ownership
     forward_chains: list[dict[str, Any]]
     node: Any = None  # cni.netlink.Handle of this (the node's) namespace, or None
+    sockets: list[Any] = field(default_factory=list)  # portmap.sockdiag.Socket on the explained ports
+    processes: dict[int, str] = field(default_factory=dict)  # their inode -> "name (pid N)"
+    sockets_problem: str = ""  # why the host's sockets could not be read
 
 
 def explain(att: Attachment, target: Target, ctx: Context) -> Report:
@@ -169,6 +173,7 @@ def explain(att: Attachment, target: Target, ctx: Context) -> Report:
                     [diff.format_mapping(m) for m in focus])
     _journal_hop(report, att)
     _ports_hop(report, att, focus, ctx)
+    _listener_hop(report, att, focus, ctx)
     _table_hops(report, att, focus, ctx)
     _forward_hop(report, att, ctx)
     _link_hops(report, att, ctx)
@@ -226,6 +231,41 @@ def _ports_hop(report: Report, att: Attachment, focus: list[PortMapping], ctx: C
         report.add("ports", WARN, "; ".join(dict.fromkeys(shadows)))
     else:
         report.add("ports", OK, "no other attachment claims " + ", ".join(diff.format_mapping(m) for m in focus))
+
+
+def _listener_hop(report: Report, att: Attachment, focus: list[PortMapping], ctx: Context) -> None:
+    """A host socket on a published port: the mapping takes its traffic (allowed only
+    with hostListenerPolicy "allow")."""
+    from portmap import listeners
+
+    if not focus:
+        return
+    if ctx.sockets_problem:
+        report.add("listener", WARN, f"host sockets not read: {ctx.sockets_problem}")
+        return
+    families = {ipaddress.ip_address(a).version for a in att.addresses if _is_ip(a)}
+    found = listeners.conflicts(focus, families, False, ctx.sockets)
+    if not found:
+        report.add("listener", OK, "no host socket on " + ", ".join(diff.format_mapping(m) for m in focus))
+        return
+    report.add("listener", WARN, "; ".join(
+        f"{_host_socket(s, ctx)}: {diff.format_mapping(m)} takes its traffic" for m, s in found))
+
+
+def _host_socket(sock: Any, ctx: Context) -> str:
+    who = ctx.processes.get(sock.inode)
+    return f"host socket {sock.describe()}" + (f" of {who}" if who else "")
+
+
+def host_sockets(ports: dict[str, list[tuple[int, int]]]) -> tuple[list[Any], dict[int, str], str]:
+    """The node's sockets on these ports, their processes, or why they could not be read."""
+    from portmap import listeners, sockdiag
+
+    try:
+        sockets = sockdiag.bound(ports)
+    except sockdiag.Unavailable as exc:
+        return [], {}, str(exc.strerror or exc)
+    return sockets, listeners.processes({s.inode for s in sockets}), ""
 
 
 def _table_hops(report: Report, att: Attachment, focus: list[PortMapping], ctx: Context) -> None:
@@ -459,15 +499,40 @@ def _node_handle() -> Iterator[Any]:
 
 
 def run(root: str, target: Target) -> tuple[list[Report], str | None]:
+    from portmap import listeners
+
     attachments = ops_view.load_attachments(root)
     chosen, error = select(attachments, target)
     if error:
+        if target.port is not None:
+            error += _host_listeners_of(target)
         return [], error
+    focus = [m for att in chosen for m in att.mappings if target.covers(m)]
+    sockets, processes, problem = host_sockets(listeners.wanted_ports(focus))
     table = diff.snapshot()
     forward, _ = foreign_forward()
     with _node_handle() as node:
-        ctx = Context(root, attachments, table, Ownership(root, attachments), forward, node)
+        ctx = Context(root, attachments, table, Ownership(root, attachments), forward, node, sockets, processes,
+                      problem)
         return [explain(att, target, ctx) for att in chosen], None
+
+
+def _host_listeners_of(target: Target) -> str:
+    """What explains a port no attachment publishes: the host sockets on it."""
+    from portmap import listeners
+
+    assert target.port is not None
+    ports = {proto: [(target.port, target.port)] for proto in ("tcp", "udp", "sctp")}
+    sockets, processes, problem = host_sockets(ports)
+    if problem:
+        return f" (host sockets not read: {problem})"
+    if target.host_ip:
+        dest = (6 if ":" in target.host_ip else 4, target.host_ip)
+        sockets = [s for s in sockets if listeners.receives(s, dest)]
+    if not sockets:
+        return "; no host socket holds it either"
+    return "; host " + "; ".join(f"socket {s.describe()}" + (f" of {processes[s.inode]}" if s.inode in processes
+                                                             else "") for s in sockets)
 
 
 def main(command: str, argv: list[str]) -> int:
@@ -475,9 +540,10 @@ def main(command: str, argv: list[str]) -> int:
         prog=f"berth {command}",
         description="Walk the path a packet to a published port takes on this node and say, hop by hop, "
                     "whether it is in place; end with a one-line verdict. Read-only.",
-        epilog="Hops: journal, ports (conflicts), table, hostport (verdict-map element), dnat (CNI-DN chain and "
-               "its packet counter), forward (ip_forward, foreign FORWARD drop in table ip filter; "
-               "iptables-legacy is not visible), bridge, veth, container, masquerade, localhost "
+        epilog="Hops: journal, ports (conflicts), listener (a host service on the port), table, hostport "
+               "(verdict-map element), dnat (CNI-DN chain and its packet counter), forward (ip_forward, "
+               "foreign FORWARD drop in table ip filter; iptables-legacy is not visible), bridge, veth, container, "
+               "masquerade, localhost "
                "(route_localnet and the 127/8 guard), conntrack. Exit status: 0 all in place, 1 something is "
                "broken or nothing matches, 2 usage.",
     )

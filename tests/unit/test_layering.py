@@ -19,7 +19,9 @@ ROOT = Path(__file__).resolve().parents[2]
 LOWER = {"cni", "cni.errors", "cni.spec", "cni.skel", "cni.invoke", "cni.files", "cni.state", "cni.records",
          "cni.rtnl", "cni.netlink", "cni.netns", "cni.sysctl"}
 # modules that may import the kernel libraries (and what only they may do)
-ADAPTERS = {"cni.rtnl", "cni.netlink", "portmap.nft", "portmap.conntrack", "cni.ops.doctor"}
+ADAPTERS = {"cni.rtnl", "cni.netlink", "portmap.nft", "portmap.conntrack", "cni.ops.doctor",
+            # sock_diag (host sockets on published ports): pyroute2's netlink codec, as the rtnl adapter uses it
+            "portmap.sockdiag"}
 
 
 def modules() -> dict[str, Path]:
