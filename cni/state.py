@@ -26,7 +26,7 @@ import contextlib
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from cni import errors
@@ -151,6 +151,21 @@ class Journal:
             data[name] = value
             atomic_write(self.path, json.dumps(data, indent=1, sort_keys=True).encode(), durable=False,
                          tmp=locked_tmp(self.path))
+
+    def update(self, name: str, change: Callable[[dict[str, Any]], dict[str, Any] | None]) -> bool:
+        """Replace one section with what `change` makes of it, in one locked
+        read-modify-write; `change` returns None to leave it as it is. False when
+        there is no such section or nothing changed."""
+        with self.locked():
+            data = self.load()
+            value = data.get(name)
+            new = change(value) if isinstance(value, dict) else None
+            if new is None:
+                return False
+            data[name] = new
+            atomic_write(self.path, json.dumps(data, indent=1, sort_keys=True).encode(), durable=False,
+                         tmp=locked_tmp(self.path))
+        return True
 
     def drop(self, name: str) -> None:
         """Remove one plugin's section; the file goes when no section is left."""

@@ -1,7 +1,7 @@
 """berth-portmap's configuration: the portMappings capability (podman's
 lower-case keys and CRI's capitalised ones), upstream's options (snat,
 masqAll, markMasqBit, externalSetMarkChain, conditionsV4/V6) and berth's own
-(conflictPolicy, hostListenerPolicy)."""
+(conflictPolicy, hostListenerPolicy, userlandProxy)."""
 
 from __future__ import annotations
 
@@ -125,6 +125,8 @@ class Conf:
             raise errors.invalid_config(f"invalid hostListenerPolicy {listening!r}", 'one of "error", "allow"')
         # a host socket on a mapped port loses its traffic to the container: only on purpose
         self.allow_host_listeners = listening == ALLOW
+        # [::1]:hostPort through berth's userland proxy (the kernel cannot DNAT ::1)
+        self.userland_proxy = _bool(config, "userlandProxy", True)
         self.mappings = parse_mappings(config)
 
 

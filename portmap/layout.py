@@ -6,7 +6,7 @@ One `inet` table holds both families, so a single transaction covers v4 and v6
 and one per-attachment chain holds both families' rules.
 
     prerouting (nat, -100)  : fib daddr type local -> CNI-HOSTPORT-DNAT
-    output     (nat, -100)  : fib daddr type local -> CNI-HOSTPORT-DNAT
+    output     (nat, -100)  : ::1 returns (the userland proxy's); fib daddr type local -> CNI-HOSTPORT-DNAT
     CNI-HOSTPORT-DNAT       : per family with a hostIP, then for any local address:
                               [daddr .] l4proto . dport vmap @hostport[-v4|-v6]          (single ports)
                               l4proto P, daddr . dport vmap @hostports-v4|-v6-P        (ranges, per protocol)
@@ -164,6 +164,7 @@ ANY_SOURCE_PORT: dict[str, list[int]] = {"range": [0, 65535]}
 V4_MULTICAST = "224.0.0.0/4"
 V6_MULTICAST = "ff00::/8"
 V4_LOOPBACK = "127.0.0.0/8"
+V6_LOOPBACK = "::1"
 
 
 # --- names -------------------------------------------------------------------
@@ -311,6 +312,9 @@ def base_layout(external_setmark: str | None = None, legacy_maps: tuple[str, ...
         add_rule(GUARD_CHAIN, match(meta("iifname"), "lo", "!="),
                  match(payload("ip", "daddr"), prefix(V4_LOOPBACK)), COUNTER, {"drop": None}),
         add_rule("prerouting", local, jump(DNAT_CHAIN)),
+        # ::1 cannot be DNAT'ed (what leaves lo with that source is dropped): berth's userland
+        # proxy answers there (portmap/proxy.py), so connections to it keep their address
+        add_rule("output", match(payload("ip6", "daddr"), V6_LOOPBACK), {"return": None}),
         add_rule("output", local, jump(DNAT_CHAIN)),
         # a specific hostIP wins over "any local address"; a port lives in one
         # map of each pair (ports.py refuses overlaps), so no vmap shadows another

@@ -7,7 +7,8 @@ and berth's userland proxy binds [::1]:port for it (portmap/proxy.py). A socket
 in the node's namespace loses that traffic when it would have received it: a
 socket on 0.0.0.0 receives for every IPv4 address, one on :: for every IPv6
 address and, unless it is v6-only, every IPv4 address too; a v4-mapped address
-(::ffff:a.b.c.d) is that IPv4 address; any other is its own address. TCP counts
+(::ffff:a.b.c.d) is that IPv4 address; any other is its own address, except
+that ::1 is never DNAT'ed (127.0.0.1 is: route_localnet). TCP counts
 listeners, UDP unconnected sockets, SCTP bound endpoints (portmap/sockdiag.py).
 The sockets of berth's own proxies are told apart by their cookies.
 """
@@ -48,6 +49,8 @@ def receives(sock: Socket, dest: Destination) -> bool:
         return family == 4 and address in (None, str(addr.ipv4_mapped))
     if addr.is_unspecified:
         return family == sock.family or (family == 4 and sock.family == 6 and not sock.v6only)
+    if address is None and addr.compressed == "::1":
+        return False  # the output chain never DNATs ::1 (only the proxy takes it, asked for by name)
     return family == sock.family and address in (None, addr.compressed)
 
 

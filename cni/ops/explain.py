@@ -17,6 +17,7 @@ says at each hop whether it is in place:
   container   the container interface is up and holds its address
   masquerade  hairpin/localhost marks (portmap) and ipMasq rule/elements (bridge)
   localhost   route_localnet on the bridge and the 127/8 guard (CVE-2020-8558)
+  proxy       [::1]:hostPort: berth's userland proxy holds the port (its socket's cookie)
   conntrack   how many conntrack entries exist for the port
 
 and ends with a one-line verdict. Read-only: nothing is ever changed; the only
@@ -180,6 +181,7 @@ def explain(att: Attachment, target: Target, ctx: Context) -> Report:
     _masq_hop(report, att, focus, ctx)
     _isolation_hop(report, att, ctx)
     _localhost_hop(report, att, focus, ctx)
+    _proxy_hop(report, att, focus, ctx)
     count, problem = conntrack.count(focus)
     if problem:
         report.add("conntrack", WARN, problem)
@@ -244,12 +246,50 @@ def _listener_hop(report: Report, att: Attachment, focus: list[PortMapping], ctx
         report.add("listener", WARN, f"host sockets not read: {ctx.sockets_problem}")
         return
     families = {ipaddress.ip_address(a).version for a in att.addresses if _is_ip(a)}
-    found = listeners.conflicts(focus, families, False, ctx.sockets)
+    proxied = att.portmap is not None and att.portmap.proxy is not None
+    found = listeners.conflicts(focus, families, proxied, ctx.sockets, _proxy_cookies(ctx.attachments))
     if not found:
         report.add("listener", OK, "no host socket on " + ", ".join(diff.format_mapping(m) for m in focus))
         return
     report.add("listener", WARN, "; ".join(
         f"{_host_socket(s, ctx)}: {diff.format_mapping(m)} takes its traffic" for m, s in found))
+
+
+def _proxy_cookies(attachments: list[Attachment]) -> frozenset[int]:
+    """The sockets of berth's proxies: no host service."""
+    return frozenset(c for a in attachments if a.portmap is not None and a.portmap.proxy is not None
+                     for li in a.portmap.proxy.listeners for c in li.cookies)
+
+
+def _proxy_hop(report: Report, att: Attachment, focus: list[PortMapping], ctx: Context) -> None:
+    """[::1]:hostPort: berth's userland proxy (the kernel cannot DNAT ::1)."""
+    from cni.records import PROXY_PROCESS
+    from portmap import listeners
+
+    proxy = att.portmap.proxy if att.portmap is not None else None
+    ours = [m for m in focus if m.host_ip in ("", "::1") and m.protocol in listeners.PROXIED_PROTOCOLS]
+    if not ours:
+        return
+    if proxy is None:
+        report.add("proxy", INFO, "no [::1] proxy for " + ", ".join(diff.format_mapping(m) for m in ours)
+                   + " (userlandProxy false, no ::1 on the node, or made by an older berth): [::1] does not answer")
+        return
+    shown = [li for li in proxy.listeners if any(li.protocol == m.protocol and li.host_lo <= m.host_hi
+                                                 and m.host_lo <= li.host_hi for m in ours)]
+    who = f"berth proxy pid {proxy.pid}" if proxy.mode == PROXY_PROCESS else "the agent's proxy service"
+    if ctx.sockets_problem:
+        report.add("proxy", WARN, f"{', '.join(li.describe() for li in shown)} by {who}: sockets not read")
+        return
+    present = frozenset(s.cookie for s in ctx.sockets if s.address == "::1")
+    down = [li for li in shown if not li.cookies or not set(li.cookies) <= present]
+    if down:
+        report.add("proxy", FAIL, f"{', '.join(li.describe() for li in down)}: {who} does not hold the port "
+                   "(berth reconcile starts it again)")
+    elif shown:
+        report.add("proxy", OK, f"{', '.join(li.describe() for li in shown)} served by {who}")
+    else:
+        report.add("proxy", INFO, "[::1] not proxied for " + ", ".join(diff.format_mapping(m) for m in ours)
+                   + " (the ADD could not bind it: see its stderr)")
 
 
 def _host_socket(sock: Any, ctx: Context) -> str:
@@ -441,7 +481,7 @@ def _localhost_hop(report: Report, att: Attachment, focus: list[PortMapping], ct
     v4 = [m for m in focus if m.applies_to(4)] if any(_is_ip(a) and ":" not in a for a in att.addresses) else []
     bridge = att.bridge_name
     if not v4 or not bridge:
-        report.add("localhost", INFO, "no IPv4 published port: 127.0.0.1 not involved (::1 cannot be NATed)")
+        report.add("localhost", INFO, "no IPv4 published port: 127.0.0.1 not involved")
         return
     value = sysctl.read("net", "ipv4", "conf", bridge, "route_localnet")
     guard = layout.GUARD_CHAIN in ctx.table.chains and not diff.rules_missing(
@@ -543,9 +583,9 @@ def main(command: str, argv: list[str]) -> int:
         epilog="Hops: journal, ports (conflicts), listener (a host service on the port), table, hostport "
                "(verdict-map element), dnat (CNI-DN chain and its packet counter), forward (ip_forward, "
                "foreign FORWARD drop in table ip filter; iptables-legacy is not visible), bridge, veth, container, "
-               "masquerade, localhost "
-               "(route_localnet and the 127/8 guard), conntrack. Exit status: 0 all in place, 1 something is "
-               "broken or nothing matches, 2 usage.",
+               "masquerade, localhost (route_localnet and the 127/8 guard), proxy ([::1]: the userland "
+               "proxy holds the port), conntrack. Exit status: 0 all in place, 1 something is broken or nothing "
+               "matches, 2 usage.",
     )
     parser.add_argument("target", help="container ID (or a unique prefix), hostPort (8080), or ip:port "
                                        "(198.51.100.1:8080, [fd00::1]:8080)")

@@ -104,7 +104,7 @@ def sock(address: str, port: int = 8080, protocol: str = "tcp", v6only: bool = F
     ("::", False, (4, "198.51.100.1"), True),  # a dual-stack socket
     ("::", True, (4, "198.51.100.1"), False),
     ("::", True, (6, "::1"), True),
-    ("::1", True, (6, None), True),
+    ("::1", True, (6, None), False),  # never DNAT'ed: only the proxy takes [::1]
     ("::1", True, (6, "::1"), True),
     ("fd00:5::1", True, (6, "fd00:5::9"), False),
     ("::ffff:198.51.100.1", False, (4, "198.51.100.1"), True),

@@ -233,8 +233,8 @@ def test_list_rows_and_text(tmp_path: Path) -> None:
     rows = ops_list.entries(root, table, now=1000.0 + 3700)
     assert rows[0]["age"] == "1h" and rows[0]["ports"] == ["8080->80/tcp"] and rows[0]["rules"] == "partial"
     text = ops_list.render(rows)
-    assert text.splitlines()[0].split() == ["NETWORK", "CONTAINER", "IFNAME", "NETNS", "ADDRESSES", "PORTS", "AGE",
-                                            "RULES"]
+    assert text.splitlines()[0].split() == ["NETWORK", "CONTAINER", "IFNAME", "NETNS", "ADDRESSES", "PORTS", "PROXY",
+                                            "AGE", "RULES"]
     assert "hostport element" in text
     assert ops_list.render([]) == "no attachments\n"
 
