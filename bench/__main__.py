@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.chain import Mode, ensure_links
-from bench.report import REF, goals, goals_agent, markdown
+from bench.report import REF, coldpath, goals, goals_agent, goals_standalone, markdown
 from bench.run import Bench, Plan
 from bench.stats import ratio
 from bench.topo import Registry, stale_namespaces
@@ -149,7 +149,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--full", action="store_true", help="also measure at 1,000 existing attachments (slow)")
     ap.add_argument("--levels", help="existing-attachment levels, e.g. 0,100,500")
     ap.add_argument("--modes", default="berth,berth-agent,ref", help=f"comma list of {', '.join(KNOWN_MODES)}")
-    ap.add_argument("--phases", help="comma list of startup,levels,rules,conn,burst (default all)")
+    ap.add_argument("--phases", help="comma list of startup,coldpath,levels,rules,conn,burst (default all)")
     ap.add_argument("--out", type=Path, default=RESULTS, help="results directory")
     args = ap.parse_args(argv)
     for name in args.modes.split(","):
@@ -201,6 +201,9 @@ def main(argv: list[str] | None = None) -> int:
     errors = "".join(f"- {e['mode']} {e['phase']} (x{e['count']}): {e['error']}\n" for e in fig.get("errors", []))
     if REF in info["modes"]:
         table += "".join("\n" + goals(fig, m.name) for m in modes if m.name != REF)
+        if "berth" in info["modes"]:
+            table += "\n" + goals_standalone(fig)
+        table += ("\n" + coldpath(fig)) if fig.get("coldpath") else ""
         table += "\n" + goals_agent(fig)
     text = head + table + (f"\nErrors (distinct, first {len(fig['errors'])}):\n\n{errors}" if errors else "")
     (args.out / f"{stamp}.md").write_text(text)

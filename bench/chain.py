@@ -58,6 +58,7 @@ class Exec:
     seconds: float
     stdout: str
     stderr: str
+    phases: dict[str, float] = field(default_factory=dict)  # ms, with BERTH_PHASES=1 (cni/phases.py)
 
     @property
     def ok(self) -> bool:
@@ -89,6 +90,8 @@ class ChainOutcome:
 def exec_plugin(exe: Path, command: str, conf: dict[str, Any], env: dict[str, str], plugin: str) -> Exec:
     """Exec one plugin (in the calling thread's netns) and time it."""
     data = json.dumps(conf).encode()
+    if env.get("BERTH_PHASES"):
+        env = dict(env, BERTH_T0=str(time.monotonic_ns()))
     start = time.perf_counter()
     try:
         proc = subprocess.run([str(exe)], input=data, env=env, capture_output=True, timeout=EXEC_TIMEOUT,
@@ -98,7 +101,22 @@ def exec_plugin(exe: Path, command: str, conf: dict[str, Any], env: dict[str, st
         rc, out, err = -1, "", f"timed out after {EXEC_TIMEOUT:.0f}s"
     except OSError as exc:
         rc, out, err = -1, "", f"cannot exec {exe}: {exc}"
-    return Exec(plugin, command, rc, time.perf_counter() - start, out, err)
+    seconds = time.perf_counter() - start
+    return Exec(plugin, command, rc, seconds, out, err, phases_of(err, seconds))
+
+
+def phases_of(stderr: str, seconds: float) -> dict[str, float]:
+    """The `berth-phases {...}` line of a plugin's stderr (cni/phases.py), with what the
+    process took after its last mark as "exit"; {} when there is none."""
+    for line in stderr.splitlines():
+        if line.startswith("berth-phases "):
+            try:
+                found = {str(k): float(v) for k, v in json.loads(line[len("berth-phases "):]).items()}
+            except (ValueError, AttributeError):
+                return {}
+            found["exit"] = round(max(0.0, seconds * 1000 - sum(found.values())), 3)
+            return found
+    return {}
 
 
 class Chain:
@@ -114,14 +132,18 @@ class Chain:
         # berth modes name their agent explicitly: "off" (no such socket) keeps standalone
         # calls from reaching some agent listening at the default path
         self.agent_socket = str(work / "agent.sock") if mode.agent else "off"
+        self.phases = False  # BERTH_PHASES=1 on the execs: the cold-path breakdown (bench/run.py)
 
     def env(self, command: str, container_id: str, netns: str) -> dict[str, str]:
-        return {
+        env = {
             "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",  # the reference portmap execs iptables from PATH
             "CNI_COMMAND": command, "CNI_CONTAINERID": container_id, "CNI_NETNS": netns,
             "CNI_IFNAME": "eth0", "CNI_ARGS": "", "CNI_PATH": str(self.mode.bin_dir),
             "BERTH_STATE_DIR": str(self.state_dir), "BERTH_AGENT_SOCKET": self.agent_socket,
         }
+        if self.phases:
+            env["BERTH_PHASES"] = "1"
+        return env
 
     def _plugin_conf(self, plugin: dict[str, Any], prev: dict[str, Any] | None,
                      mappings: list[dict[str, Any]]) -> dict[str, Any]:

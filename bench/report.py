@@ -174,3 +174,45 @@ def goals(fig: dict[str, Any], mode: str) -> str:
     if hi == "0" or int(hi) < 1000:
         lines.append(f"- (growth measured up to {hi} existing attachments; `--full` goes to 1,000)")
     return "\n".join(lines) + "\n"
+
+
+def goals_standalone(fig: dict[str, Any], mode: str = "berth") -> str:
+    """The cold path's goal figures (plugins exec'd with no agent): reported, never enforced."""
+    lv = fig.get("levels", {})
+
+    def p50(level: str, m: str, verb: str) -> Any:
+        return _get(lv, level, m, verb, "p50_ms")
+
+    burst = fig.get("burst", {})
+    checks = [
+        ("chain ADD p50 <= 0.8x reference (@ 0)", ratio(p50("0", mode, "add"), p50("0", REF, "add")), 0.8, "le"),
+        ("chain ADD p50 <= 0.5x reference (@ 100)", ratio(p50("100", mode, "add"), p50("100", REF, "add")), 0.5, "le"),
+        ("chain DEL p50 <= 0.5x reference (@ 0)", ratio(p50("0", mode, "del"), p50("0", REF, "del")), 0.5, "le"),
+        (f"{_get(burst, mode, 'adds') or 'N'} concurrent ADDs: wall <= 1.0x reference",
+         ratio(_get(burst, mode, "wall_s"), _get(burst, REF, "wall_s")), 1.0, "le"),
+        ("concurrent ADDs: 0 errors, 0 duplicate addresses",
+         (_get(burst, mode, "errors") or 0) + (_get(burst, mode, "duplicate_addresses") or 0)
+         if mode in burst else None, 0, "le"),
+        ("VERSION exec <= 1.1x `python3 -c pass`",
+         ratio(_get(fig, "startup", mode, "p50_ms"), _get(fig, "startup", "python3 -c pass", "p50_ms")), 1.1, "le"),
+    ]
+    lines = [f"Goals for {mode} standalone (the cold path):", ""]
+    lines += [f"- {label}: {_verdict(value, bound, how)}" for label, value, bound, how in checks]
+    return "\n".join(lines) + "\n"
+
+
+COLD_PHASES = ("interpreter", "imports", "libnftables", "work", "exit", "total")
+
+
+def coldpath(fig: dict[str, Any]) -> str:
+    """The cold-path breakdown: median ms per phase of each standalone exec."""
+    data = fig.get("coldpath") or {}
+    if not data:
+        return ""
+    lines = ["Standalone exec, where the time goes (median ms per phase; cni/phases.py):", "",
+             "| mode | exec | " + " | ".join(COLD_PHASES) + " |", "|" + "---|" * (len(COLD_PHASES) + 2)]
+    for mode, calls in data.items():
+        for call_, phases in calls.items():
+            cells = [_fmt(phases.get(p)) if p in phases else "" for p in COLD_PHASES]
+            lines.append(f"| {mode} | {call_} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

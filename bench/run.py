@@ -47,7 +47,8 @@ class Plan:
     # at the highest level > 0, also sample an empty node of each mode in the same rounds:
     # growth measured side by side, so drift in the machine's load hits both alike
     empty_baseline: bool = True
-    phases: tuple[str, ...] = ("startup", "levels", "rules", "conn", "burst")
+    phases: tuple[str, ...] = ("startup", "coldpath", "levels", "rules", "conn", "burst")
+    coldpath_samples: int = 15
 
 
 @dataclass
@@ -213,6 +214,32 @@ class Bench:
             first = next(iter(self.sides.values()))
             times["python3 -c pass"].append(call(first.pool, python_pass).seconds)
         self.figures["startup"] = {k: stats.summary(v) for k, v in times.items()}
+
+    def phase_coldpath(self) -> None:
+        """Where a standalone exec's time goes (cni/phases.py): chain ADD/DELs on the
+        empty node of each standalone berth mode with BERTH_PHASES=1, each exec's
+        phases kept; the median per plugin, verb and phase."""
+        samples: dict[str, dict[str, dict[str, list[float]]]] = {}
+        for side in self.sides.values():
+            if side.mode.name == "ref" or side.mode.agent:
+                continue
+            self.log(f"cold path: {side.mode.name}, {self.plan.coldpath_samples} chain ADD/DELs")
+            side.chain.phases = True
+            try:
+                ns = self.containers(side, 1)[0]
+                for i in range(self.plan.coldpath_samples):
+                    att, out = self.add(side, f"cold{i}", ns, mappings_for(side.ports(2)), "coldpath")
+                    dele = self.delete(side, att, "coldpath") if out.ok else None
+                    for ex in out.execs + (dele.execs if dele else []):
+                        per = samples.setdefault(side.mode.name, {}).setdefault(f"{ex.plugin} {ex.command}", {})
+                        for name, ms in {**ex.phases, "total": ex.seconds * 1000}.items():
+                            per.setdefault(name, []).append(ms)
+            finally:
+                side.chain.phases = False
+        self.figures["coldpath"] = {mode: {call_: {name: round(stats.percentile(v, 50) or 0.0, 2)
+                                                   for name, v in phases.items()}
+                                           for call_, phases in calls.items()}
+                                    for mode, calls in samples.items()}
 
     def level_targets(self, level: int) -> dict[str, Side]:
         """Figure name -> side sampled at this level: each mode's node, and at the
@@ -439,6 +466,8 @@ class Bench:
         p = self.plan.phases
         if "startup" in p:
             self.phase_startup()
+        if "coldpath" in p:
+            self.phase_coldpath()
         levels = list(self.plan.levels)
         if "levels" in p and levels and levels[0] == 0:
             self.phase_level(0)

@@ -107,7 +107,7 @@ def rss_mib() -> float:
 
 def warm_up() -> list[str]:
     """Import what a plugin call needs and load the shared libraries; what failed."""
-    from cni import main, netlink
+    from cni import main
 
     problems = []
     for name in main.PLUGINS:
@@ -116,11 +116,9 @@ def warm_up() -> list[str]:
         except ImportError as exc:
             problems.append(f"{name}: {exc}")
     try:
-        with netlink.open_node() as node:  # loads pyroute2's lazily imported pieces too
-            netlink.link_by_name(node, "lo")
-        warm_netlink()  # message modules and NLA tables, compiled once here instead of in every child
+        warm_netlink()  # the netlink codec and one round trip, once here instead of in every child
     except Exception as exc:
-        problems.append(f"pyroute2: {exc}")
+        problems.append(f"netlink: {exc}")
     try:
         from portmap import nft
 
@@ -134,44 +132,11 @@ def warm_up() -> list[str]:
 
 def warm_netlink() -> None:
     """Load and prepare, once, everything a plugin call uses here, so the node
-    agent's forked children inherit it: the message modules, pyroute2's NLA
-    tables of every message shape we send or read (compiled on first use),
-    libc for setns, and one real round trip."""
-    from cni import netns, rtnl
-    from cni.netlink import (
-        AF_BRIDGE,
-        AF_INET,
-        AF_INET6,
-        NLA_F_NESTED,
-        RT_TABLE_MAIN,
-        addresses,
-        link_by_name,
-        linkinfo,
-        open_node,
-        routes,
-    )
+    agent's forked children inherit it: the netlink codec, libc for setns, and
+    one real round trip of each request kind."""
+    from cni import netns
+    from cni.netlink import addresses, link_by_name, open_node, routes
 
-    peer = [["IFLA_IFNAME", "eth0"], ["IFLA_NET_NS_FD", 0], ["IFLA_MTU", 1500], ["IFLA_ADDRESS", "02:00:00:00:00:01"]]
-    shapes: list[tuple[str, dict[str, Any], list[Any]]] = [
-        ("link", {"index": 1}, [["IFLA_IFNAME", "b"], ["IFLA_MTU", 1500], ["IFLA_MASTER", 1],
-                                linkinfo("veth", [["VETH_INFO_PEER", {"attrs": peer}]])]),
-        ("link", {"index": 1}, [linkinfo("bridge", [["IFLA_BR_VLAN_FILTERING", 1]])]),
-        ("link", {"family": AF_BRIDGE, "index": 1},
-         [("IFLA_PROTINFO", {"attrs": [["IFLA_BRPORT_MODE", 1], ["IFLA_BRPORT_ISOLATED", 1]]}, NLA_F_NESTED)]),
-        ("addr", {"family": AF_INET, "prefixlen": 24, "index": 1},
-         [["IFA_ADDRESS", "10.0.0.1"], ["IFA_LOCAL", "10.0.0.1"]]),
-        ("addr", {"family": AF_INET6, "prefixlen": 64, "index": 1}, [["IFA_ADDRESS", "fd00::1"]]),
-        ("route", {"family": AF_INET, "dst_len": 0, "table": RT_TABLE_MAIN},
-         [["RTA_DST", "0.0.0.0"], ["RTA_OIF", 1], ["RTA_GATEWAY", "10.0.0.1"]]),
-        ("route", {"family": AF_INET6, "dst_len": 0, "table": RT_TABLE_MAIN},
-         [["RTA_DST", "::"], ["RTA_OIF", 1], ["RTA_GATEWAY", "fd00::1"]]),
-    ]
-    for kind, fields, attrs in shapes:
-        msg = rtnl.new(kind, fields, attrs)
-        msg.encode()
-        echo = type(msg)(msg.data)
-        echo.decode()
-        echo.get_attr("IFLA_LINKINFO")
     with open_node() as node:
         lo = link_by_name(node, "lo")
         if lo is not None:
@@ -747,7 +712,7 @@ class Agent:
             while view:
                 view = view[os.write(memfd, view):]
             while self.spare:
-                pid = min(self.spare)
+                pid = min(self.spare - self.fresh or self.spare)  # a warm one first: a fresh one may still prewarm
                 self.spare.discard(pid)
                 try:
                     socket.send_fds(self.control[pid], [b"r"], [pending.conn.fileno(), memfd])

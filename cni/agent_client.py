@@ -13,7 +13,7 @@ much as the interpreter's own start-up on a busy node. The rules:
   in-process; so is one the agent closed, or answered "fallback" for (another
   netns, another protocol or build), before it started;
 - once it said "go", never redo the work here: no answer by the total deadline
-  (BERTH_AGENT_TIMEOUT from the connect), a broken answer or a hang-up is CNI
+  (BERTH_AGENT_TIMEOUT from the request), a broken answer or a hang-up is CNI
   error 11 ("try again later").
 
 Wire format, frames of a 4-byte big-endian length + payload. Request: a header
@@ -37,7 +37,7 @@ MAX_STDIN_BYTES = 4 * 1024 * 1024  # cni.skel's limit (a test keeps them equal):
 MAGIC = b"berth-agent/2"
 DEFAULT_SOCKET = "/run/berth/agent.sock"
 CONNECT_TIMEOUT = 1.0  # a listening Unix socket accepts at once; longer means a full backlog
-DEFAULT_TIMEOUT = 240.0  # total deadline from the connect (BERTH_AGENT_TIMEOUT overrides)
+DEFAULT_TIMEOUT = 240.0  # total deadline from the request (BERTH_AGENT_TIMEOUT overrides)
 START_TIMEOUT = 30.0  # a call the agent has not started by then is run in-process instead
 START, GO = b"start", b"go"
 MAX_HEADER_BYTES = 1024 * 1024  # env + names; generous, but bounded

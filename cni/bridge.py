@@ -22,11 +22,9 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import os
-import signal
 import time
 from collections.abc import Callable, Iterator
 from types import ModuleType
-from typing import Any
 
 from cni import errors, netlink, netns, sysctl
 from cni.bridge_conf import BridgeConf, parse
@@ -37,14 +35,21 @@ from cni.skel import CmdArgs, PluginFuncs
 from cni.spec import CURRENT_VERSION, Result, prev_result, valid_attachments
 from cni.state import Journal, journals, remove_empty_journals, state_root, strict_node
 
+TYPE_CHECKING = False  # mypy treats this name as True: typing stays off the exec path
+if TYPE_CHECKING:
+    from typing import Any
+
 SECTION = "bridge"
 ADDING_GRACE_SECONDS = 300.0
 STEPS = ("journal", "ipam", "bridge", "veth", "addresses", "routes", "gateway", "sysctls", "masq", "isolation")
 
 
+SIGKILL = 9  # the test hook's kill; `signal` would import enum for every exec
+
+
 def _step_done(step: str, environ: Any) -> None:
     if environ.get("BERTH_TEST_KILL_AFTER") == step:
-        os.kill(os.getpid(), signal.SIGKILL)
+        os.kill(os.getpid(), SIGKILL)
     if environ.get("BERTH_TEST_FAIL_AFTER") == step:
         raise CNIError(errors.INTERNAL, f"test failure injected after step {step!r}")
 
@@ -536,12 +541,12 @@ def _ipam_gc_stdin(config: dict[str, Any], spared: list[dict[str, str]]) -> byte
     gets an address an in-flight ADD is about to use); None: the config as is."""
     if not spared:
         return None
-    import json
+    from cni import jsonc
 
     key = "cni.dev/valid-attachments" if "cni.dev/valid-attachments" in config else "cni.dev/attachments"
     widened = dict(config)
     widened[key] = [*config.get(key, []), *spared]
-    return json.dumps(widened).encode()
+    return jsonc.dumps(widened).encode()
 
 
 def _age(data: dict[str, Any]) -> float:

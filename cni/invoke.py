@@ -13,11 +13,10 @@ CNI_PATH that leads to this executable) are never an IPAM plugin: error 7.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
 
-from cni import errors
+from cni import errors, jsonc
 from cni.errors import CNIError
 from cni.skel import CmdArgs, PluginFuncs
 from cni.spec import CURRENT_VERSION, Result, convert_result
@@ -141,7 +140,7 @@ def run_plugin(executable: str, env: dict[str, str], data: bytes, command: str,
 def decode_result(executable: str, out: str) -> Result:
     """The result a plugin printed; one that is no JSON object is code 6 (decode failure)."""
     try:
-        result = json.loads(out)
+        result = jsonc.loads(out)
     except (ValueError, RecursionError):
         result = None
     if not isinstance(result, dict):
@@ -152,7 +151,7 @@ def decode_result(executable: str, out: str) -> Result:
 def error_from(executable: str, out: str, err: str, status: int) -> CNIError:
     """The plugin's own error JSON, with its code; anything else is 999."""
     try:
-        parsed = json.loads(out)
+        parsed = jsonc.loads(out)
         code = parsed["code"]
         if type(code) is not int or code <= 0:
             raise ValueError(code)

@@ -30,13 +30,12 @@ def canonical_name(name: str) -> str | None:
 
 
 def plugin_funcs(name: str) -> "PluginFuncs | None":
-    import importlib
-
     canonical = canonical_name(name)
     if canonical is None:
         return None
     module_name, _, attr = PLUGINS[canonical].partition(":")
-    funcs: PluginFuncs = getattr(importlib.import_module(module_name), attr)
+    __import__(module_name)  # importlib would load warnings too
+    funcs: PluginFuncs = getattr(sys.modules[module_name], attr)
     return funcs
 
 
@@ -52,6 +51,20 @@ def load_funcs(name: str) -> "PluginFuncs":
 
 
 def _run_plugin(name: str, fast_exit: bool = False) -> int:
+    if os.environ.get("BERTH_PHASES"):  # make bench's cold-path breakdown (cni/phases.py)
+        from cni import phases
+
+        phases.start(os.environ)
+        status = _run_plugin_timed(name)
+        phases.mark("work")
+        phases.report(sys.stderr)
+        if fast_exit:
+            exit_now(status)
+        return status
+    return _run_plugin_timed(name, fast_exit)
+
+
+def _run_plugin_timed(name: str, fast_exit: bool = False) -> int:
     if os.environ.get("CNI_COMMAND") in (None, "", "VERSION"):
         # VERSION and the about text need no plugin code: keep them instant.
         from cni import skel
@@ -75,18 +88,32 @@ def _run_plugin(name: str, fast_exit: bool = False) -> int:
 
     invoke.register_own(plugin_funcs, self_path)
     funcs = load_funcs(name)
-    if data is None:
-        return skel.main(funcs)
-    import io  # the agent declined after we had read stdin: run on what we read
+    if os.environ.get("BERTH_PHASES"):
+        from cni import phases
 
-    return skel.run(funcs, os.environ, io.BytesIO(data), sys.stdout, sys.stderr)
+        phases.mark("imports")
+    if data is None:
+        status = skel.main(funcs)
+    else:
+        import io  # the agent declined after we had read stdin: run on what we read
+
+        status = skel.run(funcs, os.environ, io.BytesIO(data), sys.stdout, sys.stderr)
+    if fast_exit and _alone():
+        exit_now(status)  # the call is done and written: the interpreter's teardown serves nobody
+    return status
+
+
+def _alone() -> bool:
+    """No other thread runs (one would be cut off by os._exit: a kernel job's fallback thread)."""
+    threading = sys.modules.get("threading")
+    return threading is None or threading.active_count() == 1
 
 
 def exit_now(rc: int) -> None:
-    """End a thin call (VERSION, or one the agent answered) without the
-    interpreter's finalization (module teardown, GC passes: a good part of such
-    a call). Only on those paths: nothing that ran there needs atexit or
-    finalizers; the output is flushed here."""
+    """End a plugin call without the interpreter's finalization (module teardown,
+    GC passes: a good part of a short call). Nothing a call runs needs atexit or
+    finalizers (berth's files are written with os-level calls and closed, leases
+    fsync'ed); the output is flushed here."""
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()

@@ -19,14 +19,18 @@ import errno
 import ipaddress
 import os
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from cni import netns
 
+TYPE_CHECKING = False  # mypy treats this name as True: typing stays off the exec path
 if TYPE_CHECKING:
+    from typing import Any, NamedTuple, TypeVar
+
     from cni.rtnl import RtnlSocket
 
-T = TypeVar("T")
+    T = TypeVar("T")
+else:
+    from cni.tuples import NamedTuple
 
 DUMP_RETRIES = 5
 IFF_UP = 0x1
@@ -73,22 +77,21 @@ def _translate(code: int, what: str) -> NetlinkFailure:
 
 
 def _request(h: Handle, what: str, kind: str, fields: dict[str, Any], attrs: list[Any], msg_type: int,
-             flags: int = 0, raw: bool = False) -> list[Any]:
-    """One rtnetlink request on h's socket: retry dump races, translate errors by errno
-    (`raw`: the replies' bytes, see rtnl.parse_link)."""
+             flags: int = 0) -> list[bytes]:
+    """One rtnetlink request on h's socket (rtnl.encode's form): retry dump races,
+    translate errors by errno; the replies' bytes (see rtnl.parse_link)."""
     from cni import rtnl
 
-    return _send(h, what, lambda: rtnl.new(kind, fields, attrs), msg_type, flags, raw)
+    return _send(h, what, lambda: rtnl.encode(kind, fields, attrs), msg_type, flags)
 
 
-def _send(h: Handle, what: str, message: Callable[[], Any], msg_type: int, flags: int = 0,
-          raw: bool = False) -> list[Any]:
-    """_request for any message: a pyroute2 one or a body rtnl packed (link_request)."""
+def _send(h: Handle, what: str, message: Callable[[], bytes], msg_type: int, flags: int = 0) -> list[bytes]:
+    """_request for any message body (rtnl.encode, rtnl.link_request)."""
     from cni import rtnl
 
     for attempt in range(DUMP_RETRIES):
         try:
-            return h.sock.request(message(), msg_type, flags, raw)
+            return h.sock.request(message(), msg_type, flags)
         except rtnl.DumpInterrupted:
             if attempt == DUMP_RETRIES - 1:
                 raise NetlinkFailure(errno.EINTR, f"{what}: the dump kept changing") from None
@@ -199,8 +202,7 @@ def _link_get(h: Handle, what: str, index: int, name: str) -> Link | None:
     from cni import rtnl
 
     try:
-        msgs = _send(h, what, lambda: rtnl.link_request(index, name, RTEXT_FILTER_SKIP_STATS), rtnl.RTM_GETLINK,
-                     raw=True)
+        msgs = _send(h, what, lambda: rtnl.link_request(index, name, RTEXT_FILTER_SKIP_STATS), rtnl.RTM_GETLINK)
     except LinkNotFound:
         return None
     return Link(**rtnl.parse_link(msgs[0])) if msgs else None
@@ -361,31 +363,93 @@ def delete_link(h: Handle, name: str) -> bool:
 
 
 class _KernelJob:
-    """`fn` in a thread of its own, for one long kernel call (the GIL is released
-    while the kernel works). Not a daemon: a process that ends waits for it."""
+    """`fn` in a forked child of its own, for one long kernel call whose tail the
+    caller need not wait for: the child keeps no descriptor of ours but a status
+    pipe (stdin, stdout and stderr are /dev/null), so a plugin may answer and exit
+    while the kernel finishes, and the runtime, which waits for the plugin's exit
+    and for its stdout to close, does not wait for that tail either. Where fork
+    is refused, `fn` runs in a thread, which a process that ends waits for."""
 
-    def __init__(self, fn: Callable[[], Any]) -> None:
+    def __init__(self, fn: Callable[[], bool]) -> None:
+        self._forked = False
+        self._status: bytes | None = None
+        try:
+            self._read, write = os.pipe()
+            pid = os.fork()
+        except OSError:
+            self._start_thread(fn)
+            return
+        if pid == 0:  # an intermediate child: fork the worker and leave, so init reaps the worker
+            try:
+                if os.fork() == 0:
+                    _run_detached(fn, write)
+            finally:
+                os._exit(0)
+        os.close(write)
+        os.waitpid(pid, 0)
+        self._forked = True
+
+    def _start_thread(self, fn: Callable[[], bool]) -> None:
         import threading
 
-        self.finished = threading.Event()
-        self._value: Any = None
+        self._read = -1
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, args=(fn,), name="berth-kernel-job")
+
+        def run() -> None:
+            try:
+                self._status = b"1" if fn() else b"0"
+            except BaseException as exc:  # handed to the caller by result()
+                self._error = exc
+                self._status = b"e"
+
+        self._thread = threading.Thread(target=run, name="berth-kernel-job")
         self._thread.start()
 
-    def _run(self, fn: Callable[[], Any]) -> None:
-        try:
-            self._value = fn()
-        except BaseException as exc:  # handed to the caller by result()
-            self._error = exc
-        finally:
-            self.finished.set()
+    def finished(self) -> bool:
+        if not self._forked:
+            return self._status is not None
+        import select
 
-    def result(self) -> Any:
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-        return self._value
+        return bool(select.select([self._read], [], [], 0)[0])
+
+    def result(self) -> bool:
+        """The call's answer, waiting for it (and reaping the child)."""
+        if not self._forked:
+            self._thread.join()
+            if self._error is not None:
+                raise self._error
+            return self._status == b"1"
+        try:
+            status = os.read(self._read, 1)
+        finally:
+            os.close(self._read)
+        if status not in (b"0", b"1"):
+            raise NetlinkFailure(errno.EIO, "delete link (in a child process)")
+        return status == b"1"
+
+    def detach(self) -> None:
+        """Leave the call to finish on its own (its answer is no longer needed)."""
+        if self._forked:
+            os.close(self._read)  # its report goes nowhere; init (or a subreaper) reaps the worker
+
+
+def _run_detached(fn: Callable[[], bool], report: int) -> None:
+    """The worker of a _KernelJob: stdio on /dev/null, no descriptor of the caller's
+    but `report`, one status byte there, then an exit without the caller's cleanup."""
+    code = b"e"
+    try:
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)
+        os.closerange(3, report)
+        os.closerange(report + 1, 65536)
+        code = b"1" if fn() else b"0"
+    except BaseException:  # nothing may escape a forked child
+        code = b"e"
+    finally:
+        with contextlib.suppress(OSError):
+            os.write(report, code)
+        os._exit(0)
 
 
 def delete_container_link(netns_path: str, name: str) -> bool:
@@ -396,7 +460,8 @@ def delete_container_link(netns_path: str, name: str) -> bool:
     The kernel sends it once both ends are unlisted, out of the bridge, their
     addresses and routes gone: everything anyone can observe. What follows
     (RCU grace periods, rcu_barrier, freeing: most of what a delete takes)
-    finishes in a thread of its own, which a process that ends waits for.
+    finishes in a child process of its own (_KernelJob), which the plugin does
+    not wait for.
     """
     with open_netns(netns_path) as cont:
         link = link_by_name(cont, name)
@@ -409,11 +474,12 @@ def delete_container_link(netns_path: str, name: str) -> bool:
     events = LinkEvents()  # before the request: its announcement cannot be missed
     try:
         job = _KernelJob(lambda: _delete_in(netns_path, name))
-        if events.wait_deleted(link.peer_index, job.finished.is_set):
+        if events.wait_deleted(link.peer_index, job.finished):
+            job.detach()
             return True
     finally:
         events.close()
-    return bool(job.result())  # not announced here (an odd peer, lost events): the request's own answer
+    return job.result()  # not announced here (an odd peer, lost events): the request's own answer
 
 
 def _delete_in(netns_path: str, name: str) -> bool:
@@ -434,7 +500,7 @@ def addresses(h: Handle, index: int, version: int = 0) -> list[str]:
     out = []
     family = {4: AF_INET, 6: AF_INET6}.get(version, 0)
     for chunk in _request(h, f"dump addresses of #{index}", "addr", {"family": family, "index": index}, [],
-                          RTM_GETADDR, NLM_F_DUMP, raw=True):
+                          RTM_GETADDR, NLM_F_DUMP):
         msg_family, msg_index, prefixlen, addr = parse_addr(chunk)
         if msg_index != index or (family and msg_family != family):
             continue
@@ -500,18 +566,16 @@ def add_route(h: Handle, index: int, dst: str, gw: str | None) -> None:
 
 def routes(h: Handle, index: int) -> list[Route]:
     """Main-table unicast routes leaving through link `index`."""
+    from cni import rtnl
     from cni.rtnl import NLM_F_DUMP, RTM_GETROUTE
 
     out = []
     for family in (AF_INET, AF_INET6):
         msgs = _request(h, "dump routes", "route", {"family": family, "table": RT_TABLE_MAIN},
                         [["RTA_OIF", index]], RTM_GETROUTE, NLM_F_DUMP)
-        for msg in msgs:
-            if msg.get_attr("RTA_OIF") != index or msg["type"] != RTN_UNICAST:
+        for chunk in msgs:
+            kind, dst_len, table, oif, dst, gateway = rtnl.parse_route(chunk)
+            if oif != index or kind != RTN_UNICAST or table != RT_TABLE_MAIN:
                 continue
-            table = msg.get_attr("RTA_TABLE") or msg["table"]
-            if table != RT_TABLE_MAIN:
-                continue
-            dst = msg.get_attr("RTA_DST") or ("0.0.0.0" if family == AF_INET else "::")
-            out.append(Route(f"{dst}/{msg['dst_len']}", msg.get_attr("RTA_GATEWAY")))
+            out.append(Route(f"{dst or ('0.0.0.0' if family == AF_INET else '::')}/{dst_len}", gateway or None))
     return out

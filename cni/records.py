@@ -22,7 +22,11 @@ Schema versions ("layout" in the JSON, for where an ADD put its nft objects):
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+TYPE_CHECKING = False  # mypy treats this name as True: typing stays off the exec path
+if TYPE_CHECKING:
+    from typing import Any, NamedTuple
+else:
+    from cni.tuples import NamedTuple
 
 BRIDGE = "bridge"
 PORTMAP = "portmap"

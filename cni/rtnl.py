@@ -1,30 +1,33 @@
-"""A synchronous rtnetlink socket: pyroute2's message classes over a plain socket.
+"""A synchronous rtnetlink socket, and the messages berth sends and reads on it.
 
 pyroute2 0.9's IPRoute runs every request through an asyncio event loop and
 builds one per handle, and its NetNS forks a helper process to get a socket
 inside another namespace. A plugin call makes some fifteen small requests in
-two namespaces, so that machinery cost more than the kernel work itself.
-Here a request is: encode with pyroute2's message class, send on an
-AF_NETLINK socket, read until the ACK/DONE, decode with pyroute2 again, except
-the link and address replies every ADD reads (and the link GET it sends): those
-are packed and parsed here (parse_link, parse_addr, link_request), an order of
-magnitude faster (docs/performance.md).
+two namespaces, so that machinery cost more than the kernel work itself; and
+importing pyroute2's message classes alone cost more than the rest of a
+bridge plugin's imports. Here a request is: encode (encode(), link_request()),
+send on an AF_NETLINK socket, read until the ACK/DONE; the replies berth reads
+(links, addresses, routes) are parsed here too (parse_link, parse_addr,
+parse_route). Each is checked against pyroute2's message classes in the unit
+tests, which keeps pyroute2 the oracle; a plugin call loads none of it. The
+rare paths that still use pyroute2 (bridge VLANs, conntrack) load it without
+its package __init__, which eagerly imports NDB, IPDB, asyncio, ethtool, ...
+(see `lazy_pyroute2`).
+
 A socket for another namespace is opened after a setns() of this thread and
 keeps that namespace for its life.
-
-pyroute2's package __init__ eagerly imports NDB, IPDB, asyncio, ethtool, ...
-(more than a whole plugin call otherwise costs); `messages()` loads only the message modules, with
-the package pre-registered so its __init__ runs only if something else asks for
-a name from it (see `lazy_pyroute2`).
 """
 
 from __future__ import annotations
 
+import _socket  # the C module: socket.py would import enum and selectors for every exec
 import os
-import socket
 import struct
 from collections.abc import Callable
-from typing import Any
+
+TYPE_CHECKING = False  # mypy treats this name as True: typing stays off the exec path
+if TYPE_CHECKING:
+    from typing import Any
 
 NETLINK_ROUTE = 0
 SOL_NETLINK = 270
@@ -102,46 +105,11 @@ def lazy_pyroute2() -> None:
     sys.modules["pyroute2"] = module
 
 
-class Messages:
-    """pyroute2's rtnetlink message classes, imported once per process."""
-
-    def __init__(self) -> None:
-        lazy_pyroute2()
-        from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
-        from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
-        from pyroute2.netlink.rtnl.rtmsg import rtmsg
-
-        self.link = ifinfmsg
-        self.addr = ifaddrmsg
-        self.route = rtmsg
-        self.by_type = {RTM_NEWLINK: ifinfmsg, RTM_NEWADDR: ifaddrmsg, RTM_NEWROUTE: rtmsg}
-
-
-_messages: Messages | None = None
-
-
-def messages() -> Messages:
-    global _messages
-    if _messages is None:
-        _messages = Messages()
-    return _messages
-
-
-def new(kind: str, fields: dict[str, Any], attrs: list[Any]) -> Any:
-    """A message of `kind` ("link", "addr", "route") with header fields and NLAs
-    in pyroute2's form: [name, value], [name, {"attrs": [...]}], or a tuple (name, value, nla-flags)."""
-    msg = getattr(messages(), kind)()
-    for key, value in fields.items():
-        msg[key] = value
-    msg["attrs"] = attrs
-    return msg
-
-
 class RtnlSocket:
     """One NETLINK_ROUTE socket in the namespace it was opened in."""
 
     def __init__(self) -> None:
-        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_ROUTE)
+        self.sock = _socket.socket(_socket.AF_NETLINK, _socket.SOCK_RAW | _socket.SOCK_CLOEXEC, NETLINK_ROUTE)
         self.seq = 0
         try:
             self.sock.settimeout(REPLY_TIMEOUT_SECONDS)
@@ -158,10 +126,10 @@ class RtnlSocket:
     def close(self) -> None:
         self.sock.close()
 
-    def request(self, msg: Any, msg_type: int, flags: int = 0, raw: bool = False) -> list[Any]:
-        """Send `msg` (a pyroute2 message, or the bytes after the header), return the
-        decoded replies (`raw`: the reply messages' bytes, for parse_link/parse_addr);
-        RtnlError on a kernel error.
+    def request(self, body: bytes, msg_type: int, flags: int = 0) -> list[bytes]:
+        """Send one message (`body`: what follows the header, see encode() and
+        link_request()) and return the reply messages' bytes, headers included
+        (see parse_link, parse_addr, parse_route); RtnlError on a kernel error.
 
         Requests that change something ask for an ACK, so an error can never go
         unnoticed; a dump ends with NLMSG_DONE; a plain GET with its one reply.
@@ -171,16 +139,8 @@ class RtnlSocket:
         dump = flags & NLM_F_DUMP == NLM_F_DUMP
         if not dump and msg_type not in (RTM_GETLINK, RTM_GETADDR, RTM_GETROUTE):
             flags |= NLM_F_ACK
-        if isinstance(msg, bytes):  # a body built here (link_request), after the header
-            self.sock.send(HEADER.pack(HEADER.size + len(msg), msg_type, flags | NLM_F_REQUEST, seq, 0) + msg)
-        else:
-            msg["header"]["type"] = msg_type
-            msg["header"]["flags"] = flags | NLM_F_REQUEST
-            msg["header"]["sequence_number"] = seq
-            msg["header"]["pid"] = 0
-            msg.encode()
-            self.sock.send(msg.data)
-        replies: list[Any] = []
+        self.sock.send(HEADER.pack(HEADER.size + len(body), msg_type, flags | NLM_F_REQUEST, seq, 0) + body)
+        replies: list[bytes] = []
         interrupted = False
         while True:
             buf = self.sock.recv(RECV_BYTES)
@@ -204,14 +164,7 @@ class RtnlSocket:
                     if interrupted:
                         raise DumpInterrupted()
                     return replies
-                if raw:
-                    replies.append(chunk)
-                else:
-                    cls = messages().by_type.get(kind)
-                    reply = cls(chunk) if cls is not None else None
-                    if reply is not None:
-                        reply.decode()
-                        replies.append(reply)
+                replies.append(chunk)
                 if not dump and not mflags & NLM_F_MULTI and not flags & NLM_F_ACK:
                     return replies
 
@@ -223,7 +176,7 @@ class LinkEvents:
     RTMGRP_LINK = 1
 
     def __init__(self) -> None:
-        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_ROUTE)
+        self.sock = _socket.socket(_socket.AF_NETLINK, _socket.SOCK_RAW | _socket.SOCK_CLOEXEC, NETLINK_ROUTE)
         try:
             self.sock.bind((0, self.RTMGRP_LINK))
         except BaseException:
@@ -345,7 +298,100 @@ def parse_addr(chunk: bytes) -> tuple[int, int, int, str]:
     address = ""
     if value:
         try:
-            address = socket.inet_ntop(family, value)
+            address = _socket.inet_ntop(family, value)
         except (ValueError, OSError):
             address = ""
     return family, index, prefixlen, address
+
+
+# --- requests, encoded without pyroute2 ------------------------------------------
+# The attributes berth sends, by message kind: name -> (type, codec). A nested
+# codec names the table of its attributes; "peer" is veth's VETH_INFO_PEER (an
+# ifinfomsg header, then link attributes); IFLA_INFO_DATA's table is chosen by
+# the IFLA_INFO_KIND beside it. pyroute2 encodes the same shapes byte for byte
+# (tests/unit/test_rtnl_encode.py), so it stays the oracle.
+
+RTMSG = struct.Struct("=BBBBBBBBI")  # family, dst_len, src_len, tos, table, protocol, scope, type, flags
+NLA_F_NESTED = 0x8000
+
+_TABLES: dict[str, dict[str, tuple[int, str]]] = {
+    "link": {"IFLA_ADDRESS": (1, "mac"), "IFLA_IFNAME": (3, "str"), "IFLA_MTU": (4, "u32"),
+             "IFLA_MASTER": (10, "u32"), "IFLA_PROTINFO": (12, "brport"), "IFLA_LINKINFO": (18, "linkinfo"),
+             "IFLA_NET_NS_FD": (28, "u32")},
+    "linkinfo": {"IFLA_INFO_KIND": (1, "str"), "IFLA_INFO_DATA": (2, "info_data")},
+    "bridge": {"IFLA_BR_VLAN_FILTERING": (7, "u8")},
+    "veth": {"VETH_INFO_PEER": (1, "peer")},
+    "brport": {"IFLA_BRPORT_MODE": (4, "u8"), "IFLA_BRPORT_ISOLATED": (33, "u8")},
+    "addr": {"IFA_ADDRESS": (1, "ip"), "IFA_LOCAL": (2, "ip")},
+    "route": {"RTA_DST": (1, "ip"), "RTA_OIF": (4, "u32"), "RTA_GATEWAY": (5, "ip"), "RTA_TABLE": (15, "u32")},
+}
+
+
+def encode(kind: str, fields: dict[str, Any], attrs: list[Any]) -> bytes:
+    """The body (after nlmsghdr) of a "link", "addr" or "route" message with header
+    `fields` and attributes in pyroute2's form: [name, value], [name, {"attrs": [...]}],
+    or (name, value, nla-flags)."""
+    if kind == "link":
+        head = IFINFOMSG.pack(fields.get("family", 0), 0, fields.get("index", 0), fields.get("flags", 0),
+                              fields.get("change", 0))
+    elif kind == "addr":
+        head = IFADDRMSG.pack(fields.get("family", 0), fields.get("prefixlen", 0), fields.get("flags", 0),
+                              fields.get("scope", 0), fields.get("index", 0))
+    elif kind == "route":
+        head = RTMSG.pack(fields.get("family", 0), fields.get("dst_len", 0), 0, 0, fields.get("table", 0),
+                          fields.get("proto", 0), fields.get("scope", 0), fields.get("type", 0), 0)
+    else:
+        raise ValueError(f"no encoder for {kind!r} messages")
+    return head + _attrs(kind, attrs)
+
+
+def _attrs(table: str, attrs: list[Any]) -> bytes:
+    codecs = _TABLES[table]
+    kind = next((str(a[1]) for a in attrs if a[0] == "IFLA_INFO_KIND"), "")
+    out = b""
+    for item in attrs:
+        name, value = item[0], item[1]
+        flags = item[2] if len(item) > 2 else 0
+        number, codec = codecs[name]
+        out += _nla(number | flags, _value(codec, value, kind))
+    return out
+
+
+def _value(codec: str, value: Any, info_kind: str) -> bytes:
+    if codec == "u8":
+        return bytes([int(value)])
+    if codec == "u32":
+        return U32.pack(int(value))
+    if codec == "str":
+        return str(value).encode() + b"\0"
+    if codec == "mac":
+        return bytes(int(part, 16) for part in str(value).split(":"))
+    if codec == "ip":
+        text = str(value)
+        return _socket.inet_pton(_socket.AF_INET6 if ":" in text else _socket.AF_INET, text)
+    if codec == "peer":
+        return IFINFOMSG.pack(0, 0, 0, 0, 0) + _attrs("link", value["attrs"])
+    if codec == "info_data":
+        return _attrs(info_kind, value["attrs"])
+    return _attrs(codec, value["attrs"])  # a nested table: linkinfo, brport
+
+
+def parse_route(chunk: bytes) -> tuple[int, int, int, int, str, str]:
+    """An RTM_NEWROUTE message: (type, dst_len, table, oif, dst, gateway; "" when absent)."""
+    family, dst_len, _src, _tos, table, _proto, _scope, kind, _flags = RTMSG.unpack_from(chunk, HEADER.size)
+    attrs = attributes(chunk, HEADER.size + RTMSG.size, len(chunk))
+    table_attr = attrs.get(RTA_TABLE)
+    return (kind, dst_len, _u32(table_attr) if table_attr else table, _u32(attrs.get(RTA_OIF)),
+            _address(family, attrs.get(RTA_DST)), _address(family, attrs.get(RTA_GATEWAY)))
+
+
+RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_TABLE = 1, 4, 5, 15
+
+
+def _address(family: int, value: bytes | None) -> str:
+    if not value:
+        return ""
+    try:
+        return _socket.inet_ntop(family, value)
+    except (ValueError, OSError):
+        return ""

@@ -5,8 +5,8 @@ stderr), as libcni's skel does, so unit tests drive it without a kernel. This is
 the one place where exceptions become the CNI error JSON.
 
 Import cost matters here: every runtime probes plugins with VERSION, so this
-module imports only os/sys/time at load time; json (which pulls re and enum),
-typing and dataclasses (which pulls inspect) stay out of the VERSION path.
+module imports only os/sys/time at load time; JSON goes through cni.jsonc, and
+typing and dataclasses (which pulls inspect) stay out of the exec path.
 """
 
 from __future__ import annotations
@@ -215,10 +215,10 @@ def read_stdin(stream: IO[bytes]) -> bytes:
 
 
 def decode_config(data: bytes) -> dict[str, Any]:
-    import json
+    from cni import jsonc
 
     try:
-        config = json.loads(data.decode("utf-8"))
+        config = jsonc.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
         raise CNIError(errors.DECODE_FAILURE, "error parsing network configuration", str(exc)[:300]) from None
     except RecursionError:  # "[[[[..." nested deeper than the interpreter's stack
@@ -237,7 +237,7 @@ def version_info() -> dict[str, Any]:
 
 
 def _version_json() -> str:
-    # what json.dumps(version_info()) prints, without importing json for the hottest call
+    # what jsonc.dumps(version_info()) prints, without importing json for the hottest call
     versions = ", ".join(f'"{v}"' for v in SUPPORTED_VERSIONS)
     return f'{{"cniVersion": "{CURRENT_VERSION}", "supportedVersions": [{versions}]}}'
 
@@ -301,10 +301,10 @@ def dispatch(funcs: PluginFuncs, args: CmdArgs) -> Result | None:
 
 
 def _error_version(stdin: bytes) -> str:
-    import json
+    from cni import jsonc
 
     try:
-        version = json.loads(stdin).get("cniVersion")
+        version = jsonc.loads(stdin).get("cniVersion")
     except Exception:
         return CURRENT_VERSION
     return version if version in SUPPORTED_VERSIONS else CURRENT_VERSION
@@ -345,9 +345,9 @@ def run(
         accepted = True
         result = dispatch(funcs, args)
         if result is not None:
-            import json
+            from cni import jsonc
 
-            stdout.write(json.dumps(result) + "\n")
+            stdout.write(jsonc.dumps(result) + "\n")
         return 0
     except CNIError as err:
         outcome, message = f"error {err.code}", err.msg
@@ -376,11 +376,11 @@ def _flush(*streams: IO[str]) -> None:
 
 
 def print_error(err: CNIError, data: bytes, stdout: IO[str], stderr: IO[str], name: str) -> None:
-    import json
+    from cni import jsonc
 
     detail = f" ({err.details})" if err.details else ""
     try:
-        stdout.write(json.dumps(err.to_json(_error_version(data))) + "\n")
+        stdout.write(jsonc.dumps(err.to_json(_error_version(data))) + "\n")
         stderr.write(f"{name}: error {err.code}: {err.msg}{detail}\n".replace("\n", " ")[:-1] + "\n")
     except (OSError, ValueError):  # the runtime closed our pipes: nobody is left to tell
         pass
@@ -399,11 +399,11 @@ def _log_call(name: str, environ: Mapping[str, str], data: bytes, started: float
     if not path and not (data and accepted):
         return
     try:
-        import json
+        from cni import jsonc
 
         network = ""
         try:
-            conf = json.loads(data) if data else {}
+            conf = jsonc.loads(data) if data else {}
             network = str(conf.get("name", ""))[:MAX_NAME_LENGTH]
             configured = conf.get(LOG_CONFIG_KEY) if accepted else None
             if not path and isinstance(configured, str) and configured.startswith("/") and "\0" not in configured:
@@ -424,7 +424,7 @@ def _log_call(name: str, environ: Mapping[str, str], data: bytes, started: float
         }
         if message:
             line["msg"] = message[:500]
-        _append(path, (json.dumps(line) + "\n").encode())
+        _append(path, (jsonc.dumps(line) + "\n").encode())
     except Exception:
         pass
 

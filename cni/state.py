@@ -7,9 +7,9 @@ interface name may contain ":", so the name stands for one attachment only.
 Berth before this layout wrote <containerID>-<ifname>.json, which two
 attachments can share ("a" + "b-c" and "a-b" + "c"): such a file is still read,
 and written, for the attachment its content names, never for another one
-(see Journal.path); new attachments get the new name. Writes are atomic (tmp + rename)
-under an flock on <root>/<network>/journal.lock, so a crashed or killed plugin
-leaves either the old or the new file, never a torn one.
+(see Journal.path); new attachments get the new name. Writes are atomic (tmp +
+rename) under an flock on <root>/<network>/journal.lock, so a crashed or killed
+plugin leaves either the old or the new file, never a torn one.
 
 Journal writes are not fsync'ed (nor are portmap's port claims): they describe
 kernel objects (veths, nft chains and elements), and only a power loss or a
@@ -23,16 +23,20 @@ IPAM DEL/GC without a journal. Saves 2-4 fsyncs per attachment.
 from __future__ import annotations
 
 import contextlib
-import json
+import errno
 import os
 import time
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Iterator
 
-from cni import errors
+from cni import errors, jsonc
 from cni.errors import CNIError
 from cni.files import atomic_write, flocked, locked_tmp, private_dirs, remove_temporaries
 from cni.records import Attachment
+
+TYPE_CHECKING = False  # mypy treats this name as True: typing stays off the exec path
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
 
 DEFAULT_ROOT = "/var/lib/cni/berth"
 STRICT_MARKER = ".isolate-strict"  # written while the node has a strict network (portmap/isolation.py)
@@ -128,7 +132,7 @@ class Journal:
         if holds_nothing(raw):
             return {}  # what a power loss leaves of a file renamed before its data reached the disk
         try:
-            data = json.loads(raw)
+            data = jsonc.loads(raw)
         except ValueError as exc:
             raise CNIError(errors.IO_FAILURE, f"corrupt journal {self.path}", str(exc)) from None
         return data if isinstance(data, dict) else {}
@@ -149,7 +153,7 @@ class Journal:
             data.setdefault("network", self.network)
             data.setdefault("created", round(time.time(), 3))
             data[name] = value
-            atomic_write(self.path, json.dumps(data, indent=1, sort_keys=True).encode(), durable=False,
+            atomic_write(self.path, jsonc.dumps(data, indent=1, sort_keys=True).encode(), durable=False,
                          tmp=locked_tmp(self.path))
 
     def update(self, name: str, change: Callable[[dict[str, Any]], dict[str, Any] | None]) -> bool:
@@ -163,7 +167,7 @@ class Journal:
             if new is None:
                 return False
             data[name] = new
-            atomic_write(self.path, json.dumps(data, indent=1, sort_keys=True).encode(), durable=False,
+            atomic_write(self.path, jsonc.dumps(data, indent=1, sort_keys=True).encode(), durable=False,
                          tmp=locked_tmp(self.path))
         return True
 
@@ -182,8 +186,8 @@ class Journal:
                 return
             data.pop(name, None)
             if any(isinstance(v, dict) for v in data.values()):
-                atomic_write(self.path, json.dumps(data, indent=1, sort_keys=True).encode(), durable=False,
-                         tmp=locked_tmp(self.path))
+                atomic_write(self.path, jsonc.dumps(data, indent=1, sort_keys=True).encode(), durable=False,
+                             tmp=locked_tmp(self.path))
             else:
                 self._remove_file()
 
@@ -199,7 +203,7 @@ def legacy_is_ours(path: str, container_id: str, ifname: str) -> bool:
     ours only when its name has no other reading."""
     try:
         with open(path, "rb") as fh:
-            data = json.loads(fh.read())
+            data = jsonc.loads(fh.read())
     except (OSError, ValueError):
         data = None
     if isinstance(data, dict) and isinstance(data.get("containerID"), str) and isinstance(data.get("ifname"), str):
@@ -265,10 +269,10 @@ def remove_empty_journals(root: str, network: str) -> list[str]:
 def journals(root: str, network: str | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
     """Every journal file under root (optionally one network): (path, content).
     A root that is there but no directory of ours is CNI code 5 (none at all: no journals)."""
+    if os.path.lexists(root) and not os.path.isdir(root):
+        raise unusable(root, NotADirectoryError(errno.ENOTDIR, "Not a directory", root))
     try:
         networks = [network] if network else sorted(os.listdir(root))
-        if network and not os.path.isdir(root) and os.path.lexists(root):
-            raise NotADirectoryError(20, "Not a directory", root)
     except FileNotFoundError:
         return
     except OSError as exc:
@@ -285,7 +289,7 @@ def journals(root: str, network: str | None = None) -> Iterator[tuple[str, dict[
             path = os.path.join(directory, name)
             try:
                 with open(path, "rb") as fh:
-                    data = json.load(fh)
+                    data = jsonc.load(fh)
             except (OSError, ValueError):
                 continue
             if isinstance(data, dict):

@@ -10,12 +10,16 @@ nothing. A static request for a different address than the one held is refused.
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 from cni import errors
 from cni.errors import CNIError
 from ipam.ranges import IPAddress, Range, RangeSet
 from ipam.store import Owner, Store
+
+TYPE_CHECKING = False  # mypy treats this name as True: typing stays off the exec path
+if TYPE_CHECKING:
+    from typing import NamedTuple
+else:
+    from cni.tuples import NamedTuple
 
 
 class Allocation(NamedTuple):

@@ -8,11 +8,14 @@ Accepts `ranges` (list of range sets), the legacy single range at the ipam level
 from __future__ import annotations
 
 import ipaddress
-from typing import Any
 
 from cni import errors
 from ipam.ranges import IPAddress, RangeSet, parse_ip, parse_range_sets
 from ipam.store import DEFAULT_DATA_DIR
+
+TYPE_CHECKING = False  # mypy treats this name as True: typing stays off the exec path
+if TYPE_CHECKING:
+    from typing import Any
 
 MAX_ROUTES = 1024
 MAX_REQUESTED = 64

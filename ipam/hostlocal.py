@@ -8,7 +8,6 @@ check/gc/status are also the in-process Python API (a store can be injected).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 from cni import errors
 from cni.errors import CNIError
@@ -17,6 +16,10 @@ from cni.spec import CURRENT_VERSION, Result, prev_result, valid_attachments
 from ipam import allocator, config
 from ipam.ranges import parse_ip
 from ipam.store import DiskStore, Store
+
+TYPE_CHECKING = False  # mypy treats this name as True: typing stays off the exec path
+if TYPE_CHECKING:
+    from typing import Any
 
 StoreFactory = Callable[[str, str], Store]  # (network, dataDir) -> Store
 

@@ -11,9 +11,14 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterator
-from typing import Any, NamedTuple
 
 from cni import errors
+
+TYPE_CHECKING = False  # mypy treats this name as True: typing stays off the exec path
+if TYPE_CHECKING:
+    from typing import Any, NamedTuple
+else:
+    from cni.tuples import NamedTuple
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network

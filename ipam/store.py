@@ -84,12 +84,17 @@ import os
 import time
 from _blake2 import blake2b  # builtin: hashlib would import OpenSSL on every exec
 from collections.abc import Iterable, Iterator
-from typing import Protocol
 
 from cni import errors, sysctl
 from cni.errors import CNIError
 from cni.files import flocked, fsync_dir, private_dirs
 from ipam.ranges import IPAddress
+
+TYPE_CHECKING = False  # mypy treats this name as True: typing stays off the exec path
+if TYPE_CHECKING:
+    from typing import Protocol
+else:
+    Protocol = object  # the interface needs no checking at run time
 
 LINE_BREAK = "\r\n"
 LAST_IP_PREFIX = "last_reserved_ip."

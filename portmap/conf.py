@@ -6,8 +6,6 @@ masqAll, markMasqBit, externalSetMarkChain, conditionsV4/V6) and berth's own
 from __future__ import annotations
 
 import ipaddress
-import re
-from typing import Any
 
 from cni import errors
 from cni.errors import CNIError
@@ -15,12 +13,30 @@ from cni.records import PortMapping
 from cni.skel import ifname_problem
 from portmap import layout
 
+TYPE_CHECKING = False  # mypy treats this name as True: typing stays off the exec path
+if TYPE_CHECKING:
+    from typing import Any
+
 PROTOCOLS = ("tcp", "udp", "sctp")
 MAX_RANGE = 1024
 LAST_WINS = "last-wins"
 ALLOW = "allow"
-_PORT_RE = re.compile(r"^(\d{1,5})(?:-(\d{1,5}))?$")
-_CHAIN_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-]{0,63}$")
+CHAIN_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
+
+
+def _port_text(text: str) -> tuple[int, int] | None:
+    """"8080" or "30000-30100" (1-5 digits each side), else None; no regex: `re` is
+    a heavy import for every exec."""
+    lo_text, sep, hi_text = text.partition("-")
+    parts = [lo_text, hi_text] if sep else [lo_text]
+    if not all(0 < len(p) <= 5 and p.isascii() and p.isdigit() for p in parts):
+        return None
+    return int(parts[0]), int(parts[-1])
+
+
+def valid_chain_name(name: str) -> bool:
+    """A name for externalSetMarkChain: a letter, then up to 63 of [A-Za-z0-9_.-]."""
+    return 0 < len(name) <= 64 and name[0].isascii() and name[0].isalpha() and set(name) <= CHAIN_CHARS
 
 
 def _get(entry: dict[str, Any], key: str) -> Any:
@@ -35,9 +51,8 @@ def _port_span(value: Any, what: str) -> tuple[int, int]:
         raise errors.invalid_config(f"invalid {what} {value!r}")
     if isinstance(value, int):
         lo = hi = value
-    elif isinstance(value, str) and (found := _PORT_RE.match(value.strip())):
-        lo = int(found.group(1))
-        hi = int(found.group(2) or lo)
+    elif isinstance(value, str) and (found := _port_text(value.strip())):
+        lo, hi = found
     else:
         raise errors.invalid_config(f"invalid {what} {value!r}", "a port is an integer 1-65535")
     if not (1 <= lo <= hi <= 65535):
@@ -109,7 +124,7 @@ class Conf:
             raise errors.invalid_config(f"invalid markMasqBit {bit!r}", "must be an integer 0-31")
         self.mark_bit = bit
         ext = config.get("externalSetMarkChain")
-        if ext is not None and (not isinstance(ext, str) or not _CHAIN_RE.match(ext)):
+        if ext is not None and (not isinstance(ext, str) or not valid_chain_name(ext)):
             raise errors.invalid_config(f"invalid externalSetMarkChain {ext!r}")
         if ext and "markMasqBit" in config:
             raise errors.invalid_config("externalSetMarkChain and markMasqBit are mutually exclusive")

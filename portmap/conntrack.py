@@ -10,14 +10,17 @@ there is such a mapping and the table is not empty.
 
 from __future__ import annotations
 
+import _socket  # the C module: socket.py would import enum and selectors
 import errno
-import socket
-from typing import Any
 
 from cni import sysctl
 from cni.records import PortMapping
 
-PROTOCOLS = {"udp": socket.IPPROTO_UDP, "sctp": socket.IPPROTO_SCTP}
+TYPE_CHECKING = False  # mypy treats this name as True: typing stays off the exec path
+if TYPE_CHECKING:
+    from typing import Any
+
+PROTOCOLS = {"udp": _socket.IPPROTO_UDP, "sctp": _socket.IPPROTO_SCTP}
 
 
 def needs_flush(mappings: list[PortMapping]) -> bool:
@@ -52,7 +55,7 @@ def flush(mappings: list[PortMapping], versions: tuple[int, ...] = (4, 6)) -> li
         for version in [m.host_version] if m.host_version else versions:
             if version not in versions:
                 continue
-            family = int(socket.AF_INET if version == 4 else socket.AF_INET6)
+            family = int(_socket.AF_INET if version == 4 else _socket.AF_INET6)
             ports = wanted.setdefault((family, PROTOCOLS[m.protocol]), set())
             ports.update((m.host_ip or None, p) for p in range(m.host_lo, m.host_hi + 1))
     problems: list[str] = []
@@ -87,7 +90,7 @@ def _delete_matching(ct: Any, selector: Any, ports: set[tuple[str | None, int]])
     return problems
 
 
-CT_PROTOCOLS = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP, "sctp": socket.IPPROTO_SCTP}
+CT_PROTOCOLS = {"tcp": _socket.IPPROTO_TCP, "udp": _socket.IPPROTO_UDP, "sctp": _socket.IPPROTO_SCTP}
 
 
 def count(mappings: list[PortMapping]) -> tuple[int, str | None]:
@@ -109,7 +112,7 @@ def count(mappings: list[PortMapping]) -> tuple[int, str | None]:
         return 0, f"conntrack socket: {exc}"
     try:
         for proto in sorted({m.protocol for m in mappings}):
-            for family in (socket.AF_INET, socket.AF_INET6):
+            for family in (_socket.AF_INET, _socket.AF_INET6):
                 selector = NFCTAttrTuple(family=int(family), proto=CT_PROTOCOLS[proto])
                 for entry in ct.dump_entries(tuple_orig=selector):
                     orig = entry.tuple_orig

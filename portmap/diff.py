@@ -15,15 +15,21 @@ each Missing carries the commands that put it back.
 from __future__ import annotations
 
 import ipaddress
-import json
 from collections import Counter
 from collections.abc import Iterable
-from typing import Any, NamedTuple
 
+from cni import jsonc
 from cni.records import PROXY_PROCESS, Attachment, MasqRecord, PortMapping, PortmapRecord
 from portmap import layout
 
-Cmd = dict[str, Any]
+TYPE_CHECKING = False  # mypy treats this name as True: typing stays off the exec path
+if TYPE_CHECKING:
+    from typing import Any, NamedTuple
+
+    Cmd = dict[str, Any]
+else:
+    from cni.tuples import NamedTuple
+
 
 
 # --- the listing ------------------------------------------------------------------
@@ -135,7 +141,7 @@ def _walk(node: Any, out: list[str]) -> None:
             addr = value.get("addr")
             out.append(f"dnat:{value.get('family')}:{addr if isinstance(addr, str) else 'map'}:{value.get('port', '')}")
         elif key == "mangle" and isinstance(value, dict):
-            out.append(f"mangle:{json.dumps(value.get('key'), sort_keys=True)}")
+            out.append(f"mangle:{jsonc.dumps(value.get('key'), sort_keys=True)}")
         elif key in ("counter", "comment"):
             continue  # counters change, the comment is the fingerprint's other half
         else:

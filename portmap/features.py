@@ -11,12 +11,16 @@ feature instead of the kernel's bare EINVAL or EOPNOTSUPP).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+
+TYPE_CHECKING = False  # mypy treats this name as True: typing stays off the exec path
+if TYPE_CHECKING:
+    from typing import Any
+
+    Cmd = dict[str, Any]
 
 PROBE_TABLE = "berth-probe"
 MINIMUM_KERNEL = "5.10"
 
-Cmd = dict[str, Any]
 
 
 def _obj(kind: str, **fields: Any) -> Cmd:

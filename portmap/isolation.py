@@ -37,17 +37,21 @@ import contextlib
 import os
 from collections.abc import Callable, Iterator
 from collections.abc import Mapping as MappingT
-from typing import Any
 
 from cni import state
 from portmap import layout
+
+TYPE_CHECKING = False  # mypy treats this name as True: typing stays off the exec path
+if TYPE_CHECKING:
+    from typing import Any
+
+    Cmd = layout.Cmd
 
 ISOLATED = "isolated"  # isolate: true
 STRICT = "strict"  # isolate: "strict"
 MODES = (ISOLATED, STRICT)
 ALL_SETS = (layout.ISOLATED_SET, layout.SELF_SET, layout.STRICT_SET)  # never `bridges`: ipMasq needs it too
 
-Cmd = layout.Cmd
 Key = tuple[str, str, str]  # network, containerID, ifname
 
 

@@ -54,9 +54,15 @@ from __future__ import annotations
 
 import ipaddress
 from _sha512 import sha512  # builtin: hashlib would import OpenSSL on every exec
-from typing import Any
 
 from cni.records import MASQ_SCHEMA, PORTMAP_SCHEMA, PortMapping
+
+TYPE_CHECKING = False  # mypy treats this name as True: typing stays off the exec path
+if TYPE_CHECKING:
+    from typing import Any
+
+    Cmd = dict[str, Any]
+    Expr = dict[str, Any]
 
 FAMILY = "inet"
 TABLE = "berth"
@@ -95,8 +101,6 @@ DEFAULT_MASQ_BIT = 13
 CHAIN_NAME_LENGTH = 28  # upstream utils.maxChainLength (iptables' limit minus NUL)
 DEFAULT_IFNAME = "eth0"
 
-Cmd = dict[str, Any]
-Expr = dict[str, Any]
 
 # name, type, hook, priority (the knftables nftablesBaseChains idea)
 BASE_CHAINS: tuple[tuple[str, str, str, int], ...] = (

@@ -22,12 +22,15 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 from collections.abc import Mapping as MappingT
-from typing import Any
 
 from cni import errors, records, state
 from cni.errors import CNIError
 from cni.records import Attachment, MasqRecord
 from portmap import diff, generation, layout, nft, ports
+
+TYPE_CHECKING = False  # mypy treats this name as True: typing stays off the exec path
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def _cidrs(addresses: list[str]) -> list[str]:

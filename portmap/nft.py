@@ -9,16 +9,21 @@ nothing to do must not pay for it. Only berth's own table is ever listed.
 
 from __future__ import annotations
 
+import _socket  # the C module: socket.py would import enum and selectors for every exec
 import errno
-import json
 import os
-import socket
 import struct
+import sys
 import threading
-from typing import Any, Protocol
 
-from cni import errors
+from cni import errors, jsonc, phases
 from cni.errors import CNIError
+
+TYPE_CHECKING = False  # mypy treats this name as True: typing stays off the exec path
+if TYPE_CHECKING:
+    from typing import Any, Protocol
+else:
+    Protocol = object  # the interface needs no checking at run time
 
 _lock = threading.Lock()
 _handle: Any = None
@@ -46,12 +51,31 @@ class Backend(Protocol):
     def generation(self) -> int | None: ...
 
 
+def _import_binding() -> Any:
+    """The nftables binding, bound to cni.jsonc for its json.dumps/json.loads when
+    nothing has loaded the json package yet: the same text and objects, without
+    the regular expressions json compiles on import."""
+    if "json" in sys.modules:
+        import nftables
+
+        return nftables
+    sys.modules["json"] = jsonc
+    try:
+        import nftables
+
+        return nftables
+    finally:
+        if sys.modules.get("json") is jsonc:
+            del sys.modules["json"]
+
+
 def _nft() -> Any:
     global _handle
     with _lock:
         if _handle is None:
+            phases.mark("work")
             try:
-                import nftables  # lazy: only when there is nft work
+                nftables = _import_binding()  # lazy: only when there is nft work
             except ImportError as exc:
                 raise CNIError(errors.PLUGIN_NOT_AVAILABLE, "libnftables binding not available", str(exc)) from None
             try:
@@ -61,6 +85,7 @@ def _nft() -> Any:
             handle.set_json_output(True)
             handle.set_handle_output(False)
             _handle = handle
+            phases.mark("libnftables")
         return _handle
 
 
@@ -225,10 +250,10 @@ class Fake:
             return ""
         lines = [f"table {FAMILY} {TABLE}"]
         for name, (kind, elems) in sorted(self.sets.items()):
-            lines.append(f"{kind} {name}" + (f" {json.dumps(elems, sort_keys=True)}" if elems else ""))
+            lines.append(f"{kind} {name}" + (f" {jsonc.dumps(elems, sort_keys=True)}" if elems else ""))
         for chain, rules in sorted(self.rules.items()):
             lines.append(f"chain {chain}")
-            lines += [f"  rule {json.dumps(r, sort_keys=True)}" for r in rules]
+            lines += [f"  rule {jsonc.dumps(r, sort_keys=True)}" for r in rules]
         return "\n".join(lines) + "\n"
 
 
@@ -359,7 +384,7 @@ class _RawSocket:
     parent's replies), in another netns, or after any error."""
 
     def __init__(self) -> None:
-        self.sock: socket.socket | None = None
+        self.sock: _socket.socket | None = None
         self.owner: tuple[int, int] = (0, 0)  # (pid, netns inode) it was opened in
         self.seq = 0
 
@@ -374,7 +399,7 @@ class _RawSocket:
     def _request(self, message: bytes) -> bytes | None:
         owner = (os.getpid(), os.stat("/proc/thread-self/ns/net").st_ino)
         if self.sock is None or self.owner != owner:
-            self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
+            self.sock = _socket.socket(_socket.AF_NETLINK, _socket.SOCK_RAW, NETLINK_NETFILTER)
             self.sock.settimeout(2.0)
             self.owner = owner
         self.seq = (self.seq + 1) & 0xFFFFFFFF or 1

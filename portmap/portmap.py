@@ -15,9 +15,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import os
-import signal
 import sys
-from typing import Any
 
 from cni import errors, records, state, sysctl
 from cni.errors import CNIError
@@ -27,13 +25,20 @@ from cni.spec import Result, prev_result, valid_attachments
 from portmap import conntrack, generation, layout, listeners, nft, ports, proxyctl
 from portmap.conf import Conf
 
+TYPE_CHECKING = False  # mypy treats this name as True: typing stays off the exec path
+if TYPE_CHECKING:
+    from typing import Any
+
 SECTION = "portmap"
 STEPS = ("portmap-journal", "portmap-nft", "portmap-proxy")
 
 
+SIGKILL = 9  # the test hook's kill; `signal` would import enum for every exec
+
+
 def _step_done(step: str, environ: Any) -> None:
     if environ.get("BERTH_TEST_KILL_AFTER") == step:
-        os.kill(os.getpid(), signal.SIGKILL)
+        os.kill(os.getpid(), SIGKILL)
     if environ.get("BERTH_TEST_FAIL_AFTER") == step:
         raise CNIError(errors.INTERNAL, f"test failure injected after step {step!r}")
 

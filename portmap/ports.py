@@ -17,15 +17,19 @@ unreadable file is unowned.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from collections.abc import Iterator
-from typing import Any, NamedTuple
 
-from cni import errors, files, state, sysctl
+from cni import errors, files, jsonc, state, sysctl
 from cni.errors import CNIError
 from cni.records import PortMapping
 from portmap import layout
+
+TYPE_CHECKING = False  # mypy treats this name as True: typing stays off the exec path
+if TYPE_CHECKING:
+    from typing import Any, NamedTuple
+else:
+    from cni.tuples import NamedTuple
 
 PORTS_DIR = "ports"
 
@@ -77,7 +81,7 @@ def port_files(root: str, m: PortMapping) -> list[str]:
 def read(path: str) -> Claim | None:
     try:
         with open(path, "rb") as fh:
-            return Claim.from_json(json.load(fh))
+            return Claim.from_json(jsonc.load(fh))
     except FileNotFoundError:
         return None
     except (OSError, ValueError, KeyError, TypeError):
@@ -128,10 +132,10 @@ def vanished(record: dict[str, Any], bridge: Any) -> str:
 
 def link_exists(name: str) -> bool:
     """Is there a link of this name in our (the node's) namespace? True when it cannot tell."""
-    import socket
+    import _socket  # the C module: socket.py would import enum and selectors
 
     try:
-        socket.if_nametoindex(name)
+        _socket.if_nametoindex(name)
     except OSError as exc:  # "no interface with this name" carries no errno; a failed socket() does
         return exc.errno is not None
     except ValueError:  # a name no interface can have
@@ -208,14 +212,14 @@ def check(root: str, me: Owner, mappings: list[PortMapping], last_wins: bool) ->
                     f"host port {where}{port}/{m.protocol} is already used by {claim.owner.describe()}",
                     'set "conflictPolicy": "last-wins" in the portmap config to take it over',
                 )
-            found.setdefault(json.dumps([claim.map_name, claim.key, claim.chain], sort_keys=True),
+            found.setdefault(jsonc.dumps([claim.map_name, claim.key, claim.chain], sort_keys=True),
                              Takeover(claim, live, dead))
     return list(found.values())
 
 
 def write(root: str, me: Owner, chain: str, mappings: list[PortMapping]) -> None:
     for m in mappings:
-        data = json.dumps(Claim(me, chain, layout.map_name(m), layout.map_key(m)).to_json(), sort_keys=True).encode()
+        data = jsonc.dumps(Claim(me, chain, layout.map_name(m), layout.map_key(m)).to_json(), sort_keys=True).encode()
         for path in port_files(root, m):
             files.atomic_write(path, data, durable=False, tmp=files.locked_tmp(path))  # under locked()
 

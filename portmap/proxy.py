@@ -15,10 +15,11 @@ one socket to the other through a pipe (no copy through Python), closing each
 direction on its own end of file. UDP keeps one connected upstream socket per
 client address, dropped after UDP_IDLE_SECONDS without traffic.
 
-The process (main) reports on its ready fd what it bound, with each socket's
-SO_COOKIE, then waits on its commit fd: it serves only after the ADD has
-journaled it and said "commit", and leaves on end of file without it, so a
-plugin killed midway leaves no proxy behind (portmap/proxyctl.py).
+A proxy process is forked by portmap ADD with its sockets already bound and
+loads this module only once the ADD has committed it (serve_adopted,
+portmap/proxyctl.py). `berth proxy` (main; exec'd by a caller with threads
+running, or run by hand) binds them itself, reports on its ready fd what it
+bound with each socket's SO_COOKIE, then waits on its commit fd the same way.
 
 The agent's service (Service) answers on a root-only Unix socket: "sync" reads
 one attachment's journal and binds what its proxy record lists (mode agent),
@@ -31,7 +32,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import json
 import os
 import selectors
 import signal
@@ -41,13 +41,16 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
 
-from cni import records, state
+from cni import jsonc, records, state
 from cni.records import ProxyListener
+from portmap import proxyctl
+from portmap.proxyctl import SO_COOKIE, start_time
 
-LOOPBACK = "::1"
-SO_COOKIE = 57
+TYPE_CHECKING = False  # mypy treats this name as True
+if TYPE_CHECKING:
+    from typing import Any
+
 CONNECT_TIMEOUT_SECONDS = 10.0
 UDP_IDLE_SECONDS = 60.0
 UDP_MAX_FLOWS = 4096  # per listening socket: the oldest goes first
@@ -167,19 +170,7 @@ class Bound:
 
 
 def bind_port(protocol: str, port: int) -> socket.socket:
-    sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM if protocol == "tcp" else socket.SOCK_DGRAM)
-    try:
-        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        if protocol == "tcp":
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a predecessor's TIME_WAIT
-        sock.bind((LOOPBACK, port))
-        if protocol == "tcp":
-            sock.listen(128)
-        sock.setblocking(False)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
+    return socket.socket(fileno=proxyctl.bind_port(protocol, port).detach())
 
 
 class Forwarder:
@@ -194,28 +185,22 @@ class Forwarder:
         """Bind every port of `listeners` (replacing what `key` had): the listeners
         bound, with their cookies, and what failed ("<spec>: <why>")."""
         self.unbind(key)
+        pairs, failed = proxyctl.bind_all(listeners)
+        return self.adopt(key, [(li, [sk.detach() for sk in socks]) for li, socks in pairs]), failed
+
+    def adopt(self, key: Any, pairs: list[tuple[ProxyListener, list[int]]]) -> list[ProxyListener]:
+        """Serve sockets bound already (descriptors, one per port of each listener)."""
         bound: list[Bound] = []
-        done: list[ProxyListener] = []
-        failed: list[str] = []
-        for li in listeners:
-            socks: list[socket.socket] = []
-            try:
-                for offset in range(li.host_hi - li.host_lo + 1):
-                    socks.append(bind_port(li.protocol, li.host_lo + offset))
-            except OSError as exc:
-                for sock in socks:
-                    sock.close()
-                failed.append(f"{li.spec()}: {errno.errorcode.get(exc.errno or 0, '')} {exc.strerror or exc}")
-                continue
-            for offset, sock in enumerate(socks):
+        for li, fds in pairs:
+            for offset, fd in enumerate(fds):
+                sock = socket.socket(fileno=fd)
                 b = Bound(sock, li.protocol, (li.target, li.target_lo + offset))
                 self.selector.register(sock, selectors.EVENT_READ, (self._accept if li.protocol == "tcp"
                                                                    else self._datagram, b))
                 bound.append(b)
-            done.append(li._replace(cookies=tuple(cookie(s) for s in socks)))
         if bound:
-            self.owned[key] = bound
-        return done, failed
+            self.owned.setdefault(key, []).extend(bound)
+        return [li for li, _fds in pairs]
 
     def unbind(self, key: Any) -> None:
         for b in self.owned.pop(key, []):
@@ -325,21 +310,6 @@ class Forwarder:
 
 # --- `berth proxy`: one attachment's process --------------------------------------------
 
-def start_time(pid: int) -> int | None:
-    """Field 22 of /proc/<pid>/stat (clock ticks after boot): with the pid and the boot,
-    what tells this process from a later one with the same pid."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            raw = fh.read()
-    except OSError:
-        return None
-    fields = raw[raw.rfind(b")") + 2:].split()
-    try:
-        return None if fields[0] == b"Z" else int(fields[19])
-    except (IndexError, ValueError):
-        return None
-
-
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
@@ -370,7 +340,7 @@ def main(command: str, argv: list[str]) -> int:
               "listeners": [li.to_json() for li in done], "failed": failed}
     if args.ready_fd >= 0:
         try:
-            _write_all(args.ready_fd, json.dumps(report).encode() + b"\n")
+            _write_all(args.ready_fd, jsonc.dumps(report).encode() + b"\n")
             os.close(args.ready_fd)
         except OSError:
             return 1
@@ -389,8 +359,29 @@ def main(command: str, argv: list[str]) -> int:
         os.close(args.commit_fd)
         if said.strip() != b"commit":
             return 0  # the ADD did not journal this proxy (killed, failed): nothing of it may stay
+    if args.id:
+        proxyctl.hold_marker(tuple(args.id.split("/", 2)))
     signal.signal(signal.SIGTERM, lambda _s, _f: sys.exit(0))
     forwarder.run()
+    return 0
+
+
+def serve_adopted(fds: list[int], listeners: list[ProxyListener], marker: int) -> int:
+    """A forked proxy process, committed: serve the sockets the ADD bound (one
+    descriptor per port of each listener, in order) until killed."""
+    forwarder = Forwarder()
+    pairs = []
+    for li in listeners:
+        count = li.host_hi - li.host_lo + 1
+        pairs.append((li, fds[:count]))
+        fds = fds[count:]
+    forwarder.adopt(None, pairs)
+    # `marker` stays open for the process's life: what a DEL without the journal finds it by
+    signal.signal(signal.SIGTERM, lambda _s, _f: sys.exit(0))
+    try:
+        forwarder.run()
+    except SystemExit:
+        pass
     return 0
 
 
@@ -479,7 +470,7 @@ class Service:
                     if not chunk:
                         break
                     raw += chunk
-                conn.sendall(json.dumps(self.answer(json.loads(raw))).encode() + b"\n")
+                conn.sendall(jsonc.dumps(self.answer(jsonc.loads(raw))).encode() + b"\n")
             except (OSError, ValueError, TypeError, AttributeError) as exc:
                 log(f"control request: {type(exc).__name__}: {exc}")
 

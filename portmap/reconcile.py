@@ -13,12 +13,14 @@ flush.
 
 from __future__ import annotations
 
-from typing import Any
-
 from cni import state
 from cni.records import Attachment, PortMapping
 from portmap import diff, layout, ports
 from portmap.diff import Missing, Table
+
+TYPE_CHECKING = False  # mypy treats this name as True: typing stays off the exec path
+if TYPE_CHECKING:
+    from typing import Any
 
 
 class Plan:

@@ -1,6 +1,9 @@
 """Which sockets of this network namespace are bound to given ports: netlink
-sock_diag (NETLINK_SOCK_DIAG, the interface `ss` uses), with pyroute2's netlink
-message codec over a plain socket, as cni/rtnl.py does for rtnetlink.
+sock_diag (NETLINK_SOCK_DIAG, the interface `ss` uses), over a plain netlink
+socket with the kernel's structs packed here (struct inet_diag_req,
+inet_diag_req_v2, inet_diag_msg), as cni/rtnl.py does for rtnetlink: pyroute2's
+codec (its message classes) costs more to import than the whole request, on
+every portmap ADD; tests/unit/test_sockdiag.py checks the layouts against it.
 
 A request names the protocol, the address family and the socket states, and
 carries a filter (inet_diag bytecode: "local port in one of these ranges")
@@ -12,17 +15,19 @@ family-specific request reaches, take one per family. SCTP is asked only when
 its module is loaded (/proc/net/sctp): a request would load it, and without it
 no SCTP socket can exist; sctp_diag does not run the filter, so its endpoints
 are filtered here.
-
-pyroute2's own diag module imports its whole socket machinery (asyncio and
-more): the two message layouts are declared here on pyroute2's nlmsg instead.
 """
 
 from __future__ import annotations
 
+import _socket  # the C module: socket.py would import enum and selectors for every exec
 import os
-import socket
 import struct
-from typing import Any, NamedTuple
+
+TYPE_CHECKING = False  # mypy treats this name as True: typing stays off the exec path
+if TYPE_CHECKING:
+    from typing import NamedTuple
+else:
+    from cni.tuples import NamedTuple
 
 NETLINK_SOCK_DIAG = 4
 TCPDIAG_GETSOCK = 18  # struct inet_diag_req: both families in one dump (the kernel sets AF_UNSPEC)
@@ -42,7 +47,17 @@ BC_OP = struct.Struct("=BBH")  # struct inet_diag_bc_op: code, yes, no
 
 TCP_LISTEN = 10
 TCP_CLOSE = 7  # an unconnected UDP socket, a bound SCTP endpoint
-PROTOCOLS = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP, "sctp": socket.IPPROTO_SCTP}
+AF_INET, AF_INET6 = 2, 10
+PROTOCOLS = {"tcp": 6, "udp": 17, "sctp": 132}  # IPPROTO_*
+# struct inet_diag_sockid: sport, dport (network order), src, dst (16 bytes each), if, cookie (two u32,
+# low first: a native u64)
+SOCKID = "2s2s16s16sIQ"
+REQ = struct.Struct("=BBBB" + SOCKID + "II")  # struct inet_diag_req: family, src_len, dst_len, ext, id, states, dbs
+REQ_V2 = struct.Struct("=BBBBI" + SOCKID)  # struct inet_diag_req_v2: family, protocol, ext, pad, states, id
+MSG = struct.Struct("=BBBB" + SOCKID + "IIIII")  # struct inet_diag_msg: family, state, timer, retrans, id,
+# expires, rqueue, wqueue, uid, inode
+ZERO_ID = (b"\0\0", b"\0\0", bytes(16), bytes(16), 0, 0)
+RTA = struct.Struct("=HH")
 # what counts as holding a port: a TCP listener, an unconnected UDP socket (a server), an SCTP endpoint
 STATES = {"tcp": 1 << TCP_LISTEN, "udp": 1 << TCP_CLOSE, "sctp": (1 << TCP_LISTEN) | (1 << TCP_CLOSE)}
 
@@ -91,55 +106,28 @@ def merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
     return out
 
 
-def _messages() -> tuple[Any, Any, Any]:
-    from cni.rtnl import lazy_pyroute2
-
-    lazy_pyroute2()
-    from pyroute2.netlink import nlmsg
-
-    request_nlas = (("INET_DIAG_REQ_NONE", "none"), ("INET_DIAG_REQ_BYTECODE", "cdata"))
-    # the kernel's struct names, as pyroute2 spells them
-    inet_diag_req = type("inet_diag_req", (nlmsg,), {  # struct inet_diag_req (TCPDIAG_GETSOCK)
-        "fields": (("idiag_family", "B"), ("idiag_src_len", "B"), ("idiag_dst_len", "B"), ("idiag_ext", "B"),
-                   ("idiag_sport", ">H"), ("idiag_dport", ">H"), ("idiag_src", ">4I"), ("idiag_dst", ">4I"),
-                   ("idiag_if", "I"), ("idiag_cookie", "Q"), ("idiag_states", "I"), ("idiag_dbs", "I")),
-        "nla_map": request_nlas})
-    inet_diag_req_v2 = type("inet_diag_req_v2", (nlmsg,), {  # struct inet_diag_req_v2 (SOCK_DIAG_BY_FAMILY)
-        "fields": (("sdiag_family", "B"), ("sdiag_protocol", "B"), ("idiag_ext", "B"), ("pad", "B"),
-                   ("idiag_states", "I"), ("idiag_sport", ">H"), ("idiag_dport", ">H"), ("idiag_src", ">4I"),
-                   ("idiag_dst", ">4I"), ("idiag_if", "I"), ("idiag_cookie", "Q")),
-        "nla_map": request_nlas})
-    # struct inet_diag_msg, and the attribute that says whether a v6 socket is v6-only
-    inet_diag_msg = type("inet_diag_msg", (nlmsg,), {
-        "fields": (("idiag_family", "B"), ("idiag_state", "B"), ("idiag_timer", "B"), ("idiag_retrans", "B"),
-                   ("idiag_sport", ">H"), ("idiag_dport", ">H"), ("idiag_src", ">4I"), ("idiag_dst", ">4I"),
-                   ("idiag_if", "I"), ("idiag_cookie", "Q"), ("idiag_expires", "I"), ("idiag_rqueue", "I"),
-                   ("idiag_wqueue", "I"), ("idiag_uid", "I"), ("idiag_inode", "I")),
-        "nla_map": (*((f"INET_DIAG_{i}", "hex") for i in range(INET_DIAG_SKV6ONLY)), ("INET_DIAG_SKV6ONLY", "uint8"))})
-    return inet_diag_req, inet_diag_req_v2, inet_diag_msg
-
-
-_classes: tuple[Any, Any, Any] | None = None
-
-
-def _zero_ids(req: Any) -> None:
-    for key in ("idiag_sport", "idiag_dport", "idiag_if", "idiag_cookie"):
-        req[key] = 0
-    req["idiag_src"] = req["idiag_dst"] = (0, 0, 0, 0)
+def request(proto: str, family: int | None, ranges: list[tuple[int, int]], seq: int) -> bytes:
+    """One dump request: TCPDIAG_GETSOCK (both families) when `family` is None,
+    else SOCK_DIAG_BY_FAMILY; with the port filter except for SCTP (not run)."""
+    if family is None:
+        kind, body = TCPDIAG_GETSOCK, REQ.pack(0, 0, 0, 0, *ZERO_ID, STATES[proto], 0)
+    else:
+        kind, body = SOCK_DIAG_BY_FAMILY, REQ_V2.pack(family, PROTOCOLS[proto], 0, 0, STATES[proto], *ZERO_ID)
+    if proto != "sctp":
+        code = port_filter(ranges)
+        attr = RTA.pack(RTA.size + len(code), INET_DIAG_REQ_BYTECODE) + code
+        body += attr + bytes(-len(attr) % 4)
+    return HEADER.pack(HEADER.size + len(body), kind, NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + body
 
 
 def bound(wanted: dict[str, list[tuple[int, int]]]) -> list[Socket]:
     """Sockets holding a port of `wanted` (protocol -> port ranges), of both families.
     Raises Unavailable when the kernel cannot tell."""
-    global _classes
     wanted = {proto: ranges for proto, ranges in wanted.items() if ranges and proto in PROTOCOLS}
     if not wanted:
         return []
-    if _classes is None:
-        _classes = _messages()
-    compat, v2, reply = _classes
     try:
-        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_SOCK_DIAG)
+        sock = _socket.socket(_socket.AF_NETLINK, _socket.SOCK_RAW | _socket.SOCK_CLOEXEC, NETLINK_SOCK_DIAG)
     except OSError as exc:
         raise Unavailable(exc.errno, f"sock_diag: {exc.strerror or exc}") from None
     out: list[Socket] = []
@@ -148,28 +136,17 @@ def bound(wanted: dict[str, list[tuple[int, int]]]) -> list[Socket]:
         sock.bind((0, 0))
         seq = 0
         for proto, ranges in wanted.items():
-            code = port_filter(ranges)
-            requests: list[tuple[Any, int, int | None]]
+            families: tuple[int | None, ...]
             if proto == "tcp":
-                requests = [(compat, TCPDIAG_GETSOCK, None)]
+                families = (None,)
             elif proto == "sctp" and not os.path.exists("/proc/net/sctp"):
                 continue
             else:
-                requests = [(v2, SOCK_DIAG_BY_FAMILY, family) for family in (socket.AF_INET, socket.AF_INET6)]
-            for cls, kind, family in requests:
-                req = cls()
-                _zero_ids(req)
-                req["idiag_states"] = STATES[proto]
-                req["idiag_ext"] = 0
-                if family is None:
-                    req.update(idiag_family=0, idiag_src_len=0, idiag_dst_len=0, idiag_dbs=0)
-                else:
-                    req.update(sdiag_family=family, sdiag_protocol=PROTOCOLS[proto], pad=0)
-                # sctp_diag runs no filter: the ports are matched below
-                req["attrs"] = [] if proto == "sctp" else [["INET_DIAG_REQ_BYTECODE", code]]
+                families = (AF_INET, AF_INET6)
+            for family in families:
                 seq += 1
-                out += [s for s in _dump(sock, req, kind, seq, reply, proto)
-                        if any(lo <= s.port <= hi for lo, hi in ranges)]
+                sock.send(request(proto, family, ranges, seq))
+                out += [s for s in _dump(sock, seq, proto) if any(lo <= s.port <= hi for lo, hi in ranges)]
     except OSError as exc:
         if isinstance(exc, Unavailable):
             raise
@@ -179,13 +156,7 @@ def bound(wanted: dict[str, list[tuple[int, int]]]) -> list[Socket]:
     return out
 
 
-def _dump(sock: socket.socket, req: Any, kind: int, seq: int, reply: Any, proto: str) -> list[Socket]:
-    req["header"]["type"] = kind
-    req["header"]["flags"] = NLM_F_REQUEST | NLM_F_DUMP
-    req["header"]["sequence_number"] = seq
-    req["header"]["pid"] = 0
-    req.encode()
-    sock.send(req.data)
+def _dump(sock: _socket.socket, seq: int, proto: str) -> list[Socket]:
     out: list[Socket] = []
     while True:
         buf = sock.recv(RECV_BYTES)
@@ -205,18 +176,22 @@ def _dump(sock: socket.socket, req: Any, kind: int, seq: int, reply: Any, proto:
                 if code:
                     raise Unavailable(-code, f"sock_diag ({proto}): {os.strerror(-code)}")
                 return out
-            msg = reply(chunk)
-            msg.decode()
-            out.append(_socket(msg, proto))
+            out.append(parse(chunk, proto))
 
 
-def _socket(msg: Any, proto: str) -> Socket:
-    family = 6 if msg["idiag_family"] == socket.AF_INET6 else 4
-    words = msg["idiag_src"]
-    if family == 4:
-        address = socket.inet_ntop(socket.AF_INET, struct.pack(">I", words[0]))
-    else:
-        address = socket.inet_ntop(socket.AF_INET6, struct.pack(">4I", *words))
-    v6only = bool(msg.get_attr("INET_DIAG_SKV6ONLY")) if family == 6 else False
-    return Socket(proto, family, address, int(msg["idiag_sport"]), v6only, int(msg["idiag_inode"]),
-                  int(msg["idiag_uid"]), int(msg["idiag_cookie"]))
+def parse(chunk: bytes, proto: str) -> Socket:
+    """One struct inet_diag_msg (after its netlink header) and its attributes."""
+    (fam, _state, _timer, _retrans, sport, _dport, src, _dst, _if, cookie, _exp, _rq, _wq, uid,
+     inode) = MSG.unpack_from(chunk, HEADER.size)
+    family = 6 if fam == AF_INET6 else 4
+    address = _socket.inet_ntop(AF_INET6, src) if family == 6 else _socket.inet_ntop(AF_INET, src[:4])
+    v6only = False
+    offset = HEADER.size + MSG.size
+    while family == 6 and offset + RTA.size <= len(chunk):
+        length, kind = RTA.unpack_from(chunk, offset)
+        if length < RTA.size:
+            break
+        if kind & 0x3FFF == INET_DIAG_SKV6ONLY and length > RTA.size:
+            v6only = bool(chunk[offset + RTA.size])
+        offset += (length + 3) & ~3
+    return Socket(proto, family, address, int.from_bytes(sport, "big"), v6only, inode, uid, cookie)

@@ -10,7 +10,6 @@ from cni.records import PortMapping
 from portmap.layout import (
     BRIDGES_SET,
     DEFAULT_MASQ_BIT,
-    Cmd,
     add_chain,
     add_elements,
     attachment_add,
@@ -20,6 +19,10 @@ from portmap.layout import (
     masq_elements,
     masq_rules,
 )
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from portmap.layout import Cmd
 
 
 def portmap_add(chain: str, mappings: list[PortMapping], addresses: list[str], *, snat: bool = True,

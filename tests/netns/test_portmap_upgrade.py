@@ -23,7 +23,7 @@ NODE4, OUTSIDE4 = harness.Topology.NODE_V4, harness.Topology.OUTSIDE_V4
 # DNAT chain, elements in those maps), a journal record without "layout", port
 # files naming the interval map.
 OLD_ADD = """
-import json, sys
+import json, os, sys
 from cni import files, state
 from cni.records import PortMapping
 from portmap import layout, nft, ports
@@ -49,10 +49,12 @@ for name, elems in layout.elements_by_map(chain, mappings, 0).items():
 nft.apply(cmds)
 me = ports.Owner(network, cid, ifname)
 with ports.locked(root):
-    state.Journal(root, network, cid, ifname).put("portmap", {
+    journal = state.Journal(root, network, cid, ifname)
+    journal.put("portmap", {
         "chain": chain, "addresses": addresses, "bridge": "bt0", "state": "done",
         "mappings": [m.to_json() for m in mappings], "snat": True, "markMasqBit": 13, "masqAll": False,
         "externalSetMarkChain": None, "boot": ports.boot_id()})
+    os.rename(journal.path, os.path.join(journal.directory, state.legacy_journal_name(cid, ifname)))  # its name
     for m in mappings:
         claim = ports.Claim(me, chain, layout.map_name(m, 0), layout.map_key(m, 0))
         for path in ports.port_files(root, m):

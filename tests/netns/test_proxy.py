@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from tests import harness
-from tests.netns.portmap_helpers import Pod, portmap_conf
+from tests.netns.portmap_helpers import Pod, portmap_conf, proxy_processes
 from tests.netns.test_agent import AgentProc, use_socket
 
 DUAL = ("10.88.0.0/24", "fd00:88::/64")
@@ -27,17 +27,12 @@ WEB = [{"hostPort": 18180, "containerPort": 80}]
 WEB_DNS = [*WEB, {"hostPort": 18153, "containerPort": 53, "protocol": "udp"}]
 
 
+NODE: list[str] = []  # this test's node namespace (set by no_proxy_left_behind): tests run in parallel
+
+
 def proxies(key: str) -> list[int]:
-    """pids of `berth proxy` processes started for `key` (network/containerID/ifname)."""
-    wanted = b"\0proxy\0--id\0" + key.encode() + b"\0"
-    out = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        with contextlib.suppress(OSError):
-            if wanted in Path(f"/proc/{name}/cmdline").read_bytes():
-                out.append(int(name))
-    return out
+    """pids of the proxy processes started for `key` (network/containerID/ifname) in this test's node."""
+    return proxy_processes(NODE[-1] if NODE else None, key=key)
 
 
 def gone(pid: int) -> bool:
@@ -89,14 +84,12 @@ def curl(node: harness.Node, url: str, timeout: int = 5) -> str | None:
 def no_proxy_left_behind(topo: harness.Topology) -> Iterator[None]:
     """Whatever a test did, no proxy process is left in its node namespace (checked
     before the namespace goes, which would kill it)."""
-    yield
-    node_ns = os.stat(topo.node.path).st_ino
-    left = []
-    for name in os.listdir("/proc"):
-        with contextlib.suppress(OSError):
-            if os.stat(f"/proc/{name}/ns/net").st_ino == node_ns and \
-                    b"\0proxy\0--id\0" in Path(f"/proc/{name}/cmdline").read_bytes():
-                left.append(int(name))
+    NODE.append(topo.node.path)
+    try:
+        yield
+    finally:
+        NODE.remove(topo.node.path)
+    left = proxy_processes(topo.node.path)
     for pid in left:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, 9)

@@ -18,6 +18,7 @@ import pytest
 
 from portmap import layout
 from tests import harness
+from tests.netns import portmap_helpers
 
 NET = "relnet"
 BRIDGE_STEPS = ("journal", "ipam", "bridge", "veth", "addresses", "routes", "gateway", "sysctls", "masq")
@@ -89,17 +90,8 @@ def leftovers(node: harness.Node, network: str = NET) -> list[str]:
 
 
 def proxy_processes(node: harness.Node) -> list[int]:
-    """`berth proxy` processes in the node's namespace."""
-    node_ns = os.stat(node.path).st_ino
-    out = []
-    for name in os.listdir("/proc"):
-        try:
-            if os.stat(f"/proc/{name}/ns/net").st_ino == node_ns and \
-                    b"\0proxy\0--id\0" in Path(f"/proc/{name}/cmdline").read_bytes():
-                out.append(int(name))
-        except (OSError, ValueError):
-            continue
-    return out
+    """berth's proxy processes in the node's namespace."""
+    return portmap_helpers.proxy_processes(node.path)
 
 
 def add_pod(node: harness.Node, ns: harness.Netns, cid: str, conf: dict[str, Any],

@@ -28,8 +28,9 @@ def test_a_dead_owners_port_is_taken_over_and_its_leftovers_go(topo: harness.Top
     dead = Pod(topo, "dead1", [{"hostPort": 18085, "containerPort": 80}, {"hostPort": 18086, "containerPort": 80}])
     dead.add().ok()
     veth = dead.result["interfaces"][1]["name"] if dead.result else ""
-    dead.netns.remove()  # the sandbox is gone, no DEL came: its veth went with its namespace
-    assert veth not in node.links()
+    dead.netns.remove()  # the sandbox is gone, no DEL came: its veth goes with its namespace
+    # the kernel tears a deleted namespace down in the background
+    assert harness.wait_for(lambda: veth not in node.links(), timeout=30)
     assert claims(node) == {"any_tcp_18085": "dead1", "any_tcp_18086": "dead1"}
     replacement = Pod(topo, "new1", [{"hostPort": 18085, "containerPort": 80}])
     res = replacement.add()

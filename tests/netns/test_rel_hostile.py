@@ -2,23 +2,33 @@
 
 The property tests run the real berth-bridge / berth-host-local / berth-portmap
 verbs in-process (skel.run) in a forked child that first unshares a fresh,
-empty network namespace: a hostile input that happens to be valid does its
-kernel work there and nowhere else, nothing kernel-related is faked. Every
-answer must be one CNI JSON object (error code != 999, no traceback); on an
-error the child's namespace holds nothing of the attachment, and no file
-appears outside the test's own directory. A small set of cases (10 MB input,
-traversal names, port and hostIP garbage) execs the plugin executables in a
-node namespace and checks the node's links and nft table are unchanged.
-Quick: ~200 examples in all; BERTH_LONG=1: >= 10,000 in all (3 x 3,400).
+empty network namespace (the node's) and makes the container's namespace in a
+grandchild: a hostile input that happens to be valid does its kernel work
+there and nowhere else, nothing kernel-related is faked. Every answer must be
+one CNI JSON object (error code != 999, no traceback, within HANG_SECONDS); on
+an error both namespaces hold nothing of the attachment, and no file appears
+outside the test's own directory. The shapes: traversal and separators in
+every name, namespaces that are not the container's (the node's own, other
+namespace types, files), a FIFO, symlink, directory, socket, device or /proc
+in every path option, and pairs of attachments whose derived names meet (the
+older journal name, the DNAT chain name). A small set of cases (10 MB input,
+traversal names, port and hostIP garbage, berth's CLI as IPAM) execs the
+plugin executables in a node namespace and checks the node's links and nft
+table are unchanged. Quick: ~300 examples in all; BERTH_LONG=1: >= 17,000.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import io
 import json
 import os
+import select
+import shutil
 import socket
+import stat
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -34,6 +44,8 @@ LONG = os.environ.get("BERTH_LONG") == "1"
 EXAMPLES = 3_400 if LONG else 70  # per property test: >= 10,000 in all when long
 PROFILE = settings(max_examples=EXAMPLES, deadline=None, derandomize=not LONG,
                    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+# eight plugin calls an example: fewer of them (the name shapes are few, too)
+PAIRS = settings(PROFILE, max_examples=600 if LONG else 25)
 CLONE_NEWNET = 0x40000000
 CLONE_NEWNS = 0x00020000
 MS_REC = 0x4000
@@ -46,8 +58,10 @@ COUNT = {"inputs": 0}
 
 TRAVERSAL = ["..", "../..", "../../../../../../tmp/berth-evil", "/etc/passwd", "a/../../b", "./x", "x/..",
              "..\\..\\x", "%2e%2e%2f", "\0", "a\0b", "/", "//", "~", "$HOME", "-rf"]
+# the separators of the names berth derives from (network, containerID, ifname)
+SEPARATED = ["a-b", "b-c", "a-b-c", "a:b", "-", ":", "ab", "bc1", "c1-eth0", "a.b_c-d"]
 hostile_text = st.one_of(
-    st.sampled_from([*TRAVERSAL, "", " ", "ü" * 20, "😀" * 5, "\udcff", "x" * 300, "eth0", "a" * 5000]),
+    st.sampled_from([*TRAVERSAL, *SEPARATED, "", " ", "ü" * 20, "😀" * 5, "\udcff", "x" * 300, "eth0", "a" * 5000]),
     st.text(max_size=30),
     st.text(alphabet="./\\\0-_: ab\n", min_size=1, max_size=20),
 )
@@ -68,6 +82,14 @@ FIELDS = ["name", "cniVersion", "type", "bridge", "mtu", "ipMasq", "isGateway", 
           "runtimeConfig.portMappings.0.protocol", "prevResult", "prevResult.ips", "prevResult.ips.0.address",
           "prevResult.interfaces", "markMasqBit", "conditionsV4", "cni.dev/valid-attachments",
           "cni.dev/valid-attachments.0.containerID", "externalSetMarkChain", "conflictPolicy"]
+
+
+# CNI_NETNS values that are not the container's: ours (several spellings), other
+# namespace types, files that are no namespace; never one that could be the host's
+NOT_THE_CONTAINER = ["/proc/self/ns/net", "/proc/thread-self/ns/net", "@self",
+                     "/proc/self/ns/mnt", "/proc/self/ns/uts", "/dev/null", "/nonexistent/netns", "relative/netns",
+                     "@special/fifo", "@special/dir", "@special/file", "@special/symlink", "@special/socket"]
+SPECIAL_KINDS = ("fifo", "symlink", "dangling", "dir", "socket", "file")
 
 
 def base_config(plugin: str, data_dir: str) -> dict[str, Any]:
@@ -148,9 +170,13 @@ class ContainerNetns:
         return links
 
 
-def run_isolated(plugin: str, environ: dict[str, str], data: bytes, cwd: str) -> dict[str, Any]:
-    """skel.run of the real plugin in a forked child inside a fresh netns (the
-    node's), with a container namespace of its own when CNI_NETNS asks for it."""
+SELF_NETNS = "@self"  # CNI_NETNS placeholder: the child's own (the node's) namespace, by its pid
+HANG_SECONDS = 120  # a call that has not answered by then is hung (a FIFO opened blocking, say)
+
+
+def isolated(body: Any, cwd: str) -> Any:
+    """body() in a forked child inside a fresh netns (the node's) with a private,
+    empty /var/lib; its JSON-able return value, or the child's crash as an error."""
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:  # child: never returns into pytest
@@ -164,24 +190,11 @@ def run_isolated(plugin: str, environ: dict[str, str], data: bytes, cwd: str) ->
                     harness._libc.mount(b"tmpfs", b"/var/lib", b"tmpfs", 0, b"mode=0755") != 0:
                 os._exit(4)
             os.chdir(cwd)
-            container = ContainerNetns() if environ.get("CNI_NETNS") == CONTAINER else None
-            if container is not None:
-                environ = {**environ, "CNI_NETNS": container.path}
-            from cni import invoke, main, skel
             from portmap import nft
 
             nft.forget_context()  # never reuse a context opened in another netns
             nft.set_backend(None)
-            invoke.register_own(main.plugin_funcs, str(Path(environ["CNI_PATH"].split(":")[0]) / "berth"))
-            out, err = io.StringIO(), io.StringIO()
-            rc = skel.run(main.load_funcs(plugin), environ, io.BytesIO(data), out, err)
-            table = nft.list_table()
-            chains = sorted({o["chain"]["name"] for o in table or [] if "chain" in o} - STATIC_CHAINS)
-            elems = sorted(o[k]["name"] for o in table or [] for k in ("map",) if k in o and o[k].get("elem"))
-            links = sorted(name for _i, name in socket.if_nameindex())
-            container_links = container.release() if container is not None else []
-            payload = {"rc": rc, "out": out.getvalue(), "err": err.getvalue(), "links": links,
-                       "container_links": container_links, "chains": chains, "elems": elems}
+            payload = body()
         except BaseException as exc:
             payload = {"rc": -1, "out": "", "err": f"child crashed: {type(exc).__name__}: {exc}", "links": [],
                        "container_links": [], "chains": [], "elems": []}
@@ -189,11 +202,45 @@ def run_isolated(plugin: str, environ: dict[str, str], data: bytes, cwd: str) ->
             fh.write(json.dumps(payload).encode())
         os._exit(0)
     os.close(w)
+    ready, _, _ = select.select([r], [], [], HANG_SECONDS)
+    if not ready:
+        os.kill(pid, 9)
     with os.fdopen(r, "rb") as fh:
         raw = fh.read()
     os.waitpid(pid, 0)
+    assert ready, f"the call hung for {HANG_SECONDS} s"
     assert raw, "child died without an answer"
-    result: dict[str, Any] = json.loads(raw)
+    return json.loads(raw)
+
+
+def call_plugin(plugin: str, environ: dict[str, str], data: bytes) -> dict[str, Any]:
+    """In the isolated child: skel.run of the real plugin; its answer and what the node's namespace holds."""
+    from cni import invoke, main, skel
+    from portmap import nft
+
+    invoke.register_own(main.plugin_funcs, str(Path(environ["CNI_PATH"].split(":")[0]) / "berth"))
+    if environ.get("CNI_NETNS") == SELF_NETNS:
+        environ = {**environ, "CNI_NETNS": f"/proc/{os.getpid()}/ns/net"}
+    out, err = io.StringIO(), io.StringIO()
+    rc = skel.run(main.load_funcs(plugin), environ, io.BytesIO(data), out, err)
+    table = nft.list_table()
+    chains = sorted({o["chain"]["name"] for o in table or [] if "chain" in o} - STATIC_CHAINS)
+    elems = sorted(o[k]["name"] for o in table or [] for k in ("map",) if k in o and o[k].get("elem"))
+    links = sorted(name for _i, name in socket.if_nameindex())
+    return {"rc": rc, "out": out.getvalue(), "err": err.getvalue(), "links": links, "chains": chains,
+            "elems": elems}
+
+
+def run_isolated(plugin: str, environ: dict[str, str], data: bytes, cwd: str) -> dict[str, Any]:
+    """One call in isolation, with a container namespace of its own when CNI_NETNS asks for it."""
+    def body() -> dict[str, Any]:
+        container = ContainerNetns() if environ.get("CNI_NETNS") == CONTAINER else None
+        env = {**environ, "CNI_NETNS": container.path} if container is not None else environ
+        res = call_plugin(plugin, env, data)
+        res["container_links"] = container.release() if container is not None else []
+        return res
+
+    result: dict[str, Any] = isolated(body, cwd)
     return result
 
 
@@ -240,7 +287,8 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory, bin_dir: Path,
     import pyroute2  # noqa: F401
 
     before = snapshot()
-    yield {"root": root, "bin": bin_dir}
+    with special_files(root / "special") as listener:
+        yield {"root": root, "bin": bin_dir, "listener": listener}
     after = snapshot()
     changed = {d: sorted(set(after[d]) ^ set(before[d])) for d in WATCHED if after[d] != before[d]}
     # other sessions may create their own pytest/bt- entries meanwhile; ours would be named here
@@ -252,6 +300,47 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory, bin_dir: Path,
         reporter.write_line(f"[rel hostile] {COUNT['inputs']} hostile inputs tried in-process, 0 leftovers")
 
 
+@contextlib.contextmanager
+def special_files(base: Path) -> Iterator[socket.socket]:
+    """One file of each kind (SPECIAL_KINDS) under `base`, for every path option to meet."""
+    base.mkdir()
+    (base / "target").write_text("")
+    os.mkfifo(base / "fifo")
+    (base / "symlink").symlink_to(base / "target")
+    (base / "dangling").symlink_to(base / "nowhere")
+    (base / "dir").mkdir()
+    (base / "file").write_text("")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(base / "socket"))
+    try:
+        yield listener
+    finally:
+        listener.close()
+
+
+def special(sandbox: dict[str, Any], value: str) -> str:
+    """Resolve "@special/<kind>" to the sandbox's file of that kind."""
+    return str(sandbox["root"] / "special" / value.split("/", 1)[1]) if value.startswith("@special/") else value
+
+
+def reset_specials(sandbox: dict[str, Any]) -> None:
+    base = sandbox["root"] / "special"
+    (base / "file").write_text("")
+    shutil.rmtree(base / "dir")
+    (base / "dir").mkdir()
+
+
+def specials_untouched(sandbox: dict[str, Any], used_as_dir: bool, used_as_log: bool = False) -> None:
+    """Nothing written through a symlink or into a FIFO; the plain file only as a log (a regular file)."""
+    base = sandbox["root"] / "special"
+    assert (base / "target").read_text() == ""
+    assert used_as_log or (base / "file").read_text() == ""
+    assert not (base / "nowhere").exists() and stat.S_ISFIFO(os.lstat(base / "fifo").st_mode)
+    assert (base / "symlink").is_symlink() and (base / "dangling").is_symlink()
+    if not used_as_dir:
+        assert list((base / "dir").iterdir()) == []
+
+
 def env_for(sandbox: dict[str, Any], command: str, **over: str) -> dict[str, str]:
     env = {"CNI_COMMAND": command, "CNI_CONTAINERID": "c1", "CNI_NETNS": CONTAINER,
            "CNI_IFNAME": "eth0", "CNI_ARGS": "", "CNI_PATH": str(sandbox["bin"]),
@@ -261,10 +350,21 @@ def env_for(sandbox: dict[str, Any], command: str, **over: str) -> dict[str, str
     return env
 
 
+def contained_data_dir(sandbox: dict[str, Any], data_dir: str) -> str:
+    """dataDir is the operator's to choose and any path is valid, so its hostile
+    spellings are kept inside the sandbox: absolute ones re-rooted below it,
+    relative ones below a base deeper than any traversal they can spell (a
+    relative dataDir resolves against the plugin's working directory)."""
+    if data_dir in ("", "/etc/passwd"):  # the default (a private /var/lib); a file nothing can be made below
+        return data_dir
+    base = str(sandbox["root"] / "data" / Path(*[f"d{i}" for i in range(16)]))
+    return base + data_dir if data_dir.startswith("/") else base + "/" + data_dir
+
+
 def _outside_files(root: Path) -> list[str]:
     """Files under the sandbox root but outside its state/data/cwd dirs."""
     return [str(p) for p in root.rglob("*") if p.is_file() and p.relative_to(root).parts[0] not in
-            ("state", "data", "cwd")]
+            ("state", "data", "cwd", "special")]
 
 
 @PROFILE
@@ -275,6 +375,9 @@ def test_hostile_config_fields(sandbox: dict[str, Any], plugin: str, verb: str,
     config = base_config(plugin, str(sandbox["root"] / "data"))
     for path, value in edits:
         put(config, path, copy.deepcopy(value))
+    ipam = config.get("ipam")
+    if isinstance(ipam, dict) and isinstance(ipam.get("dataDir"), str):
+        ipam["dataDir"] = contained_data_dir(sandbox, ipam["dataDir"])
     try:
         data = json.dumps(config).encode("utf-8", "surrogatepass")
     except (ValueError, UnicodeEncodeError):
@@ -286,21 +389,159 @@ def test_hostile_config_fields(sandbox: dict[str, Any], plugin: str, verb: str,
 
 @PROFILE
 @given(plugin=st.sampled_from(PLUGINS), verb=st.sampled_from(VERBS), cid=hostile_text, ifname=hostile_text,
-       name=hostile_text, data_dir=hostile_text, cni_args=hostile_text)
+       name=hostile_text, data_dir=hostile_text, cni_args=hostile_text,
+       netns=st.sampled_from([CONTAINER] * 4 + NOT_THE_CONTAINER))
 def test_hostile_names_and_paths(sandbox: dict[str, Any], plugin: str, verb: str, cid: str, ifname: str,
-                                 name: str, data_dir: str, cni_args: str) -> None:
-    """Traversal in container ID, ifname, network name and dataDir never escapes."""
-    config = base_config(plugin, str(sandbox["root"] / "data" / data_dir) if data_dir[:1] != "/" else data_dir)
+                                 name: str, data_dir: str, cni_args: str, netns: str) -> None:
+    """Traversal in container ID, ifname, network name and dataDir never escapes;
+    a namespace that is not the container's never gets the container's interface."""
+    config = base_config(plugin, contained_data_dir(sandbox, data_dir))
     config["name"] = name
-    env = env_for(sandbox, verb, CNI_CONTAINERID=cid, CNI_IFNAME=ifname, CNI_ARGS=cni_args)
+    env = env_for(sandbox, verb, CNI_CONTAINERID=cid, CNI_IFNAME=ifname, CNI_ARGS=cni_args,
+                  CNI_NETNS=special(sandbox, netns))
     if any("\0" in v for v in env.values()):
         env = {k: v.replace("\0", "") for k, v in env.items()}  # the kernel cannot carry NUL in env
     env = {k: v.encode("utf-8", "surrogateescape").decode("utf-8", "replace") for k, v in env.items()}
     data = json.dumps(config).encode("utf-8", "surrogatepass")
     res = run_isolated(plugin, env, data, str(sandbox["root"] / "cwd"))
     check_answer(res, plugin)
+    if plugin == "berth-bridge" and verb == "ADD" and netns != CONTAINER:
+        assert res["rc"] == 1 and json.loads(res["out"])["code"] in (4, 7, 8), res
+    if env["CNI_IFNAME"] not in ("lo", "bh0") and not env["CNI_IFNAME"].startswith("veth"):
+        assert env["CNI_IFNAME"] not in res["links"], res  # never the container's interface in the node's
     assert _outside_files(sandbox["root"]) == []
     assert not Path("/tmp/berth-evil").exists()
+    specials_untouched(sandbox, used_as_dir=False)
+
+
+PATH_OPTIONS = ("BERTH_STATE_DIR", "BERTH_LOG_FILE", "berthLogFile", "ipam.dataDir", "CNI_NETNS")
+
+
+@PROFILE
+@given(plugin=st.sampled_from(PLUGINS), verb=st.sampled_from(VERBS),
+       paths=st.dictionaries(st.sampled_from(PATH_OPTIONS),
+                             st.sampled_from([f"@special/{k}" for k in SPECIAL_KINDS]
+                                             + ["/dev/null", "/proc", "/proc/self/ns/net", SELF_NETNS]),
+                             min_size=1, max_size=3),
+       version=st.sampled_from(["1.1.0", "9.9.9"]))
+def test_special_files_in_every_path_option(sandbox: dict[str, Any], plugin: str, verb: str,
+                                            paths: dict[str, str], version: str) -> None:
+    """A FIFO, symlink, dangling symlink, directory, socket, plain file, device or
+    /proc as any path berth takes: one CNI answer at once (never hung, never 999),
+    nothing of the attachment left on failure, none of those files written."""
+    reset_specials(sandbox)  # what an earlier example wrote where it may
+    config = base_config(plugin, str(sandbox["root"] / "data"))
+    config["cniVersion"] = version
+    env = env_for(sandbox, verb)
+    for option, value in paths.items():
+        where = special(sandbox, value)
+        if option == "berthLogFile":
+            config[option] = where
+        elif option == "ipam.dataDir":
+            config["ipam"]["dataDir"] = where
+        else:
+            env[option] = where
+    res = run_isolated(plugin, env, json.dumps(config).encode(), str(sandbox["root"] / "cwd"))
+    check_answer(res, plugin)
+    if plugin == "berth-bridge" and verb in ("ADD", "CHECK") and "CNI_NETNS" in paths:
+        assert res["rc"] == 1 and "eth0" not in res["links"], res  # never the node's own namespace
+    dirs = {paths.get(k) for k in ("BERTH_STATE_DIR", "ipam.dataDir")}
+    logs = {paths.get(k) for k in ("BERTH_LOG_FILE", "berthLogFile")}
+    specials_untouched(sandbox, used_as_dir="@special/dir" in dirs, used_as_log="@special/file" in logs)
+    assert _outside_files(sandbox["root"]) == []
+
+
+def readings(stem: str, cut: int, other: int, by_network: bool) -> tuple[tuple[str, str, str], ...]:
+    """Two attachments (network, containerID, ifname) whose derived names meet:
+    the older journal name `stem`.json read at two of its dashes, or network +
+    containerID joining to the same string."""
+    if by_network:  # "a-b-c1" -> ("ab", "c1") and ("a", "bc1"): one DNAT chain name
+        joined = stem.replace("-", "")
+        return ("pair" + joined[:2], joined[2:], "eth0"), ("pair" + joined[:1], joined[1:], "eth0")
+    dashes = [i for i, c in enumerate(stem) if c == "-"]
+    a, b = dashes[cut % len(dashes)], dashes[other % len(dashes)]
+    return ("pair", stem[:a], stem[a + 1:]), ("pair", stem[:b], stem[b + 1:])
+
+
+@PAIRS
+@given(stem=st.lists(st.sampled_from(["a", "b", "c1", "x"]), min_size=3, max_size=4).map("-".join),
+       cut=st.integers(0, 3), other=st.integers(0, 3), by_network=st.booleans())
+def test_attachments_whose_names_meet(sandbox: dict[str, Any], stem: str, cut: int, other: int,
+                                      by_network: bool) -> None:
+    """("a", "b-c") / ("a-b", "c") share the older journal name, ("ab", "c1") /
+    ("a", "bc1") the DNAT chain name: both ADD (the second portmap is refused only
+    for a shared chain, with 103), and the second's DEL leaves the first whole."""
+    first, second = readings(stem, cut, other, by_network)
+    if first != second:
+        problems = isolated(lambda: pair_in_one_node(sandbox, first, second), str(sandbox["root"] / "cwd"))
+        assert problems == [], problems
+
+
+def pair_in_one_node(sandbox: dict[str, Any], *pair: tuple[str, str, str]) -> list[str]:
+    """In the isolated child: bridge + portmap ADD of both, DEL of the second, then
+    the first must be as it was (journal, host veth, DNAT chain, masquerade); DEL it."""
+    from portmap import diff, nft
+
+    problems: list[str] = []
+    fresh = Path(tempfile.mkdtemp(dir=sandbox["root"] / "state"))  # examples share nothing on disk either
+    calls = [attach(sandbox, fresh, n, *names) for n, names in enumerate(pair)]
+    (first_names, (env1, br1, pm1, confs1)), (second_names, (env2, _br2, pm2, confs2)) = zip(pair, calls, strict=True)
+    chain = layout.dnat_chain_name(*first_names)
+    shared = chain == layout.dnat_chain_name(*second_names)
+    for name, res in (("first bridge", br1), ("first portmap", pm1), ("second bridge", _br2)):
+        if res["rc"]:
+            problems.append(f"{name} ADD failed: {res['out']}")
+    refused = pm2["rc"] == 1 and json.loads(pm2["out"] or "{}").get("code") == 103
+    if (pm2["rc"] and not (shared and refused)) or (shared and pm2["rc"] == 0):
+        problems.append(f"second portmap ADD (chain shared: {shared}): {pm2['out']}")
+    if problems:
+        return problems
+    before = journal_of(Path(env1["BERTH_STATE_DIR"]), first_names)
+    for plugin, conf in zip(("berth-portmap", "berth-bridge"), confs2, strict=True):
+        res = call_plugin(plugin, {**env2, "CNI_COMMAND": "DEL"}, json.dumps(conf).encode())
+        if res["rc"]:
+            problems.append(f"second {plugin} DEL failed: {res['out']}")
+    if journal_of(Path(env1["BERTH_STATE_DIR"]), first_names) != before:
+        problems.append("the second's DEL changed the first's journal")
+    host = json.loads(br1["out"])["interfaces"][1]["name"]
+    if host not in [n for _i, n in socket.if_nameindex()]:
+        problems.append(f"the first's host veth {host} went")
+    table = diff.Table.from_objects(nft.list_table())
+    chains, elements = table.chains, table.elements
+    if chain not in chains:
+        problems.append(f"the first's DNAT chain {chain} went")
+    address = json.loads(br1["out"])["ips"][0]["address"].split("/")[0]
+    if address not in [e[0] for name, elems in elements.items() if layout.is_ipmasq_map(name) for e in elems]:
+        problems.append(f"the first's masquerade element {address} went")
+    for plugin, conf in zip(("berth-portmap", "berth-bridge"), confs1, strict=True):
+        call_plugin(plugin, {**env1, "CNI_COMMAND": "DEL"}, json.dumps(conf).encode())
+    return problems
+
+
+def attach(sandbox: dict[str, Any], fresh: Path, n: int, network: str, cid: str,
+           ifname: str) -> tuple[dict[str, str], dict[str, Any], dict[str, Any], tuple[dict[str, Any], ...]]:
+    """bridge (ipMasq) + portmap ADD of one attachment into a container namespace of its own."""
+    container = ContainerNetns()  # held until the child exits
+    bridge = {**base_config("berth-bridge", str(fresh / "data")), "name": network, "bridge": f"bh{n}"}
+    bridge["ipam"]["ranges"] = [[{"subnet": f"10.{70 + n}.0.0/24"}]]
+    env = env_for(sandbox, "ADD", CNI_CONTAINERID=cid, CNI_IFNAME=ifname, CNI_NETNS=container.path,
+                  BERTH_STATE_DIR=str(fresh / "state"))
+    br = call_plugin("berth-bridge", env, json.dumps(bridge).encode())
+    pm_conf = {"cniVersion": "1.1.0", "name": network, "type": "berth-portmap",
+               "runtimeConfig": {"portMappings": [{"hostPort": 18100 + n, "containerPort": 80}]},
+               "prevResult": json.loads(br["out"]) if br["rc"] == 0 else {}}
+    pm = call_plugin("berth-portmap", env, json.dumps(pm_conf).encode()) if br["rc"] == 0 else br
+    return env, br, pm, (pm_conf, bridge)
+
+
+def journal_of(root: Path, attachment: tuple[str, str, str]) -> dict[str, Any]:
+    from cni import state
+
+    network, cid, ifname = attachment
+    try:
+        return state.Journal(str(root), network, cid, ifname).load()
+    except Exception as exc:
+        return {"unreadable": str(exc)}
 
 
 @PROFILE

@@ -91,33 +91,32 @@ def scripted(datagrams: list[bytes]) -> rtnl.RtnlSocket:
 
 
 def addr_reply(seq: int, index: int, flags: int = rtnl.NLM_F_MULTI) -> bytes:
-    msg = rtnl.new("addr", {"family": 2, "prefixlen": 24, "index": index}, [["IFA_ADDRESS", "10.1.2.3"]])
-    msg.encode()
-    return nlmsg(rtnl.RTM_NEWADDR, seq, bytes(msg.data[rtnl.HEADER.size:]), flags)
+    body = rtnl.encode("addr", {"family": 2, "prefixlen": 24, "index": index}, [["IFA_ADDRESS", "10.1.2.3"]])
+    return nlmsg(rtnl.RTM_NEWADDR, seq, body, flags)
 
 
 def test_reply_framing_multipart_dump_and_errors() -> None:
     done = nlmsg(rtnl.NLMSG_DONE, 1, struct.pack("=i", 0), rtnl.NLM_F_MULTI)
     # two datagrams, a stray answer to another sequence number in between
     sock = scripted([addr_reply(1, 4) + addr_reply(99, 5), addr_reply(1, 6) + done])
-    replies = sock.request(rtnl.new("addr", {}, []), rtnl.RTM_GETADDR, rtnl.NLM_F_DUMP)
-    assert [r["index"] for r in replies] == [4, 6]
-    assert [r.get_attr("IFA_ADDRESS") for r in replies] == ["10.1.2.3"] * 2
+    replies = sock.request(rtnl.encode("addr", {}, []), rtnl.RTM_GETADDR, rtnl.NLM_F_DUMP)
+    assert [rtnl.parse_addr(r)[1] for r in replies] == [4, 6]
+    assert [rtnl.parse_addr(r)[3] for r in replies] == ["10.1.2.3"] * 2
 
     refused = nlmsg(rtnl.NLMSG_ERROR, 1, struct.pack("=i", -errno.EPERM) + b"\0" * 16)
     with pytest.raises(rtnl.RtnlError) as err:
-        scripted([refused]).request(rtnl.new("link", {"index": 3}, []), rtnl.RTM_NEWLINK)
+        scripted([refused]).request(rtnl.encode("link", {"index": 3}, []), rtnl.RTM_NEWLINK)
     assert err.value.errno == errno.EPERM
 
     ack = nlmsg(rtnl.NLMSG_ERROR, 1, struct.pack("=i", 0) + b"\0" * 16)
     sock = scripted([ack])
-    assert sock.request(rtnl.new("link", {"index": 3}, []), rtnl.RTM_NEWLINK) == []
+    assert sock.request(rtnl.encode("link", {"index": 3}, []), rtnl.RTM_NEWLINK) == []
     sent_flags = struct.unpack_from("=H", sock.sock.sent[0], 6)[0]  # type: ignore[attr-defined]
     assert sent_flags & rtnl.NLM_F_ACK, "a change must ask for an ACK"
 
     intr = addr_reply(1, 4, rtnl.NLM_F_MULTI | rtnl.NLM_F_DUMP_INTR)
     with pytest.raises(rtnl.DumpInterrupted):
-        scripted([intr + done]).request(rtnl.new("addr", {}, []), rtnl.RTM_GETADDR, rtnl.NLM_F_DUMP)
+        scripted([intr + done]).request(rtnl.encode("addr", {}, []), rtnl.RTM_GETADDR, rtnl.NLM_F_DUMP)
 
 
 def test_check_netns(tmp_path: Path) -> None:
@@ -146,7 +145,8 @@ def test_pyroute2_is_lazy_and_stays_whole() -> None:
         "import sys, cni.bridge\n"
         "assert not any(m.startswith('pyroute2') for m in sys.modules), 'eager pyroute2'\n"
         "from cni import rtnl\n"
-        "rtnl.messages()\n"
+        "rtnl.lazy_pyroute2()\n"
+        "import pyroute2.netlink.rtnl.ifinfmsg\n"
         "assert 'pyroute2.ndb.main' not in sys.modules and 'asyncio' not in sys.modules\n"
         "from pyroute2 import IPRoute, NDB, Conntrack\n"
         "from pyroute2.iproute.linux import IPRoute as cls\n"

@@ -9,24 +9,33 @@ file written outside the state directory. Quick by default; BERTH_LONG=1 runs
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
+import signal
+import socket
+import stat
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from cni import skel
+from cni.errors import CNIError
 from cni.skel import CmdArgs, PluginFuncs
 from cni.spec import SUPPORTED_VERSIONS, prev_result
-from cni.state import Journal, state_root
+from cni.state import Journal, legacy_readings, state_root
 
 VERBS = ("ADD", "DEL", "CHECK", "GC", "STATUS", "VERSION")
 SPECIAL = ["", ".", "..", "../etc", "../../tmp/x", "/", "/etc/passwd", "a/b", "a\0b", "\0", "\n", "a\n", " a",
            "a:b", "x" * 16, "x" * 200, "x" * 201, "ü" * 8, "😀", "\udcff", "-a", "_a", "a" * 5000, "eth0", "c1",
-           "IgnoreUnknown=1", "K8S_POD_NAME=p;IgnoreUnknown=true;X=1", "=", ";;", "a=b=c"]
+           "IgnoreUnknown=1", "K8S_POD_NAME=p;IgnoreUnknown=true;X=1", "=", ";;", "a=b=c",
+           # separators of the names berth derives: journals, chains, tags
+           "a-b", "b-c", "a-b-c", "a:b", "-", ":", "a.b-c_d", "ab", "bc1", "c1-eth0"]
 
 hostile_text = st.one_of(
     st.sampled_from(SPECIAL),
@@ -175,3 +184,121 @@ def test_valid_input_succeeds(tmp_path: Path) -> None:
     """The properties above hold for valid input too: success, and the journal lands in the state dir."""
     drive(tmp_path, env_with(), json.dumps(GOOD_CONF).encode())
     assert (tmp_path / "state" / "net1" / "c1:eth0.json").exists()
+
+
+# --- names: one attachment, one journal -----------------------------------------------
+
+# few letters and many separators, so that pairs whose older names collide come up often
+_TAIL = st.lists(st.sampled_from(["a", "b", "c", "1", "-", "-", ".", "_"]), max_size=5).map("".join)
+IDS = st.builds(str.__add__, st.sampled_from(["a", "b", "c1"]), _TAIL)
+IFNAMES = st.builds(str.__add__, st.sampled_from(["a", "b", "c", "-", "eth0", "é"]), _TAIL).filter(
+    lambda n: len(n.encode()) <= skel.MAX_IFNAME_LENGTH)
+ATTACHMENTS = st.tuples(IDS, IFNAMES)
+
+
+def _valid(cid: str, ifname: str) -> bool:
+    try:
+        skel.validate_container_id(cid)
+        skel.validate_ifname(ifname)
+    except CNIError:
+        return False
+    return True
+
+
+@given(first=ATTACHMENTS, second=ATTACHMENTS | ATTACHMENTS.map(lambda a: _other_reading(*a)))
+def test_journal_names_are_injective(first: tuple[str, str], second: tuple[str, str]) -> None:
+    """Two attachments never share a journal: not by the new name, and a journal
+    with the older name (<id>-<ifname>.json, shared by ("a", "b-c") and ("a-b", "c"))
+    is only ever its own attachment's."""
+    assume(_valid(*first) and _valid(*second))
+    with tempfile.TemporaryDirectory() as root:
+        a, b = Journal(root, "n", *first), Journal(root, "n", *second)
+        assert (a.path == b.path) == (first == second)
+        a.put("x", {"who": list(first)})
+        old = os.path.join(root, "n", f"{first[0]}-{first[1]}.json")
+        os.rename(a.path, old)
+        owner, other = Journal(root, "n", *first), Journal(root, "n", *second)
+        assert owner.path == old and owner.section("x") == {"who": list(first)}
+        if first != second:
+            assert other.path != old and other.section("x") is None
+
+
+def _other_reading(cid: str, ifname: str) -> tuple[str, str]:
+    """Another attachment with the same older journal name, when there is one."""
+    readings = [r for r in legacy_readings(f"{cid}-{ifname}") if r != (cid, ifname)]
+    return readings[0] if readings else (cid, ifname)
+
+
+# --- special files wherever a path is an option -------------------------------------------
+
+SPECIAL_KINDS = ("fifo", "symlink", "dangling", "dir", "socket", "file", "/dev/null", "/proc", "/proc/self/comm",
+                 "missing/below")
+
+
+@contextlib.contextmanager
+def special_files() -> Iterator[dict[str, str]]:
+    """One of each kind in a fresh directory (and a few of the system's, never written)."""
+    with tempfile.TemporaryDirectory() as base:
+        made = {kind: os.path.join(base, kind.replace("/", "-")) for kind in SPECIAL_KINDS[:6]}
+        os.mkfifo(made["fifo"])
+        with open(os.path.join(base, "target"), "w"):
+            pass
+        os.symlink(os.path.join(base, "target"), made["symlink"])
+        os.symlink(os.path.join(base, "nowhere"), made["dangling"])
+        os.mkdir(made["dir"])
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(made["socket"])
+        with open(made["file"], "w"):
+            pass
+        made.update({kind: kind for kind in SPECIAL_KINDS[6:9]})
+        made["missing/below"] = os.path.join(made["file"], "below")
+        try:
+            yield made
+        finally:
+            listener.close()
+
+
+@contextlib.contextmanager
+def no_hang(seconds: float = 20) -> Iterator[None]:
+    def expired(_sig: int, _frame: object) -> None:
+        raise TimeoutError("the call blocked")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@given(command=st.sampled_from(VERBS), log=st.sampled_from(SPECIAL_KINDS) | st.none(),
+       conf_log=st.sampled_from(SPECIAL_KINDS) | st.none(), state=st.sampled_from(SPECIAL_KINDS) | st.none(),
+       version=st.sampled_from(["1.1.0", "9.9.9"]))
+def test_special_files_as_paths(command: str, log: str | None, conf_log: str | None, state: str | None,
+                                version: str) -> None:
+    """A FIFO, symlink, directory, socket, device or kernel file as BERTH_LOG_FILE,
+    berthLogFile or BERTH_STATE_DIR: the call answers at once in CNI's format, never
+    999, and writes none of them."""
+    comm = Path("/proc/self/comm").read_text()
+    with special_files() as made, tempfile.TemporaryDirectory() as scratch:
+        env = {**env_with(CNI_COMMAND=command), "BERTH_STATE_DIR": made[state] if state else scratch}
+        if log:
+            env["BERTH_LOG_FILE"] = made[log]
+        config: dict[str, Any] = {**GOOD_CONF, "cniVersion": version}
+        if conf_log:
+            config["berthLogFile"] = made[conf_log]
+        out, err = io.StringIO(), io.StringIO()
+        with no_hang():
+            rc = skel.run(FUNCS, env, io.BytesIO(json.dumps(config).encode()), out, err)
+        assert rc in (0, 1) and "Traceback" not in out.getvalue() + err.getvalue()
+        if rc == 1:
+            body = json.loads(out.getvalue())
+            assert body["code"] != 999 and body["code"] in (1, 5), body
+        base = os.path.dirname(made["fifo"])
+        assert os.path.getsize(os.path.join(base, "target")) == 0  # a symlink is never followed to it
+        assert not os.path.lexists(os.path.join(base, "nowhere"))
+        assert stat.S_ISFIFO(os.lstat(made["fifo"]).st_mode)
+        if state != "dir":
+            assert os.listdir(made["dir"]) == []
+    assert Path("/proc/self/comm").read_text() == comm

@@ -2,7 +2,8 @@
 
     upper cni/   bridge, bridge_conf, agent, agent_client, main, cli, ops/, runner/
     portmap/     berth's nft table and the portmap plugin    ipam/  host-local
-    lower cni/   errors, spec, skel, invoke, files, state, records, rtnl, netlink, netns, sysctl
+    lower cni/   errors, spec, skel, invoke, files, state, records, rtnl, netlink, netns, sysctl,
+                 jsonc, tuples (the stdlib's json and NamedTuple without their imports)
 
 Read from the sources with ast (every import, lazy ones included), so a rule
 broken anywhere fails here.
@@ -17,7 +18,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 LOWER = {"cni", "cni.errors", "cni.spec", "cni.skel", "cni.invoke", "cni.files", "cni.state", "cni.records",
-         "cni.rtnl", "cni.netlink", "cni.netns", "cni.sysctl"}
+         "cni.rtnl", "cni.netlink", "cni.netns", "cni.sysctl", "cni.phases", "cni.jsonc", "cni.tuples"}
 # modules that may import the kernel libraries (and what only they may do)
 ADAPTERS = {"cni.rtnl", "cni.netlink", "portmap.nft", "portmap.conntrack", "cni.ops.doctor",
             # sock_diag (host sockets on published ports): pyroute2's netlink codec, as the rtnl adapter uses it
@@ -76,9 +77,9 @@ def test_layout_imports_only_the_records() -> None:
     assert found <= {"cni.records"}, found
 
 
-def test_nft_imports_only_the_errors_and_its_probes() -> None:
+def test_nft_imports_only_the_errors_its_probes_and_the_phase_clock() -> None:
     found = {n for n in imports(MODULES["portmap.nft"]) if ours(n)}
-    assert found <= {"cni", "cni.errors", "portmap", "portmap.features"}, found
+    assert found <= {"cni", "cni.errors", "cni.jsonc", "cni.phases", "portmap", "portmap.features"}, found
 
 
 def test_only_the_adapters_load_the_kernel_libraries() -> None:

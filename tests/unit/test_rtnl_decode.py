@@ -11,19 +11,20 @@ from typing import Any
 import pytest
 
 from cni import rtnl
+from tests import pyroute2_oracle as oracle
 
 pytestmark = pytest.mark.unit
 
 
 def encoded(kind: str, fields: dict[str, Any], attrs: list[Any]) -> bytes:
-    msg = rtnl.new(kind, fields, attrs)
+    msg = oracle.new(kind, fields, attrs)
     msg["header"]["type"] = rtnl.RTM_NEWLINK if kind == "link" else rtnl.RTM_NEWADDR
     msg.encode()
     return bytes(msg.data)
 
 
 def oracle_link(data: bytes) -> dict[str, Any]:
-    msg = rtnl.messages().link(data)
+    msg = oracle.messages().link(data)
     msg.decode()
     info = msg.get_attr("IFLA_LINKINFO")
     kind = (info.get_attr("IFLA_INFO_KIND") if info else None) or ""
@@ -86,7 +87,7 @@ def test_link_request_is_what_pyroute2_sends(index: int, name: str) -> None:
 def test_parse_addr_matches_pyroute2(family: int, prefixlen: int, address: str) -> None:
     data = encoded("addr", {"family": family, "prefixlen": prefixlen, "index": 5},
                    [["IFA_ADDRESS", address], ["IFA_LABEL", "x"] if family == 2 else ["IFA_FLAGS", 0x80]])
-    msg = rtnl.messages().addr(data)
+    msg = oracle.messages().addr(data)
     msg.decode()
     expected = (family, 5, prefixlen, address)
     assert rtnl.parse_addr(data) == (family, 5, prefixlen, msg.get_attr("IFA_ADDRESS")) == expected

@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="comma-separated names from tests/vm/matrix.py (default: all)")
     parser.add_argument("--subset", choices=tuple(SUBSETS), default="kernel")
     parser.add_argument("--ci", action="store_true", help="what CI runs: the CI kernel, the CI subset")
-    parser.add_argument("--timeout", type=float, default=float(os.environ.get("VM_TIMEOUT", "3600")),
+    parser.add_argument("--timeout", type=float, default=float(os.environ.get("VM_TIMEOUT", "7200")),
                         help="seconds per kernel")
     parser.add_argument("--script", type=Path, help="run this shell script in the guest instead of pytest")
     parser.add_argument("--quiet", action="store_true", help="do not echo the guest console")
@@ -163,8 +163,9 @@ def main(argv: list[str] | None = None) -> int:
         opts.kernels, opts.subset = matrix.CI_KERNEL, "ci"
     selection = list(SUBSETS[opts.subset])
     # no xdist in the guest: under emulation two workers importing the suite cost more than they gain
-    args = ["-q", "--color=no", "-p", "no:xdist", "--durations=15", "-m", "not slow and not clients",
-            *(opts.pytest_args or selection)]
+    # one line per failure (--tb=line): under emulation the report must not outlast the run
+    args = ["-q", "--color=no", "-p", "no:xdist", "--tb=line", "-rfE", "--durations=15",
+            "-m", "not slow and not clients", *(opts.pytest_args or selection)]
     env = {"BERTH_CHURN_LOOPS": str(CHURN_LOOPS[opts.subset])}
     ensure_bundle()
     kernels = [matrix.by_name(name.strip()) for name in opts.kernels.split(",")]
