@@ -79,6 +79,8 @@ CALLS_PER_WORKER = 64  # then the worker leaves and a fresh fork takes its place
 IDLE_POLL_SECONDS = 1.0  # how soon an idle worker the parent retired notices
 DEFAULT_MAX_WORKERS = 16  # each in-flight call is a child with ~8-9 MiB of private pages
 DEFAULT_SPARE_WORKERS = 2  # children forked ahead, waiting for a call (a chain call nests two)
+PROXY_RESTART_SECONDS = 1.0  # a proxy service that keeps dying is forked again no faster
+PROXY_SERVICE_NAME = "berth-proxy"
 MAX_ENV_ENTRIES = 256
 MAX_VALUE_CHARS = 64 * 1024
 
@@ -403,6 +405,24 @@ def reconcile_child(root: str) -> int:
     return 1 if error else 0
 
 
+def proxy_service(root: str, path: str, parent_gone: int) -> int:
+    """In the proxy service child: serve the journaled [::1] proxies until the agent goes."""
+    with contextlib.suppress(OSError), open("/proc/self/comm", "w") as comm:
+        comm.write(PROXY_SERVICE_NAME)  # what `ps` shows of it, beside the workers
+    try:
+        from portmap.proxy import Service
+
+        service = Service(root, path)
+        service.listen()
+        served = service.load()
+        log(f"proxy service: serving {served} attachment(s) on {path}")
+        service.run(parent_gone)
+    except Exception as exc:  # a child: log and exit, the parent forks another
+        log(f"proxy service: failed: {type(exc).__name__}: {exc}")
+        return 1
+    return 0
+
+
 # --- the server loop ------------------------------------------------------------
 
 class Pending:
@@ -450,6 +470,9 @@ class Agent:
         self.refused = 0  # connections closed unread since the last log line about it
         self.refused_logged = 0.0
         self.reconciler: int | None = None
+        self.proxy_path = f"{path}.proxy"  # the [::1] proxy service's control socket (portmap/proxy.py)
+        self.proxy: int | None = None  # the proxy service child
+        self.proxy_forked = -PROXY_RESTART_SECONDS
         self.next_check = 0.0
         self.backoff = check_interval
         self.table_seen = False
@@ -491,6 +514,8 @@ class Agent:
                 control.close()
             if pid == self.reconciler:
                 self.reconciler = None
+            if pid == self.proxy:
+                self.proxy = None
 
     def watch_flush(self) -> None:
         """Re-create the table from the journals when it is gone (a flush).
@@ -524,6 +549,22 @@ class Agent:
             os._exit(reconcile_child(self.root))
         self.reconciler = pid
         self.children.add(pid)
+
+    def keep_proxy(self) -> None:
+        """The [::1] proxy service runs in a child of its own, forked again when it
+        died (at most once per PROXY_RESTART_SECONDS); it leaves with the agent."""
+        now = time.monotonic()
+        if self.proxy is not None or self.stop or now - self.proxy_forked < PROXY_RESTART_SECONDS:
+            return
+        self.proxy_forked = now
+        try:
+            pid = self.fork([*self.parent_fds, self.busy_w])
+        except OSError as exc:
+            log(f"cannot fork the proxy service: {exc.strerror or exc}")
+            return
+        if pid == 0:
+            os._exit(proxy_service(self.root, self.proxy_path, self.alive_r))
+        self.proxy = pid
 
     def read_busy(self) -> None:
         """Workers say when they are free again (-pid, 4 bytes). A free worker is
@@ -740,6 +781,9 @@ class Agent:
         self.parent_fds = [lock_fd, wake_r, wake_w, self.busy_r, alive_w, listener.fileno()]
         self.child_fds = [self.busy_w, self.alive_r]
         signal.set_wakeup_fd(wake_w)
+        from portmap import proxyctl
+
+        proxyctl.AGENT_SERVICE = self.proxy_path  # workers forked from here on ask the service
 
         def on_stop(_sig: int, _frame: object) -> None:
             self.stop = True
@@ -769,6 +813,7 @@ class Agent:
         """One round of the parent's loop."""
         self.reap()
         self.read_busy()
+        self.keep_proxy()
         self.watch_flush()
         self.replenish()
         self.dispatch()

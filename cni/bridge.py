@@ -33,7 +33,7 @@ from cni.invoke import delegate
 from cni.records import Attachment, BridgeRecord
 from cni.skel import CmdArgs, PluginFuncs
 from cni.spec import CURRENT_VERSION, Result, prev_result, valid_attachments
-from cni.state import Journal, journals, remove_empty_journals, state_root
+from cni.state import Journal, journals, remove_empty_journals, state_root, strict_node
 
 TYPE_CHECKING = False  # mypy treats this name as True: typing stays off the exec path
 if TYPE_CHECKING:
@@ -276,6 +276,11 @@ def _add(
             isolation.setup(conf.bridge, conf.isolate, env)
             undo.callback(_quietly(lambda: isolation.release(args.network, args.container_id, args.ifname,
                                                              conf.bridge, conf.isolate, env)))
+        elif not conf.ip_masq and strict_node(state_root(env)):
+            # a strict network keeps every berth bridge out, this one too (ipMasq adds its own)
+            from portmap import isolation
+
+            isolation.enlist(conf.bridge, env)
         _step_done("isolation", env)
 
         # the bridge takes the lowest port MAC: read it after attaching, as upstream does

@@ -29,6 +29,7 @@ COMMANDS: dict[str, Command] = {
     "list": Command("cni.ops.listing", "every attachment on this node and whether its rules are present"),
     "explain": Command("cni.ops.explain", "walk a published port's path hop by hop and give a verdict"),
     "reconcile": Command("cni.ops.reconcile", "re-create missing nft chains/elements from the journals"),
+    "proxy": Command("portmap.proxy", "the userland proxy for [::1]:hostPort (berth-portmap starts it)"),
 }
 
 

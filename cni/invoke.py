@@ -43,6 +43,11 @@ def register_own(resolver: Resolver, self_path: str | None = None) -> None:
     _self_path = os.path.realpath(self_path) if self_path else None
 
 
+def own_executable() -> str | None:
+    """The running berth executable, as register_own was told (None: not told)."""
+    return _self_path
+
+
 def own_funcs(plugin_type: str) -> PluginFuncs | None:
     return _resolver(plugin_type) if _resolver is not None else None
 

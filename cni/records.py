@@ -97,6 +97,93 @@ def mappings_of(raw: Any) -> list[PortMapping]:
     return out
 
 
+class ProxyListener(NamedTuple):
+    """What berth's userland proxy serves for one mapping: [::1]:host_lo..host_hi to
+    target:target_lo.., and the SO_COOKIE of each port's socket once bound (what
+    proves the socket there is this proxy's, not another process's)."""
+
+    protocol: str  # tcp | udp
+    host_lo: int
+    host_hi: int
+    target: str  # the container's address
+    target_lo: int
+    cookies: tuple[int, ...] = ()
+
+    @property
+    def ports(self) -> str:
+        return str(self.host_lo) if self.host_lo == self.host_hi else f"{self.host_lo}-{self.host_hi}"
+
+    def spec(self) -> str:
+        """`tcp:8080=fd00::2:80`, `udp:9000-9009=10.88.0.2:9000`: one command-line word."""
+        return f"{self.protocol}:{self.ports}={self.target}:{self.target_lo}"
+
+    @classmethod
+    def parse(cls, spec: str) -> ProxyListener:
+        head, _, tail = spec.partition("=")
+        protocol, _, ports = head.partition(":")
+        lo, _, hi = ports.partition("-")
+        target, _, port = tail.rpartition(":")
+        if protocol not in ("tcp", "udp") or not target:
+            raise ValueError(f"not a proxy listener: {spec!r}")
+        out = cls(protocol, int(lo), int(hi or lo), target, int(port))
+        if not (1 <= out.host_lo <= out.host_hi <= 65535 and 1 <= out.target_lo <= 65535 - (out.host_hi - out.host_lo)):
+            raise ValueError(f"ports out of range: {spec!r}")
+        return out
+
+    def describe(self) -> str:
+        target = f"[{self.target}]" if ":" in self.target else self.target
+        width = self.host_hi - self.host_lo
+        tport = str(self.target_lo) if not width else f"{self.target_lo}-{self.target_lo + width}"
+        return f"[::1]:{self.ports}->{target}:{tport}/{self.protocol}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"protocol": self.protocol, "hostPort": self.host_lo, "hostPortEnd": self.host_hi,
+                "target": self.target, "targetPort": self.target_lo, "cookies": list(self.cookies)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ProxyListener:
+        cookies = data.get("cookies")
+        return cls(str(data["protocol"]), int(data["hostPort"]), int(data["hostPortEnd"]), str(data["target"]),
+                   int(data["targetPort"]),
+                   tuple(int(c) for c in cookies) if isinstance(cookies, list) else ())
+
+
+PROXY_PROCESS = "process"  # a `berth proxy` process of the attachment's own
+PROXY_AGENT = "agent"  # the proxy service of `berth agent`
+
+
+class ProxyRecord(NamedTuple):
+    """Who serves the attachment's [::1] ports: its own process (identified by pid,
+    start time and boot, so that a reused pid is never taken for it) or the
+    agent's proxy service (its control socket)."""
+
+    mode: str
+    listeners: tuple[ProxyListener, ...]
+    pid: int = 0
+    start: int = 0  # /proc/<pid>/stat starttime: clock ticks after boot
+    boot: str = ""
+    socket: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"mode": self.mode, "listeners": [li.to_json() for li in self.listeners]}
+        if self.mode == PROXY_PROCESS:
+            out.update(pid=self.pid, start=self.start, boot=self.boot)
+        else:
+            out["socket"] = self.socket
+        return out
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ProxyRecord | None:
+        """None for what cannot be read (hand-edited)."""
+        try:
+            listeners = tuple(ProxyListener.from_json(li) for li in data.get("listeners") or [])
+            pid, start = data.get("pid", 0), data.get("start", 0)
+            return cls(str(data.get("mode", "")), listeners, int(pid) if isinstance(pid, int) else 0,
+                       int(start) if isinstance(start, int) else 0, _str(data.get("boot")), _str(data.get("socket")))
+        except (KeyError, TypeError, ValueError, AttributeError):
+            return None
+
+
 class PortmapRecord(NamedTuple):
     """berth-portmap's section: its DNAT chain, the mappings and where their elements went."""
 
@@ -113,6 +200,7 @@ class PortmapRecord(NamedTuple):
     schema: int = PORTMAP_SCHEMA
     host_veth: str = ""  # what proves this owner gone to a later ADD wanting its ports
     netns: str = ""
+    proxy: ProxyRecord | None = None  # [::1] ports (absent: none, or a berth before the proxy)
 
     @property
     def done(self) -> bool:
@@ -124,11 +212,13 @@ class PortmapRecord(NamedTuple):
                 # what `berth reconcile` needs to rebuild the mark chains as this ADD did
                 "markMasqBit": self.mark_bit, "masqAll": self.masq_all,
                 "externalSetMarkChain": self.external_setmark or None, "boot": self.boot,
-                "hostVeth": self.host_veth, "netns": self.netns, "layout": self.schema}
+                "hostVeth": self.host_veth, "netns": self.netns, "layout": self.schema,
+                **({"proxy": self.proxy.to_json()} if self.proxy is not None else {})}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> PortmapRecord:
         bit = data.get("markMasqBit")
+        proxy = data.get("proxy")
         return cls(
             chain=_str(data.get("chain")), addresses=_strings(data.get("addresses")), bridge=_str(data.get("bridge")),
             state=_str(data.get("state")), mappings=tuple(mappings_of(data.get("mappings"))),
@@ -136,7 +226,7 @@ class PortmapRecord(NamedTuple):
             mark_bit=bit if isinstance(bit, int) and not isinstance(bit, bool) and 0 <= bit <= 31 else None,
             masq_all=bool(data.get("masqAll", False)), external_setmark=_str(data.get("externalSetMarkChain")),
             boot=_str(data.get("boot")), schema=schema(data), host_veth=_str(data.get("hostVeth")),
-            netns=_str(data.get("netns")))
+            netns=_str(data.get("netns")), proxy=ProxyRecord.from_json(proxy) if isinstance(proxy, dict) else None)
 
 
 class MasqRecord(NamedTuple):

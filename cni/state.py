@@ -35,9 +35,11 @@ from cni.records import Attachment
 
 TYPE_CHECKING = False  # mypy treats this name as True: typing stays off the exec path
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
 
 DEFAULT_ROOT = "/var/lib/cni/berth"
+STRICT_MARKER = ".isolate-strict"  # written while the node has a strict network (portmap/isolation.py)
 MAX_EMPTY_CHECK_BYTES = 1 << 16  # an empty journal is never larger (a real one is a few hundred bytes)
 
 
@@ -45,6 +47,16 @@ def state_root(environ: Any = None) -> str:
     """BERTH_STATE_DIR overrides the default root (tests, non-standard nodes)."""
     env = os.environ if environ is None else environ
     return str(env.get("BERTH_STATE_DIR") or DEFAULT_ROOT)
+
+
+def strict_marker(root: str) -> str:
+    return os.path.join(root, STRICT_MARKER)
+
+
+def strict_node(root: str) -> bool:
+    """Has this node a strict network? Then every berth bridge belongs in the nft
+    set `bridges`, also one of a network with neither ipMasq nor isolate."""
+    return os.path.exists(strict_marker(root))
 
 
 def make_dirs(path: str, root: str) -> None:
@@ -143,6 +155,21 @@ class Journal:
             data[name] = value
             atomic_write(self.path, (jsonc.dumps(data, sort_keys=True) + "\n").encode(), durable=False,
                          tmp=locked_tmp(self.path))
+
+    def update(self, name: str, change: Callable[[dict[str, Any]], dict[str, Any] | None]) -> bool:
+        """Replace one section with what `change` makes of it, in one locked
+        read-modify-write; `change` returns None to leave it as it is. False when
+        there is no such section or nothing changed."""
+        with self.locked():
+            data = self.load()
+            value = data.get(name)
+            new = change(value) if isinstance(value, dict) else None
+            if new is None:
+                return False
+            data[name] = new
+            atomic_write(self.path, jsonc.dumps(data, indent=1, sort_keys=True).encode(), durable=False,
+                         tmp=locked_tmp(self.path))
+        return True
 
     def drop(self, name: str) -> None:
         """Remove one plugin's section; the file goes when no section is left."""

@@ -1,7 +1,7 @@
 """berth-portmap's configuration: the portMappings capability (podman's
 lower-case keys and CRI's capitalised ones), upstream's options (snat,
 masqAll, markMasqBit, externalSetMarkChain, conditionsV4/V6) and berth's own
-(conflictPolicy)."""
+(conflictPolicy, hostListenerPolicy, userlandProxy)."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 PROTOCOLS = ("tcp", "udp", "sctp")
 MAX_RANGE = 1024
 LAST_WINS = "last-wins"
+ALLOW = "allow"
 CHAIN_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
 
 
@@ -134,6 +135,13 @@ class Conf:
         if policy not in ("error", LAST_WINS):
             raise errors.invalid_config(f"invalid conflictPolicy {policy!r}", 'one of "error", "last-wins"')
         self.last_wins = policy == LAST_WINS
+        listening = config.get("hostListenerPolicy", "error")
+        if listening not in ("error", ALLOW):
+            raise errors.invalid_config(f"invalid hostListenerPolicy {listening!r}", 'one of "error", "allow"')
+        # a host socket on a mapped port loses its traffic to the container: only on purpose
+        self.allow_host_listeners = listening == ALLOW
+        # [::1]:hostPort through berth's userland proxy (the kernel cannot DNAT ::1)
+        self.userland_proxy = _bool(config, "userlandProxy", True)
         self.mappings = parse_mappings(config)
 
 

@@ -19,7 +19,7 @@ from collections import Counter
 from collections.abc import Iterable
 
 from cni import jsonc
-from cni.records import Attachment, FirewallRecord, MasqRecord, PortMapping, PortmapRecord
+from cni.records import PROXY_PROCESS, Attachment, FirewallRecord, MasqRecord, PortMapping, PortmapRecord
 from portmap import layout
 
 TYPE_CHECKING = False  # mypy treats this name as True: typing stays off the exec path
@@ -109,6 +109,7 @@ class Missing(NamedTuple):
     what: str
     commands: list[Cmd]
     conntrack: tuple[PortMapping, ...] = ()  # UDP/SCTP mappings whose flows to flush after
+    proxy: bool = False  # the attachment's [::1] proxy is to be started again (portmap/proxyctl.py)
 
 
 # --- rules by what they do ------------------------------------------------------------
@@ -322,6 +323,31 @@ class Ownership:
         return out
 
 
+def proxy_missing(att: Attachment, present: frozenset[int] | None) -> list[Missing]:
+    """The attachment's [::1] proxy listeners whose sockets are not bound: `present`
+    holds the cookies of the sockets bound on ::1 on their ports (None: unknown)."""
+    record = att.portmap
+    proxy = record.proxy if record is not None else None
+    if proxy is None or present is None or not proxy.listeners or (record is not None and not record.done):
+        return []
+    lacking = [li for li in proxy.listeners if not li.cookies or not set(li.cookies) <= present]
+    if not lacking:
+        return []
+    who = f"berth proxy {proxy.pid}" if proxy.mode == PROXY_PROCESS else "the agent's proxy service"
+    return [Missing(f"proxy {', '.join(li.describe() for li in lacking)} is not served ({who} does not hold "
+                    "the port)", [], proxy=True)]
+
+
+def proxied_ports(attachments: Iterable[Attachment]) -> dict[str, list[tuple[int, int]]]:
+    """Protocol -> the [::1] ports the attachments' proxies serve (one sock_diag request each)."""
+    out: dict[str, list[tuple[int, int]]] = {}
+    for att in attachments:
+        proxy = att.portmap.proxy if att.portmap is not None else None
+        for li in proxy.listeners if proxy is not None else ():
+            out.setdefault(li.protocol, []).append((li.host_lo, li.host_hi))
+    return out
+
+
 # --- bridge ipMasq -------------------------------------------------------------------------
 
 SET_FORM, MAP_FORM = "set", "map"
@@ -452,6 +478,14 @@ def masq_present(att: Attachment, table: Table) -> bool:
 
 
 # --- isolation --------------------------------------------------------------------------------
+
+def strict_missing(bridges: set[str], table: Table) -> list[Missing]:
+    """While a strict network exists every berth bridge belongs in `bridges` (the
+    forward chain's gate to CNI-ISOLATION): the journaled ones the table lacks."""
+    return [Missing(f"bridge {b} is missing from set {layout.BRIDGES_SET} (a strict network keeps it out)",
+                    [layout.add_elements(layout.BRIDGES_SET, [b])])
+            for b in sorted(bridges) if not table.has_member(layout.BRIDGES_SET, b)]
+
 
 def isolation_missing(bridge: str, mode: str, table: Table) -> list[Missing]:
     """The set elements an isolated bridge needs that the table lacks."""

@@ -86,6 +86,12 @@ def note_commit(root: str, before: int | None, intact: bool, variant: str | None
         return
 
 
+# The static layout's own revision: a berth that writes another static layout than
+# the one recorded re-asserts it on its first portmap ADD after an upgrade.
+STATIC_REVISION = 2
+
+
 def portmap_variant(mark_bit: int, external_setmark: str | None) -> str:
-    """What of the static layout depends on portmap's config: the mark chains' bit and chain."""
-    return f"{mark_bit}:{external_setmark or ''}".replace(" ", "_") or "-"
+    """What of the static layout depends on portmap's config (the mark chains' bit
+    and chain), and which revision of it this berth writes."""
+    return f"{mark_bit}:{external_setmark or ''}:r{STATIC_REVISION}".replace(" ", "_")

@@ -8,10 +8,21 @@ so isolating the 100th network costs the same element adds as the 2nd:
     strict         bridges of `isolate: "strict"` networks
     isolated-self  `br . br` for every isolated bridge (traffic staying on it)
 
-The forward chain sends packets leaving through an isolated bridge to
-CNI-ISOLATION (layout.isolation_rules): replies and DNAT'ed traffic pass, a
-packet from another isolated bridge is dropped, and a strict bridge also drops
-packets from any berth bridge (the `bridges` set of ipMasq networks).
+The forward chain sends packets leaving through a berth bridge (the set
+`bridges`) to CNI-ISOLATION (layout.isolation_rules): replies and DNAT'ed
+traffic pass, nothing passes between two isolated bridges, and nothing
+between a strict bridge and any berth bridge, in either direction.
+
+So a strict network needs every berth bridge in `bridges`, not only those of
+ipMasq and isolated networks, which put theirs there in their own
+transactions. The first strict ADD of a node writes the marker
+<state>/.isolate-strict, then adds the bridge of every journal; from then on
+a bridge ADD without ipMasq or isolate that finds the marker adds its own
+(enlist). A bridge ADD writes its journal before it looks for the marker and
+the strict ADD writes the marker before it reads the journals, so every
+bridge is seen by one of the two. The marker goes when the last strict
+attachment of the node does. Elements of `bridges` stay when their bridge's
+last attachment goes, as the bridge does.
 
 Membership is per bridge, shared by every network on that bridge. ADD adds the
 elements (one transaction, idempotent); DEL and GC remove them once no journal
@@ -22,6 +33,7 @@ taking it, so a DEL racing an ADD can only leave the bridge isolated, never open
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Iterator
 from collections.abc import Mapping as MappingT
@@ -38,7 +50,7 @@ if TYPE_CHECKING:
 ISOLATED = "isolated"  # isolate: true
 STRICT = "strict"  # isolate: "strict"
 MODES = (ISOLATED, STRICT)
-ALL_SETS = (layout.ISOLATED_SET, layout.SELF_SET, layout.STRICT_SET)
+ALL_SETS = (layout.ISOLATED_SET, layout.SELF_SET, layout.STRICT_SET)  # never `bridges`: ipMasq needs it too
 
 Key = tuple[str, str, str]  # network, containerID, ifname
 
@@ -48,6 +60,7 @@ Key = tuple[str, str, str]  # network, containerID, ifname
 def elements(bridge: str, mode: str) -> dict[str, list[Any]]:
     """The set elements an isolated bridge needs (set name -> elements)."""
     out: dict[str, list[Any]] = {
+        layout.BRIDGES_SET: [bridge],  # the forward chain's gate to CNI-ISOLATION
         layout.ISOLATED_SET: [bridge],
         layout.SELF_SET: [{"concat": [bridge, bridge]}],
     }
@@ -56,13 +69,26 @@ def elements(bridge: str, mode: str) -> dict[str, list[Any]]:
     return out
 
 
-def add_commands(bridge: str, mode: str, legacy_maps: tuple[str, ...] = ()) -> list[Cmd]:
+def add_commands(bridge: str, mode: str, legacy_maps: tuple[str, ...] = (),
+                 others: tuple[str, ...] = ()) -> list[Cmd]:
     """ADD's transaction: the static layout (it holds the sets and CNI-ISOLATION)
-    plus element adds; its size does not depend on how many networks exist."""
+    plus element adds; its size does not depend on how many networks exist,
+    except for the first strict ADD of a node, which adds every journaled
+    bridge (`others`) to `bridges`."""
     cmds = layout.base_layout(legacy_maps=legacy_maps)
     for name, elems in elements(bridge, mode).items():
         cmds.append(layout.add_elements(name, elems))
+    extra = sorted(set(others) - {bridge})
+    if extra:
+        cmds.append(layout.add_elements(layout.BRIDGES_SET, extra))
     return cmds
+
+
+def enlist_commands(bridge: str, table_ready: bool, legacy_maps: tuple[str, ...] = ()) -> list[Cmd]:
+    """A bridge of a network with neither ipMasq nor isolate joins `bridges` while
+    a strict network exists (the static layout first when the set is missing)."""
+    cmds = [] if table_ready else layout.base_layout(legacy_maps=legacy_maps)
+    return [*cmds, layout.add_elements(layout.BRIDGES_SET, [bridge])]
 
 
 def remove_commands(bridge: str, sets: tuple[str, ...]) -> list[Cmd]:
@@ -123,12 +149,38 @@ def modes_in_use(root: str, network: str, bridge: str, exclude: Key | None = Non
 
 # --- applying ---------------------------------------------------------------------
 
+def mark_strict(root: str) -> bool:
+    """Write the marker; True when this call made it."""
+    try:
+        fd = os.open(state.strict_marker(root), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except FileExistsError:
+        return False
+    except OSError as exc:
+        raise state.unusable(root, exc) from None
+    os.close(fd)
+    return True
+
+
 def setup(bridge: str, mode: str, environ: MappingT[str, str] | None = None) -> None:
     """Put the bridge in the sets (one transaction, idempotent)."""
     from portmap import nft, ports  # nft work only for isolated networks
 
-    with ports.locked(state.state_root(environ)):
-        nft.apply(add_commands(bridge, mode, nft.existing(layout.LEGACY_RANGE_MAPS)))
+    root = state.state_root(environ)
+    with ports.locked(root):
+        others = tuple(journaled_bridges(root)) if mode == STRICT and mark_strict(root) else ()
+        nft.apply(add_commands(bridge, mode, nft.existing(layout.LEGACY_RANGE_MAPS), others))
+
+
+def enlist(bridge: str, environ: MappingT[str, str] | None = None) -> None:
+    """The bridge of a network with neither ipMasq nor isolate, on a node with a
+    strict network: into `bridges` (one transaction, idempotent)."""
+    from portmap import nft, ports
+
+    nft.prepare()  # loaded outside the lock below
+    root = state.state_root(environ)
+    with ports.locked(root):
+        ready = nft.set_exists(layout.BRIDGES_SET) is True
+        nft.apply(enlist_commands(bridge, ready, () if ready else nft.existing(layout.LEGACY_RANGE_MAPS)))
 
 
 def release(network: str, container_id: str, ifname: str, bridge: str, mode: str,
@@ -145,6 +197,10 @@ def release(network: str, container_id: str, ifname: str, bridge: str, mode: str
         drop = sets_to_drop(mode, in_use)
         if nft.table_exists() is not False:  # no table: nothing to take out (and none to create)
             nft.apply(remove_commands(bridge, drop))
+        if layout.STRICT_SET in drop and state.strict_node(root) and not _strict_elsewhere(root, (network, container_id,
+                                                                                             ifname)):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(state.strict_marker(root))  # the node's last strict attachment: bridge ADDs need no nft again
     return drop
 
 
@@ -155,6 +211,16 @@ def check(bridge: str, mode: str) -> list[str]:
 
     table = diff.snapshot()
     return diff.static_problems(table) + [m.what for m in diff.isolation_missing(bridge, mode, table)]
+
+
+def _strict_elsewhere(root: str, exclude: Key) -> bool:
+    return any(record.get("isolate") == STRICT for key, record in _records(root, "") if key != exclude)
+
+
+def journaled_bridges(root: str) -> set[str]:
+    """Every bridge a journal of any network names."""
+    return {str(record["bridge"]) for _key, record in _records(root, "")
+            if isinstance(record.get("bridge"), str) and record["bridge"]}
 
 
 def journaled(root: str) -> dict[str, str]:

@@ -6,7 +6,7 @@ One `inet` table holds both families, so a single transaction covers v4 and v6
 and one per-attachment chain holds both families' rules.
 
     prerouting (nat, -100)  : fib daddr type local -> CNI-HOSTPORT-DNAT
-    output     (nat, -100)  : fib daddr type local -> CNI-HOSTPORT-DNAT
+    output     (nat, -100)  : ::1 returns (the userland proxy's); fib daddr type local -> CNI-HOSTPORT-DNAT
     CNI-HOSTPORT-DNAT       : per family with a hostIP, then for any local address:
                               [daddr .] l4proto . dport vmap @hostport[-v4|-v6]          (single ports)
                               l4proto P, daddr . dport vmap @hostports-v4|-v6-P        (ranges, per protocol)
@@ -19,10 +19,11 @@ and one per-attachment chain holds both families' rules.
                               (the subnet's attached addresses), daddr outside the subnet and not
                               multicast -> masquerade. Added once per subnet, never flushed
     CNI-<hash>              : an attachment's ipMasq rules, for attachments made before layout 2
-    forward (filter, 0)     : -> CNI-ADMIN (operator's, never written); oifname @isolated -> CNI-ISOLATION;
+    forward (filter, 0)     : -> CNI-ADMIN (operator's, never written); oifname @bridges -> CNI-ISOLATION;
                               bridges + ct dnat accept
     CNI-ISOLATION           : bridge `isolate`: replies/DNAT/same bridge return, else drop between
-                              isolated bridges and from any berth bridge into a strict one (portmap/isolation.py)
+                              isolated bridges, and between a strict bridge and any berth bridge, both
+                              ways (portmap/isolation.py)
     guard (filter, -300)    : drop 127.0.0.0/8 not arriving on lo (CVE-2020-8558)
     firewall (filter, 0)    : the firewall plugin's, made by its first ADD and not part of the static
                               layout above (never flushed by its re-assertion): oifname @same-bridge ->
@@ -96,8 +97,8 @@ LEGACY_RANGE_MAPS = (HOSTPORTS_V4_MAP, HOSTPORTS_V6_MAP, HOSTPORTS_MAP)
 PORTMAP_LAYOUT = PORTMAP_SCHEMA
 MASQ_V4_MAP = "masq-v4"
 MASQ_V6_MAP = "masq-v6"
-BRIDGES_SET = "bridges"
 ISOLATION_CHAIN = "CNI-ISOLATION"
+BRIDGES_SET = "bridges"  # berth's bridges: those of ipMasq and isolated networks, all of them while one is strict
 ISOLATED_SET = "isolated"  # bridges of isolate: true|"strict" networks
 STRICT_SET = "strict"  # bridges of isolate: "strict" networks
 SELF_SET = "isolated-self"  # `br . br` per isolated bridge: traffic staying on its bridge
@@ -173,6 +174,7 @@ ANY_SOURCE_PORT: dict[str, list[int]] = {"range": [0, 65535]}
 V4_MULTICAST = "224.0.0.0/4"
 V6_MULTICAST = "ff00::/8"
 V4_LOOPBACK = "127.0.0.0/8"
+V6_LOOPBACK = "::1"
 
 
 # --- names -------------------------------------------------------------------
@@ -320,6 +322,9 @@ def base_layout(external_setmark: str | None = None, legacy_maps: tuple[str, ...
         add_rule(GUARD_CHAIN, match(meta("iifname"), "lo", "!="),
                  match(payload("ip", "daddr"), prefix(V4_LOOPBACK)), COUNTER, {"drop": None}),
         add_rule("prerouting", local, jump(DNAT_CHAIN)),
+        # ::1 cannot be DNAT'ed (what leaves lo with that source is dropped): berth's userland
+        # proxy answers there (portmap/proxy.py), so connections to it keep their address
+        add_rule("output", match(payload("ip6", "daddr"), V6_LOOPBACK), {"return": None}),
         add_rule("output", local, jump(DNAT_CHAIN)),
         # a specific hostIP wins over "any local address"; a port lives in one
         # map of each pair (ports.py refuses overlaps), so no vmap shadows another
@@ -329,8 +334,8 @@ def base_layout(external_setmark: str | None = None, legacy_maps: tuple[str, ...
         add_rule("postrouting", {"vmap": {"key": payload("ip", "saddr"), "data": "@" + MASQ_V4_MAP}}),
         add_rule("postrouting", {"vmap": {"key": payload("ip6", "saddr"), "data": "@" + MASQ_V6_MAP}}),
         add_rule("forward", jump(ADMIN_CHAIN)),
-        # one lookup for every forwarded packet; only traffic into an isolated bridge goes on
-        add_rule("forward", match(meta("oifname"), "@" + ISOLATED_SET), jump(ISOLATION_CHAIN)),
+        # one lookup for every forwarded packet; only traffic into a berth bridge goes on
+        add_rule("forward", match(meta("oifname"), "@" + BRIDGES_SET), jump(ISOLATION_CHAIN)),
         add_rule("forward", match(meta("iifname"), "@" + BRIDGES_SET), {"accept": None}),
         add_rule("forward", match(meta("oifname"), "@" + BRIDGES_SET), {"accept": None}),
         add_rule("forward", match({"ct": {"key": "status"}}, "dnat", "in"), {"accept": None}),
@@ -363,21 +368,26 @@ def add_sets() -> list[Cmd]:
 
 
 def isolation_rules() -> list[Cmd]:
-    """CNI-ISOLATION, entered only for packets leaving through an isolated
-    bridge. A constant five rules however many networks are isolated: which
-    bridges are isolated lives in the sets, so a network costs elements only.
-    Replies of connections a container started, and DNAT'ed traffic (published
-    ports reached through the node's address, as Docker allows), pass; so does
-    traffic routed back into the bridge it came from (two subnets on one bridge,
-    br_netfilter). `return` rather than accept: the forward chain goes on."""
+    """CNI-ISOLATION, entered only for packets leaving through a berth bridge. A
+    constant six rules however many networks are isolated: which bridges are
+    isolated or strict lives in the sets, so a network costs elements only.
+    Replies of allowed connections, and DNAT'ed traffic (published ports
+    reached through the node's address, as Docker allows), pass; so does
+    traffic routed back into the bridge it came from (two subnets on one
+    bridge, br_netfilter). Then: nothing between two isolated bridges, nothing
+    from any berth bridge into a strict one, nothing from a strict one into
+    any berth bridge (the gate made the output a berth bridge). `return`
+    rather than accept: the forward chain goes on."""
     ifpair = {"concat": [meta("iifname"), meta("oifname")]}
     return [
         add_rule(ISOLATION_CHAIN, match({"ct": {"key": "state"}}, ["established", "related"], "in"), {"return": None}),
         add_rule(ISOLATION_CHAIN, match({"ct": {"key": "status"}}, "dnat", "in"), {"return": None}),
         add_rule(ISOLATION_CHAIN, match(ifpair, "@" + SELF_SET), {"return": None}),
-        add_rule(ISOLATION_CHAIN, match(meta("iifname"), "@" + ISOLATED_SET), COUNTER, {"drop": None}),
+        add_rule(ISOLATION_CHAIN, match(meta("iifname"), "@" + ISOLATED_SET),
+                 match(meta("oifname"), "@" + ISOLATED_SET), COUNTER, {"drop": None}),
         add_rule(ISOLATION_CHAIN, match(meta("oifname"), "@" + STRICT_SET),
                  match(meta("iifname"), "@" + BRIDGES_SET), COUNTER, {"drop": None}),
+        add_rule(ISOLATION_CHAIN, match(meta("iifname"), "@" + STRICT_SET), COUNTER, {"drop": None}),
     ]
 
 

@@ -6,7 +6,8 @@ journal section "portmap" before it commits; DEL, CHECK and GC work from that
 journal (a DEL that finds no journal derives the chain name and removes what
 jumps to it). Test-only hooks, as cni/bridge.py's: BERTH_TEST_KILL_AFTER=<step>
 SIGKILLs the process and BERTH_TEST_FAIL_AFTER=<step> raises after <step>, one of
-    portmap-journal (intent written), portmap-nft (transaction committed)
+    portmap-journal (intent written), portmap-nft (transaction committed),
+    portmap-proxy ([::1] proxy up and journaled, not yet told to serve)
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ import sys
 
 from cni import errors, records, state, sysctl
 from cni.errors import CNIError
-from cni.records import Attachment, PortMapping, PortmapRecord
+from cni.records import Attachment, PortMapping, PortmapRecord, ProxyRecord
 from cni.skel import CmdArgs, PluginFuncs
 from cni.spec import Result, prev_result, valid_attachments
-from portmap import conntrack, generation, layout, nft, ports
+from portmap import conntrack, generation, layout, listeners, nft, ports, proxyctl
 from portmap.conf import Conf
 
 TYPE_CHECKING = False  # mypy treats this name as True: typing stays off the exec path
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
     from typing import Any
 
 SECTION = "portmap"
-STEPS = ("portmap-journal", "portmap-nft")
+STEPS = ("portmap-journal", "portmap-nft", "portmap-proxy")
 
 
 SIGKILL = 9  # the test hook's kill; `signal` would import enum for every exec
@@ -122,15 +123,20 @@ def cmd_add(args: CmdArgs) -> Result:
     chain = layout.dnat_chain_name(args.network, args.container_id, args.ifname)
     note = layout.comment(args.network, args.container_id, args.ifname)
     bridge = host_bridge(prev)
-    if conf.snat and bridge and any(ipaddress.ip_address(a).version == 4 for a in addresses):
-        enable_route_localnet(bridge)
 
     nft.prepare()  # outside the node-wide lock
     with ports.locked(root):
         prior = journal.section(SECTION)
         _refuse_shared_chain(root, me, chain, note, prior)
         takeovers = ports.check(root, me, conf.mappings, conf.last_wins)
-        record = {"chain": chain, "addresses": addresses, "bridge": bridge, "state": "adding",
+        wanted = proxyctl.listeners(conf.mappings, addresses) if conf.userland_proxy and proxyctl.loopback_v6() \
+            else []
+        warnings = [] if conf.allow_host_listeners else \
+            listeners.check(conf.mappings, _versions(addresses), bool(wanted), _proxy_cookies(root, prior, takeovers))
+        # after every refusal: a refused ADD changes nothing
+        if conf.snat and bridge and any(ipaddress.ip_address(a).version == 4 for a in addresses):
+            enable_route_localnet(bridge)
+        record: dict[str, Any] = {"chain": chain, "addresses": addresses, "bridge": bridge, "state": "adding",
                   "mappings": [m.to_json() for m in conf.mappings], "snat": conf.snat,
                   # what `berth reconcile` needs to rebuild the mark chains as this ADD did
                   "markMasqBit": conf.mark_bit, "masqAll": conf.masq_all,
@@ -177,17 +183,42 @@ def cmd_add(args: CmdArgs) -> Result:
             _restore_journal(journal, prior)
             raise
         generation.note_commit(root, before, True, variant)
+        started: proxyctl.Started | None = None
+        key = (args.network, args.container_id, args.ifname)
+
+        def journal_proxy(proxy: ProxyRecord | None) -> None:
+            if proxy is None:
+                record.pop("proxy", None)
+            else:
+                record["proxy"] = proxy.to_json()
+            journal.put(SECTION, record)
+
         try:
             _step_done("portmap-nft", args.environ)
             if prior:
                 ports.release(root, me, [PortMapping.from_json(m) for m in prior.get("mappings") or []])
+                # a re-ADD: the old proxy gives its ports up before the new one binds them
+                proxyctl.stop(PortmapRecord.from_json(prior).proxy, key, root)
             _forget_dead(root, dead)
+            for t in takeovers:
+                if t.live:
+                    warnings += _shrink_proxy(root, t.claim.owner, conf.mappings)
+            if wanted:
+                started = proxyctl.start(root, key, wanted, journal_proxy)
+                warnings += [f"[::1] not proxied: {why}" for why in started.failed]
+                _step_done("portmap-proxy", args.environ)
+                started.commit()
             ports.write(root, me, chain, conf.mappings)
             record["state"] = "done"
             journal.put(SECTION, record)
         except Exception:
+            if started is not None:
+                started.abort()
+                with contextlib.suppress(Exception):
+                    proxyctl.stop(started.record, key, root)
             _undo_add(root, me, chain, conf.mappings, journal)
             raise
+    _warn(warnings)
     for t in takeovers:
         if t.live:
             _warn([f"took host ports from {t.claim.owner.describe()} (conflictPolicy last-wins)"])
@@ -226,12 +257,59 @@ def _dead_owner_commands(root: str, chain: str, owner: ports.Owner, record: dict
 
 
 def _forget_dead(root: str, dead: dict[ports.Owner, tuple[str, dict[str, Any]]]) -> None:
-    """After the commit that removed their leftovers: their port files and their
+    """After the commit that removed their leftovers: their proxy, port files and
     journal's portmap section go too (their bridge part waits for their DEL or GC)."""
     for owner, (_why, record) in dead.items():
+        with contextlib.suppress(CNIError):
+            proxyctl.stop(PortmapRecord.from_json(record).proxy, owner, root)
         ports.release(root, owner, [PortMapping.from_json(m) for m in record.get("mappings") or []])
         with contextlib.suppress(CNIError):
             state.Journal(root, owner.network, owner.container_id, owner.ifname).drop(SECTION)
+
+
+def _proxy_cookies(root: str, prior: dict[str, Any] | None, takeovers: list[ports.Takeover]) -> frozenset[int]:
+    """The sockets of berth's own proxies on ports this ADD may take (its re-ADD's,
+    the taken owners'): no host service."""
+    sections = [prior] if prior else []
+    for t in takeovers:
+        owner = t.claim.owner
+        with contextlib.suppress(CNIError):
+            sections.append(state.Journal(root, owner.network, owner.container_id, owner.ifname).section(SECTION)
+                            or {})
+    out: set[int] = set()
+    for section in sections:
+        proxy = PortmapRecord.from_json(section).proxy
+        out.update(c for li in (proxy.listeners if proxy else ()) for c in li.cookies)
+    return frozenset(out)
+
+
+def _shrink_proxy(root: str, owner: ports.Owner, taken: list[PortMapping]) -> list[str]:
+    """A live owner that lost ports (last-wins) stops proxying them: its proxy is
+    stopped, and its record keeps the listeners it still owns, unbound, for
+    `berth reconcile` to start again."""
+    journal = state.Journal(root, owner.network, owner.container_id, owner.ifname)
+    stopped: list[str] = []
+
+    def change(section: dict[str, Any]) -> dict[str, Any] | None:
+        proxy = PortmapRecord.from_json(section).proxy
+        if proxy is None:
+            return None
+        keep = [li for li in proxy.listeners if not any(
+            m.protocol == li.protocol and m.host_lo <= li.host_hi and li.host_lo <= m.host_hi and
+            m.host_ip in ("", "::1") for m in taken)]
+        if len(keep) == len(proxy.listeners):
+            return None
+        proxyctl.stop(proxy, owner, root)
+        stopped.append(f"stopped the [::1] proxy of {owner.describe()} (berth reconcile restarts it for the "
+                       "ports it keeps)")
+        rest = {k: v for k, v in section.items() if k != "proxy"}
+        if keep:
+            rest["proxy"] = proxy._replace(listeners=tuple(li._replace(cookies=()) for li in keep), pid=0).to_json()
+        return rest
+
+    with contextlib.suppress(CNIError):
+        journal.update(SECTION, change)
+    return stopped
 
 
 def chain_owners(root: str, me: ports.Owner, chain: str) -> list[str]:
@@ -336,6 +414,8 @@ def remove_attachment(root: str, journal: state.Journal) -> None:
                 nft.apply(layout.portmap_del(chain, recorded_elements(chain, strict, record), keep_chain=keep))
                 before = None  # two commits: the next ADD re-asserts
             generation.note_commit(root, before, intact)
+        # before the section goes: a proxy that cannot be stopped keeps it, for the next DEL
+        proxyctl.stop(PortmapRecord.from_json(record).proxy, me, root)
         ports.release(root, me, mappings)
         journal.drop(SECTION)
     if conntrack.needs_flush(mappings):
@@ -362,8 +442,8 @@ def _asks_for_mappings(config: dict[str, Any]) -> bool:
 
 def remove_derived(root: str, me: ports.Owner) -> None:
     """DEL without a journal: the chain CNI-DN-<hash> (derived, as upstream does),
-    the hostport*/hostports* elements whose verdict jumps to it, and the port files that
-    name this attachment."""
+    the hostport*/hostports* elements whose verdict jumps to it, a proxy process
+    that names this attachment, and the port files that name this attachment."""
     from portmap import masq
 
     chain = layout.dnat_chain_name(me.network, me.container_id, me.ifname)
@@ -375,6 +455,7 @@ def remove_derived(root: str, me: ports.Owner) -> None:
             found = masq.jumping_to(chain, layout.HOSTPORT_MAPS, objects)
             if found is not None:
                 nft.apply(layout.portmap_del(chain, found))
+        proxyctl.stop_unjournaled(me, root)
         ports.release_owner(root, me)
 
 
@@ -414,6 +495,7 @@ def check_attachment(root: str, att: Attachment) -> list[str]:
     taken = [diff.format_mapping(m) for m in record.mappings if m not in owned]
     if taken:
         problems.append("held by another attachment: " + ", ".join(taken))
+    problems += [m.what for m in diff.proxy_missing(att, proxyctl.present(diff.proxied_ports([att])))]
     return problems
 
 

@@ -6,7 +6,8 @@ ONE libnftables transaction under the node-wide ports lock portmap's ADD/DEL
 hold, so it never races a plugin call. It only adds (and refills the chains it owns); it never takes a port another
 attachment holds (its port file decides). Attachments whose ADD did not
 finish, or whose host veth is gone, are skipped and named: DEL/GC are the
-tools for those. `berth reconcile` renders it; `berth agent` runs it after a
+tools for those. A [::1] proxy that no longer serves is started again after
+the transaction. `berth reconcile` renders it; `berth agent` runs it after a
 flush.
 """
 
@@ -25,11 +26,12 @@ if TYPE_CHECKING:
 class Plan:
     """What to re-create: (whose, Missing) fixes, and (whose, why) attachments left alone."""
 
-    __slots__ = ("fixes", "skipped")
+    __slots__ = ("fixes", "proxies", "skipped")
 
     def __init__(self) -> None:
         self.fixes: list[tuple[str, Missing]] = []
         self.skipped: list[tuple[str, str]] = []
+        self.proxies: list[Attachment] = []  # whose [::1] proxy to start again (after the transaction)
 
     def commands(self) -> list[layout.Cmd]:
         out: list[layout.Cmd] = []
@@ -64,8 +66,10 @@ def vanished_veths(attachments: list[Attachment]) -> set[tuple[str, str, str]]:
     return gone
 
 
-def plan(root: str, attachments: list[Attachment], table: Table, gone: set[tuple[str, str, str]]) -> Plan:
-    """What to re-create, as data (pure: tests drive it with a fake table)."""
+def plan(root: str, attachments: list[Attachment], table: Table, gone: set[tuple[str, str, str]],
+         present: frozenset[int] | None = frozenset()) -> Plan:
+    """What to re-create, as data (pure: tests drive it with a fake table and the
+    cookies of the sockets on ::1, `present`)."""
     result = Plan()
     live = [a for a in attachments if (a.portmap is not None or a.masq is not None)]
     _plan_isolation(root, table, result)
@@ -103,6 +107,9 @@ def plan(root: str, attachments: list[Attachment], table: Table, gone: set[tuple
                 result.skipped.append((att.describe(), f"port {diff.format_mapping(m)} is held by {who}"))
         for missing in diff.portmap_missing(att, table, owned) + diff.masq_missing(att, table, False):
             result.fixes.append((att.describe(), missing))
+        for missing in diff.proxy_missing(att, present):
+            result.fixes.append((att.describe(), missing))
+            result.proxies.append(att)
     return result
 
 
@@ -118,8 +125,14 @@ def _plan_isolation(root: str, table: Table, result: Plan) -> None:
 
     missing = []
     commands: list[layout.Cmd] = []
-    for bridge, mode in sorted(isolation.journaled(root).items()):
+    modes = isolation.journaled(root)
+    for bridge, mode in sorted(modes.items()):
         gone = diff.isolation_missing(bridge, mode, table)
+        if gone:
+            missing.append("; ".join(m.what for m in gone))
+            commands += [c for m in gone for c in m.commands]
+    if isolation.STRICT in modes.values():
+        gone = diff.strict_missing(isolation.journaled_bridges(root) - set(modes), table)
         if gone:
             missing.append("; ".join(m.what for m in gone))
             commands += [c for m in gone for c in m.commands]
@@ -155,20 +168,32 @@ def reconcile(root: str, dry_run: bool) -> tuple[Plan, str | None, list[str]]:
     import os
 
     from cni.errors import CNIError
-    from portmap import conntrack, nft
+    from portmap import conntrack, nft, proxyctl
 
     if not os.path.isdir(root):
         return Plan(), None, []  # no berth state on this node: do not create any
+    warnings: list[str] = []
     with ports.locked(root):
         attachments = state.attachments(root)
         table = diff.snapshot()
-        result = plan(root, attachments, table, vanished_veths(attachments))
+        result = plan(root, attachments, table, vanished_veths(attachments),
+                      proxyctl.present(diff.proxied_ports(attachments)))
+        if not dry_run and any(a.bridge is not None and a.bridge.isolate == "strict" for a in attachments):
+            from portmap import isolation
+
+            isolation.mark_strict(root)  # the bridge ADDs to come keep enlisting their bridges
         if dry_run or not result.fixes:
             return result, None, []
         try:
-            nft.apply(result.commands())
+            if result.commands():
+                nft.apply(result.commands())
         except CNIError as exc:
             return result, f"{exc.msg}: {exc.details}", []
+        for att in result.proxies:
+            try:
+                warnings += [f"{att.describe()}: [::1] not proxied: {why}" for why in proxyctl.restart(root, att)]
+            except CNIError as exc:
+                warnings.append(f"{att.describe()}: the [::1] proxy did not start: {exc.msg}")
     # restored UDP/SCTP ports: stale flows would keep their old translation
     flows = result.conntrack()
-    return result, None, conntrack.flush(flows) if conntrack.needs_flush(flows) else []
+    return result, None, warnings + (conntrack.flush(flows) if conntrack.needs_flush(flows) else [])

@@ -185,8 +185,12 @@ class Netns:
 
     # --- traffic -----------------------------------------------------------
     @contextlib.contextmanager
-    def server(self, port: int, proto: str = "tcp", family: str = "4", banner: str = "hello") -> Iterator[None]:
-        env = dict(os.environ, BANNER=banner, SERVE_SECONDS="60")
+    def server(self, port: int, proto: str = "tcp", family: str = "4", banner: str = "hello",
+               bind: str = "") -> Iterator[None]:
+        """A nettool server; `bind`: an address of its own instead of any (family from it)."""
+        if bind:
+            family = "6" if ":" in bind else "4"
+        env = dict(os.environ, BANNER=banner, SERVE_SECONDS="60", BIND=bind)
         proc = self.popen(
             [SYSTEM_PYTHON, NETTOOL, f"serve-{proto}", str(port), family],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,

@@ -1,6 +1,6 @@
 """Tiny traffic tool run inside test namespaces with the system python.
 
-serve-tcp PORT [FAMILY] [COUNT]: answer each connection with "<banner> <peer-ip>\n".
+serve-tcp PORT [FAMILY] [COUNT]: answer each connection with "<banner> <peer-ip>\n" (BIND: an address).
 serve-udp PORT [FAMILY] [COUNT]: answer each datagram the same way.
 tcp HOST PORT / udp HOST PORT [SOURCEPORT]: print the answer, exit 1 on failure.
 The servers exit after COUNT requests or 60 s, whichever comes first.
@@ -20,7 +20,7 @@ def serve(kind: str, port: int, family: str, count: int) -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     if fam == socket.AF_INET6:
         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-    sock.bind(("::" if fam == socket.AF_INET6 else "0.0.0.0", port))
+    sock.bind((os.environ.get("BIND") or ("::" if fam == socket.AF_INET6 else "0.0.0.0"), port))
     if kind == "tcp":
         sock.listen(64)
     banner = os.environ.get("BANNER", "hello")

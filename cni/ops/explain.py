@@ -6,6 +6,7 @@ says at each hop whether it is in place:
 
   journal     the ADD finished (bridge and portmap sections)
   ports       no other attachment's journal claims the same hostIP/proto/port
+  listener    no socket of the node's own (a host service) listens on the port
   table       table inet berth with its base chains, maps and their rules
   hostport    the verdict-map element hostport -> CNI-DN-<hash>
   dnat        chain CNI-DN-<hash> with its rules, and how many packets it DNAT'ed
@@ -16,6 +17,7 @@ says at each hop whether it is in place:
   container   the container interface is up and holds its address
   masquerade  hairpin/localhost marks (portmap) and ipMasq rule/elements (bridge)
   localhost   route_localnet on the bridge and the 127/8 guard (CVE-2020-8558)
+  proxy       [::1]:hostPort: berth's userland proxy holds the port (its socket's cookie)
   conntrack   how many conntrack entries exist for the port
 
 and ends with a one-line verdict. Read-only: nothing is ever changed; the only
@@ -161,6 +163,9 @@ class Context:
     view: Ownership
     forward_chains: list[dict[str, Any]]
     node: Any = None  # cni.netlink.Handle of this (the node's) namespace, or None
+    sockets: list[Any] = field(default_factory=list)  # portmap.sockdiag.Socket on the explained ports
+    processes: dict[int, str] = field(default_factory=dict)  # their inode -> "name (pid N)"
+    sockets_problem: str = ""  # why the host's sockets could not be read
 
 
 def explain(att: Attachment, target: Target, ctx: Context) -> Report:
@@ -169,12 +174,14 @@ def explain(att: Attachment, target: Target, ctx: Context) -> Report:
                     [diff.format_mapping(m) for m in focus])
     _journal_hop(report, att)
     _ports_hop(report, att, focus, ctx)
+    _listener_hop(report, att, focus, ctx)
     _table_hops(report, att, focus, ctx)
     _forward_hop(report, att, ctx)
     _link_hops(report, att, ctx)
     _masq_hop(report, att, focus, ctx)
     _isolation_hop(report, att, ctx)
     _localhost_hop(report, att, focus, ctx)
+    _proxy_hop(report, att, focus, ctx)
     count, problem = conntrack.count(focus)
     if problem:
         report.add("conntrack", WARN, problem)
@@ -226,6 +233,79 @@ def _ports_hop(report: Report, att: Attachment, focus: list[PortMapping], ctx: C
         report.add("ports", WARN, "; ".join(dict.fromkeys(shadows)))
     else:
         report.add("ports", OK, "no other attachment claims " + ", ".join(diff.format_mapping(m) for m in focus))
+
+
+def _listener_hop(report: Report, att: Attachment, focus: list[PortMapping], ctx: Context) -> None:
+    """A host socket on a published port: the mapping takes its traffic (allowed only
+    with hostListenerPolicy "allow")."""
+    from portmap import listeners
+
+    if not focus:
+        return
+    if ctx.sockets_problem:
+        report.add("listener", WARN, f"host sockets not read: {ctx.sockets_problem}")
+        return
+    families = {ipaddress.ip_address(a).version for a in att.addresses if _is_ip(a)}
+    proxied = att.portmap is not None and att.portmap.proxy is not None
+    found = listeners.conflicts(focus, families, proxied, ctx.sockets, _proxy_cookies(ctx.attachments))
+    if not found:
+        report.add("listener", OK, "no host socket on " + ", ".join(diff.format_mapping(m) for m in focus))
+        return
+    report.add("listener", WARN, "; ".join(
+        f"{_host_socket(s, ctx)}: {diff.format_mapping(m)} takes its traffic" for m, s in found))
+
+
+def _proxy_cookies(attachments: list[Attachment]) -> frozenset[int]:
+    """The sockets of berth's proxies: no host service."""
+    return frozenset(c for a in attachments if a.portmap is not None and a.portmap.proxy is not None
+                     for li in a.portmap.proxy.listeners for c in li.cookies)
+
+
+def _proxy_hop(report: Report, att: Attachment, focus: list[PortMapping], ctx: Context) -> None:
+    """[::1]:hostPort: berth's userland proxy (the kernel cannot DNAT ::1)."""
+    from cni.records import PROXY_PROCESS
+    from portmap import listeners
+
+    proxy = att.portmap.proxy if att.portmap is not None else None
+    ours = [m for m in focus if m.host_ip in ("", "::1") and m.protocol in listeners.PROXIED_PROTOCOLS]
+    if not ours:
+        return
+    if proxy is None:
+        report.add("proxy", INFO, "no [::1] proxy for " + ", ".join(diff.format_mapping(m) for m in ours)
+                   + " (userlandProxy false, no ::1 on the node, or made by an older berth): [::1] does not answer")
+        return
+    shown = [li for li in proxy.listeners if any(li.protocol == m.protocol and li.host_lo <= m.host_hi
+                                                 and m.host_lo <= li.host_hi for m in ours)]
+    who = f"berth proxy pid {proxy.pid}" if proxy.mode == PROXY_PROCESS else "the agent's proxy service"
+    if ctx.sockets_problem:
+        report.add("proxy", WARN, f"{', '.join(li.describe() for li in shown)} by {who}: sockets not read")
+        return
+    present = frozenset(s.cookie for s in ctx.sockets if s.address == "::1")
+    down = [li for li in shown if not li.cookies or not set(li.cookies) <= present]
+    if down:
+        report.add("proxy", FAIL, f"{', '.join(li.describe() for li in down)}: {who} does not hold the port "
+                   "(berth reconcile starts it again)")
+    elif shown:
+        report.add("proxy", OK, f"{', '.join(li.describe() for li in shown)} served by {who}")
+    else:
+        report.add("proxy", INFO, "[::1] not proxied for " + ", ".join(diff.format_mapping(m) for m in ours)
+                   + " (the ADD could not bind it: see its stderr)")
+
+
+def _host_socket(sock: Any, ctx: Context) -> str:
+    who = ctx.processes.get(sock.inode)
+    return f"host socket {sock.describe()}" + (f" of {who}" if who else "")
+
+
+def host_sockets(ports: dict[str, list[tuple[int, int]]]) -> tuple[list[Any], dict[int, str], str]:
+    """The node's sockets on these ports, their processes, or why they could not be read."""
+    from portmap import listeners, sockdiag
+
+    try:
+        sockets = sockdiag.bound(ports)
+    except sockdiag.Unavailable as exc:
+        return [], {}, str(exc.strerror or exc)
+    return sockets, listeners.processes({s.inode for s in sockets}), ""
 
 
 def _table_hops(report: Report, att: Attachment, focus: list[PortMapping], ctx: Context) -> None:
@@ -366,6 +446,9 @@ def _isolation_hop(report: Report, att: Attachment, ctx: Context) -> None:
     if not mode or not bridge:
         return
     missing = [m.what for m in diff.isolation_missing(bridge, mode, ctx.table)]
+    if mode == "strict":
+        others = {a.bridge.bridge for a in ctx.attachments if a.bridge is not None and a.bridge.bridge}
+        missing += [m.what for m in diff.strict_missing(others - {bridge}, ctx.table)]
     if missing:
         report.add("isolation", FAIL, "; ".join(missing) + " (berth reconcile restores it)")
         return
@@ -398,7 +481,7 @@ def _localhost_hop(report: Report, att: Attachment, focus: list[PortMapping], ct
     v4 = [m for m in focus if m.applies_to(4)] if any(_is_ip(a) and ":" not in a for a in att.addresses) else []
     bridge = att.bridge_name
     if not v4 or not bridge:
-        report.add("localhost", INFO, "no IPv4 published port: 127.0.0.1 not involved (::1 cannot be NATed)")
+        report.add("localhost", INFO, "no IPv4 published port: 127.0.0.1 not involved")
         return
     value = sysctl.read("net", "ipv4", "conf", bridge, "route_localnet")
     guard = layout.GUARD_CHAIN in ctx.table.chains and not diff.rules_missing(
@@ -456,15 +539,40 @@ def _node_handle() -> Iterator[Any]:
 
 
 def run(root: str, target: Target) -> tuple[list[Report], str | None]:
+    from portmap import listeners
+
     attachments = ops_view.load_attachments(root)
     chosen, error = select(attachments, target)
     if error:
+        if target.port is not None:
+            error += _host_listeners_of(target)
         return [], error
+    focus = [m for att in chosen for m in att.mappings if target.covers(m)]
+    sockets, processes, problem = host_sockets(listeners.wanted_ports(focus))
     table = diff.snapshot()
     forward, _ = foreign_forward()
     with _node_handle() as node:
-        ctx = Context(root, attachments, table, Ownership(root, attachments), forward, node)
+        ctx = Context(root, attachments, table, Ownership(root, attachments), forward, node, sockets, processes,
+                      problem)
         return [explain(att, target, ctx) for att in chosen], None
+
+
+def _host_listeners_of(target: Target) -> str:
+    """What explains a port no attachment publishes: the host sockets on it."""
+    from portmap import listeners
+
+    assert target.port is not None
+    ports = {proto: [(target.port, target.port)] for proto in ("tcp", "udp", "sctp")}
+    sockets, processes, problem = host_sockets(ports)
+    if problem:
+        return f" (host sockets not read: {problem})"
+    if target.host_ip:
+        dest = (6 if ":" in target.host_ip else 4, target.host_ip)
+        sockets = [s for s in sockets if listeners.receives(s, dest)]
+    if not sockets:
+        return "; no host socket holds it either"
+    return "; host " + "; ".join(f"socket {s.describe()}" + (f" of {processes[s.inode]}" if s.inode in processes
+                                                             else "") for s in sockets)
 
 
 def main(command: str, argv: list[str]) -> int:
@@ -472,11 +580,12 @@ def main(command: str, argv: list[str]) -> int:
         prog=f"berth {command}",
         description="Walk the path a packet to a published port takes on this node and say, hop by hop, "
                     "whether it is in place; end with a one-line verdict. Read-only.",
-        epilog="Hops: journal, ports (conflicts), table, hostport (verdict-map element), dnat (CNI-DN chain and "
-               "its packet counter), forward (ip_forward, foreign FORWARD drop in table ip filter; "
-               "iptables-legacy is not visible), bridge, veth, container, masquerade, localhost "
-               "(route_localnet and the 127/8 guard), conntrack. Exit status: 0 all in place, 1 something is "
-               "broken or nothing matches, 2 usage.",
+        epilog="Hops: journal, ports (conflicts), listener (a host service on the port), table, hostport "
+               "(verdict-map element), dnat (CNI-DN chain and its packet counter), forward (ip_forward, "
+               "foreign FORWARD drop in table ip filter; iptables-legacy is not visible), bridge, veth, container, "
+               "masquerade, localhost (route_localnet and the 127/8 guard), proxy ([::1]: the userland "
+               "proxy holds the port), conntrack. Exit status: 0 all in place, 1 something is broken or nothing "
+               "matches, 2 usage.",
     )
     parser.add_argument("target", help="container ID (or a unique prefix), hostPort (8080), or ip:port "
                                        "(198.51.100.1:8080, [fd00::1]:8080)")

@@ -9,7 +9,8 @@ transaction, under the node-wide ports lock portmap's ADD/DEL hold, so it never
 races a plugin call. It never removes anything and never takes a port another
 attachment holds (its port file decides). Attachments whose ADD did not finish,
 or whose host veth is gone (a container that died without a DEL), are skipped
-and named: DEL/GC are the tools for those.
+and named: DEL/GC are the tools for those. A [::1] proxy that no longer serves
+its ports is started again.
 """
 
 from __future__ import annotations
@@ -33,7 +34,12 @@ def render(result: Plan, dry_run: bool, error: str | None, warnings: list[str]) 
     elif not result.fixes:
         lines.append("nothing to fix")
     elif not dry_run:
-        lines.append(f"{len(result.fixes)} fix(es) applied in one nftables transaction")
+        nft_fixes = [m for _whose, m in result.fixes if not m.proxy]
+        if nft_fixes:
+            lines.append(f"{len(nft_fixes)} fix(es) applied in one nftables transaction")
+        if result.proxies:
+            lines.append(f"{len(result.proxies)} [::1] prox{'y' if len(result.proxies) == 1 else 'ies'} "
+                         "started again")
     lines += [f"warning: {w}" for w in warnings]
     return "\n".join(lines) + "\n"
 

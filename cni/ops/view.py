@@ -5,6 +5,7 @@ missing in berth's table is portmap/diff.py's to say."""
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from cni import errors
 from cni.records import Attachment
@@ -41,3 +42,22 @@ def masq_description(att: Attachment, table: diff.Table) -> str:
     chain = diff.masq_chain(att)
     packets, _ = table.counters(chain)
     return f"ipMasq chain {chain} ({packets} packet{'s' if packets != 1 else ''} masqueraded)"
+
+
+def proxy_json(att: Attachment, present: frozenset[int] | None) -> dict[str, Any] | None:
+    """The attachment's [::1] proxy as `berth list --json` shows it."""
+    from cni.records import PROXY_PROCESS
+
+    proxy = att.portmap.proxy if att.portmap is not None else None
+    if proxy is None:
+        return None
+    serving = None if present is None else all(li.cookies and set(li.cookies) <= present for li in proxy.listeners)
+    return {"mode": proxy.mode, "pid": proxy.pid if proxy.mode == PROXY_PROCESS else None,
+            "listeners": [li.describe() for li in proxy.listeners], "serving": serving}
+
+
+def proxy_cell(proxy: dict[str, Any] | None) -> str:
+    if not proxy:
+        return "-"
+    who = f"pid {proxy['pid']}" if proxy.get("pid") else str(proxy.get("mode"))
+    return who + ("" if proxy.get("serving") is not False else " (down)")

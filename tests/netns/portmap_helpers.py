@@ -79,3 +79,44 @@ class Pod:
             if (":" in addr) == (version == 6):
                 return addr
         raise AssertionError(f"no v{version} address in {self.result}")
+
+
+def proxy_processes(node_path: str | None = None, key: str | None = None) -> list[int]:
+    """pids of berth's [::1] proxy processes: forked ones (comm berth-proxy) and
+    exec'd `berth proxy` ones; in the namespace `node_path` when given; of the
+    attachment `key` (network/containerID/ifname) when given, told by the marker
+    socket the process holds (portmap/proxyctl.py) or its command line."""
+    import os
+    from pathlib import Path
+
+    from portmap import proxyctl
+
+    node_ns = os.stat(node_path).st_ino if node_path else None
+    out = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        proc = Path("/proc") / name
+        try:
+            if node_ns is not None and os.stat(proc / "ns" / "net").st_ino != node_ns:
+                continue
+            cmdline = (proc / "cmdline").read_bytes()
+            comm = (proc / "comm").read_bytes().strip()
+            execd = b"\0proxy\0--id\0" in cmdline
+            if comm != proxyctl.COMM and not execd:
+                continue
+            if key is not None:
+                if execd:
+                    if b"\0proxy\0--id\0" + key.encode() + b"\0" not in cmdline:
+                        continue
+                else:
+                    marker = "@" + proxyctl.marker_name(tuple(key.split("/", 2)))  # type: ignore[arg-type]
+                    inodes = {line.split()[6] for line in (proc / "net" / "unix").read_text().splitlines()[1:]
+                              if len(line.split()) >= 8 and line.split()[7] == marker}
+                    links = {os.readlink(proc / "fd" / fd) for fd in os.listdir(proc / "fd")}
+                    if not any(f"socket:[{i}]" in links for i in inodes):
+                        continue
+            out.append(int(name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return out

@@ -255,13 +255,22 @@ def test_calls_over_max_workers_wait_their_turn(topo: harness.Topology, agent: A
 
 
 def workers(agent: AgentProc) -> set[int]:
-    """The agent's children: its spare and busy workers (and a reconciler, if one runs)."""
+    """The agent's children: its spare and busy workers (and a reconciler, if one runs),
+    not its [::1] proxy service."""
     assert agent.proc is not None
     pid = agent.proc.pid
     try:
-        return {int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
+        children = {int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
     except OSError:
         return set()
+    return {p for p in children if not is_proxy_service(p)}
+
+
+def is_proxy_service(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip() == "berth-proxy"
+    except OSError:
+        return False
 
 
 def gone(pid: int) -> bool:

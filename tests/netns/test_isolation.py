@@ -90,6 +90,12 @@ def members(node: harness.Node) -> dict[str, list[Any]]:
     return out
 
 
+def bridges_set(node: harness.Node) -> list[str]:
+    table = node.nft_table() or {"nftables": []}
+    return next((list(i["set"].get("elem", [])) for i in table["nftables"]
+                 if "set" in i and i["set"]["name"] == "bridges"), [])
+
+
 def isolation_rule_count(node: harness.Node) -> int:
     """Rules that implement isolation: CNI-ISOLATION's plus forward's jump to it."""
     table = node.nft_table() or {"nftables": []}
@@ -131,22 +137,76 @@ def test_strict_network_refuses_open_and_isolated_ones(topo: harness.Topology) -
     s = Pod(topo, net_conf(node, "strict", "bti-s", "10.91.4.0/24", "strict"), "s",
             ports=[{"hostPort": 18081, "containerPort": 7000, "protocol": "tcp"}]).add()
     a = Pod(topo, net_conf(node, "iso-a", "bti-a", "10.91.1.0/24", True), "a").add()
-    o = Pod(topo, net_conf(node, "open", "bti-o", "10.91.3.0/24", False), "o").add()
+    o = Pod(topo, net_conf(node, "open", "bti-o", "10.91.3.0/24", False), "o",
+            ports=[{"hostPort": 18082, "containerPort": 7000, "protocol": "tcp"}]).add()
     assert members(node)["strict"] == ["bti-s"]
     with s.serving(7000), a.serving(7000), o.serving(7000), topo.outside.server(7100, banner="out"):
         assert blocked(o, s, 7000), "strict: an open network must not reach it"
+        assert blocked(s, o, 7000), "strict: it must not reach an open network either"
         assert blocked(a, s, 7000) and blocked(s, a, 7000)
-        # strict refuses only what comes *from* other networks: its own connections work
-        assert who(s, o.ip, 7000) == "o" and who(s, o.ip, 7000, "udp") == "o"
         assert reach(s, OUT, 7100) == f"out {NODE}"
-        # published ports stay reachable through the node's address
+        # published ports stay reachable through the node's address, both ways
         assert who(o, NODE, 18081) == "s"
+        assert who(s, NODE, 18082) == "o"
         assert reach(topo.outside, NODE, 18081) == f"s {OUT}"
-        # the open network still reaches the non-strict isolated one
-        assert who(o, a.ip, 7000) == "a"
+        # the open network still reaches the non-strict isolated one, and back
+        assert who(o, a.ip, 7000) == "a" and who(a, o.ip, 7000) == "o"
     for pod in (s, a, o):
         pod.delete().ok()
     assert members(node) == {"isolated": [], "strict": [], "isolated-self": []}
+
+
+def test_strict_and_an_open_network_without_ipmasq(topo: harness.Topology) -> None:
+    """The strict network and a non-isolated one without ipMasq, whose bridge no
+    other feature puts in `bridges`: no new connection either way, TCP or UDP,
+    whichever comes up first; replies, egress and published ports still work."""
+    node = topo.node
+    c_conf = net_conf(node, "plain", "bti-c", "10.91.6.0/24")
+    c_conf["ipMasq"] = False
+    c = Pod(topo, c_conf, "c", ports=[{"hostPort": 18083, "containerPort": 7000, "protocol": "tcp"}]).add()
+    s = Pod(topo, net_conf(node, "strict", "bti-s", "10.91.4.0/24", "strict"), "s",
+            ports=[{"hostPort": 18084, "containerPort": 7000, "protocol": "udp"}]).add()
+    c2 = Pod(topo, dict(c_conf), "c2").add()  # a bridge ADD after the strict one: enlisted by the marker
+    late_conf = net_conf(node, "late", "bti-l", "10.91.7.0/24")
+    late_conf["ipMasq"] = False
+    late = Pod(topo, late_conf, "late").add()  # a new bridge on a strict node
+    assert {"bti-c", "bti-l", "bti-s"} <= set(bridges_set(node))
+    with s.serving(7000), c.serving(7000), late.serving(7000), topo.outside.server(7100, banner="out"):
+        for other in (c, late):
+            assert blocked(s, other, 7000), f"strict -> {other.cid} got through"
+            assert blocked(other, s, 7000), f"{other.cid} -> strict got through"
+        assert blocked(c2, s, 7000)
+        # the strict network's egress to the outside, and the replies
+        assert reach(s, OUT, 7100) == f"out {NODE}"
+        # c's published port through the node's address from the strict network, and s's from c (UDP)
+        assert who(s, NODE, 18083) == "c"
+        assert who(c, NODE, 18084, "udp") == "s"
+        # the two open networks are not isolated from each other (no ipMasq: the peer is the real source)
+        assert reach(late, c.ip, 7000) == f"c {late.ip}"
+    drops = [line for line in node.nft_text().splitlines() if "iifname @strict counter" in line]
+    assert drops and "packets 0 " not in drops[0], "the outward strict rule never counted a packet"
+    for pod in (late, c2, s, c):
+        pod.delete().ok()
+    assert members(node) == {"isolated": [], "strict": [], "isolated-self": []}
+    assert not (node.state_dir / ".isolate-strict").exists(), "the node has no strict network left"
+
+
+def test_reconcile_puts_every_bridge_back_for_a_strict_network(topo: harness.Topology) -> None:
+    node = topo.node
+    c_conf = net_conf(node, "plain", "bti-c", "10.91.6.0/24")
+    c_conf["ipMasq"] = False
+    c = Pod(topo, c_conf, "c").add()
+    s = Pod(topo, net_conf(node, "strict", "bti-s", "10.91.4.0/24", "strict"), "s").add()
+    node.exec(["nft", "delete", "element", "inet", "berth", "bridges", "{ bti-c }"])
+    with c.serving(7000):
+        assert reach(s, c.ip, 7000) is not None  # what a lost element means: the open bridge is reachable
+        out = node.berth("explain", "s")
+        assert out.returncode == 1 and "bridge bti-c is missing from set bridges" in out.stdout, out.stdout
+        fixed = node.berth("reconcile")
+        assert fixed.returncode == 0 and "bti-c" in fixed.stdout, fixed.stdout + fixed.stderr
+        assert blocked(s, c, 7000)
+    s.delete().ok()
+    c.delete().ok()
 
 
 def test_membership_follows_the_last_attachment_of_a_bridge(topo: harness.Topology) -> None:
@@ -219,19 +279,19 @@ def test_bad_isolate_value_changes_nothing(topo: harness.Topology) -> None:
 def test_hundred_networks_constant_rule_count(topo: harness.Topology) -> None:
     node = topo.node
     a = Pod(topo, net_conf(node, "iso-a", "bti-a", "10.91.1.0/24", True), "a").add()
-    b = Pod(topo, net_conf(node, "iso-b", "bti-b", "10.91.2.0/24", True), "b").add()
+    b = Pod(topo, net_conf(node, "iso-b", "bti-b", "10.91.2.0/24", "strict"), "b").add()
     two = isolation_rule_count(node)
-    # 97 more isolated bridges through the plugin's own code path (isolation.setup, one
+    # 97 more isolated and strict bridges through the plugin's own code path (isolation.setup, one
     # transaction each), then the 100th through the real plugin executable
     script = ("from portmap import isolation\n"
-              "for i in range(97): isolation.setup(f'bti-n{i}', 'isolated')\n")
+              "for i in range(97): isolation.setup(f'bti-n{i}', 'strict' if i % 2 else 'isolated')\n")
     node.exec([str(_venv_python()), "-c", script],
               env=node.env(), cwd=str(_repo()))
     c = Pod(topo, net_conf(node, "iso-c", "bti-c", "10.91.3.0/24", True), "c").add()
     assert len(members(node)["isolated"]) == 100
     hundred = isolation_rule_count(node)
     print(f"\nisolation rules: {two} with 2 isolated networks, {hundred} with 100")
-    assert two == hundred == 6
+    assert two == hundred == 7  # forward's one gate and CNI-ISOLATION's six
     with b.serving(7000):
         assert blocked(a, b, 7000) and blocked(c, b, 7000)
     for pod in (a, b, c):

@@ -1,8 +1,9 @@
 """Reliability: SIGKILL the real plugins after every step of ADD.
 
 After each kill the runtime's DEL (portmap, then bridge) and a GC with an empty
-valid list must leave nothing: no veth, lease, chain, map element, journal or
-port-ownership file; and a fresh ADD of the same container must work.
+valid list must leave nothing: no veth, lease, chain, map element, journal,
+port-ownership file or [::1] proxy process; and a fresh ADD of the same
+container must work.
 Kill points: cni/bridge.py STEPS and portmap/portmap.py STEPS.
 """
 
@@ -17,10 +18,11 @@ import pytest
 
 from portmap import layout
 from tests import harness
+from tests.netns import portmap_helpers
 
 NET = "relnet"
 BRIDGE_STEPS = ("journal", "ipam", "bridge", "veth", "addresses", "routes", "gateway", "sysctls", "masq")
-PORTMAP_STEPS = ("portmap-journal", "portmap-nft")
+PORTMAP_STEPS = ("portmap-journal", "portmap-nft", "portmap-proxy")
 MAPPINGS = [{"hostPort": 18080, "containerPort": 80, "protocol": "tcp"},
             {"hostPort": 18053, "containerPort": 53, "protocol": "udp", "hostIP": "198.51.100.1"}]
 # the static skeleton (whatever layout.py declares) may stay; per-attachment
@@ -72,6 +74,7 @@ def leftovers(node: harness.Node, network: str = NET) -> list[str]:
                 out.append(f"journal {path.relative_to(state)}")
             elif path.parent.name == "ports" and path.name != "lock":
                 out.append(f"port file {path.name}")
+    out += [f"proxy process {pid}" for pid in proxy_processes(node)]
     table = node.nft_table()
     for item in (table or {}).get("nftables", []):
         chain = item.get("chain")
@@ -84,6 +87,11 @@ def leftovers(node: harness.Node, network: str = NET) -> list[str]:
         if addrs and addrs["name"].startswith(layout.IPMASQ_SET_PREFIX) and addrs.get("elem"):
             out.append(f"{addrs['name']} elements {addrs['elem']}")
     return out
+
+
+def proxy_processes(node: harness.Node) -> list[int]:
+    """berth's proxy processes in the node's namespace."""
+    return portmap_helpers.proxy_processes(node.path)
 
 
 def add_pod(node: harness.Node, ns: harness.Netns, cid: str, conf: dict[str, Any],

@@ -40,16 +40,25 @@ def test_rules_are_constant_and_guarded() -> None:
     base = layout.base_layout()
     rules = [c["add"]["rule"] for c in base if "add" in c and "rule" in c["add"]]
     iso = [r for r in rules if r["chain"] == layout.ISOLATION_CHAIN]
-    assert len(iso) == 5
+    assert len(iso) == 6
     assert iso[0]["expr"][0]["match"]["right"] == ["established", "related"]
     assert iso[1]["expr"][0]["match"] == {"op": "in", "left": {"ct": {"key": "status"}}, "right": "dnat"}
     assert iso[2]["expr"][0]["match"]["right"] == "@isolated-self"
-    assert iso[3]["expr"][-1] == {"drop": None} and iso[4]["expr"][-1] == {"drop": None}
+
+    def lookups(rule: dict[str, Any]) -> list[tuple[str, str]]:
+        return [(e["match"]["left"]["meta"]["key"], e["match"]["right"]) for e in rule["expr"]
+                if "match" in e and "meta" in e["match"]["left"]]
+
+    # between isolated bridges; from any berth bridge into a strict one; from a strict one out
+    assert lookups(iso[3]) == [("iifname", "@isolated"), ("oifname", "@isolated")]
+    assert lookups(iso[4]) == [("oifname", "@strict"), ("iifname", "@bridges")]
+    assert lookups(iso[5]) == [("iifname", "@strict")]
+    assert all(r["expr"][-1] == {"drop": None} for r in iso[3:])
     forward = [r for r in rules if r["chain"] == "forward"]
-    # operator's chain first, then the one lookup every forwarded packet pays
+    # operator's chain first, then the one lookup every forwarded packet pays: into a berth bridge?
     assert forward[0]["expr"] == [{"jump": {"target": "CNI-ADMIN"}}]
     assert forward[1]["expr"] == [
-        {"match": {"op": "==", "left": {"meta": {"key": "oifname"}}, "right": "@isolated"}},
+        {"match": {"op": "==", "left": {"meta": {"key": "oifname"}}, "right": "@bridges"}},
         {"jump": {"target": "CNI-ISOLATION"}},
     ]
     # the chain is refilled by every ADD (add+flush before its rules), never left stale
@@ -63,13 +72,24 @@ def test_rules_are_constant_and_guarded() -> None:
 
 def test_add_transaction_size_does_not_depend_on_the_network() -> None:
     sizes = {len(isolation.add_commands(f"br{i}", "isolated")) for i in range(100)}
-    assert sizes == {len(layout.base_layout()) + 2}
+    assert sizes == {len(layout.base_layout()) + 3}
     cmds = isolation.add_commands("br7", "strict")
-    assert cmds[-3:] == [
+    assert cmds[-4:] == [
+        {"add": {"element": {**T, "name": "bridges", "elem": ["br7"]}}},
         {"add": {"element": {**T, "name": "isolated", "elem": ["br7"]}}},
         {"add": {"element": {**T, "name": "isolated-self", "elem": [{"concat": ["br7", "br7"]}]}}},
         {"add": {"element": {**T, "name": "strict", "elem": ["br7"]}}},
     ]
+    # the node's first strict ADD also brings every journaled bridge into `bridges`, in one element add
+    first = isolation.add_commands("br7", "strict", others=("br9", "br7", "br8"))
+    assert first[-1] == {"add": {"element": {**T, "name": "bridges", "elem": ["br8", "br9"]}}}
+
+
+def test_enlist_asserts_the_layout_only_without_the_set() -> None:
+    assert isolation.enlist_commands("br3", True) == [{"add": {"element": {**T, "name": "bridges",
+                                                                            "elem": ["br3"]}}}]
+    cold = isolation.enlist_commands("br3", False)
+    assert cold[:-1] == layout.base_layout() and cold[-1] == isolation.enlist_commands("br3", True)[0]
 
 
 def test_remove_commands_are_absence_tolerant() -> None:
@@ -195,7 +215,45 @@ def test_reconcile_restores_every_journaled_bridge(tmp_path: Path) -> None:
     plan = reconcile.plan(str(tmp_path), [], diff.Table.from_objects(fake.list_table()), set())
     cmds = plan.commands()
     adds = [(c["add"]["element"]["name"], c["add"]["element"]["elem"]) for c in cmds if "element" in c.get("add", {})]
-    assert adds == [("isolated", ["br0"]), ("isolated-self", [{"concat": ["br0", "br0"]}]), ("strict", ["br0"]),
-                    ("isolated", ["br1"]), ("isolated-self", [{"concat": ["br1", "br1"]}])]
+    assert adds == [("bridges", ["br0"]), ("isolated", ["br0"]), ("isolated-self", [{"concat": ["br0", "br0"]}]),
+                    ("strict", ["br0"]), ("bridges", ["br1"]), ("isolated", ["br1"]),
+                    ("isolated-self", [{"concat": ["br1", "br1"]}]),
+                    ("bridges", ["br2"])]  # n4's, neither ipMasq nor isolated: a strict network keeps it out
     fake.apply(cmds)
     assert reconcile.plan(str(tmp_path), [], diff.Table.from_objects(fake.list_table()), set()).fixes == []
+
+
+def test_first_strict_add_enlists_every_journaled_bridge_and_the_last_one_unmarks(tmp_path: Path,
+                                                                                 fake: nft.Fake) -> None:
+    env = {"BERTH_STATE_DIR": str(tmp_path)}
+    root = str(tmp_path)
+    put(tmp_path, "plain", "p", "br-plain", None)  # neither ipMasq nor isolate: not in `bridges` yet
+    put(tmp_path, "iso", "i", "br-iso", "isolated")
+    put(tmp_path, "s", "a", "br-s", "strict")
+    assert not state.strict_node(root)
+    isolation.setup("br-s", "strict", env)
+    assert state.strict_node(root)
+    assert sorted(fake.elements["bridges"]) == ["br-iso", "br-plain", "br-s"]
+    # a second strict ADD does not read every journal again (the marker says bridge ADDs enlist themselves)
+    put(tmp_path, "plain2", "q", "br-late", None)
+    isolation.setup("br-s", "strict", env)
+    assert "br-late" not in fake.elements["bridges"]
+    isolation.enlist("br-late", env)  # what that bridge's own ADD does on a marked node
+    assert "br-late" in fake.elements["bridges"]
+    # the strict attachment goes: the marker with it; `bridges` keeps its members
+    assert isolation.release("s", "a", "eth0", "br-s", "strict", env) == isolation.ALL_SETS
+    assert not state.strict_node(root)
+    assert "br-plain" in fake.elements["bridges"]
+
+
+def test_marker_stays_while_another_strict_attachment_lives(tmp_path: Path, fake: nft.Fake) -> None:
+    env = {"BERTH_STATE_DIR": str(tmp_path)}
+    put(tmp_path, "s1", "a", "br-1", "strict")
+    put(tmp_path, "s2", "b", "br-2", "strict")
+    isolation.setup("br-1", "strict", env)
+    isolation.setup("br-2", "strict", env)
+    isolation.release("s1", "a", "eth0", "br-1", "strict", env)
+    state.Journal(str(tmp_path), "s1", "a", "eth0").drop("bridge")  # as DEL does after the release
+    assert state.strict_node(str(tmp_path))
+    isolation.release("s2", "b", "eth0", "br-2", "strict", env)
+    assert not state.strict_node(str(tmp_path))

@@ -22,7 +22,9 @@ LOWER = {"cni", "cni.errors", "cni.spec", "cni.skel", "cni.invoke", "cni.files",
          "cni.rtnl", "cni.netlink", "cni.tc", "cni.netns", "cni.sysctl", "cni.phases", "cni.jsonc", "cni.tuples"}
 # modules that may import the kernel libraries (and what only they may do); cni.tc packs its tc
 # messages itself (pyroute2's tcmsg package imports dataclasses and inspect) but is the tc adapter
-ADAPTERS = {"cni.rtnl", "cni.netlink", "cni.tc", "portmap.nft", "portmap.conntrack", "cni.ops.doctor"}
+ADAPTERS = {"cni.rtnl", "cni.netlink", "cni.tc", "portmap.nft", "portmap.conntrack", "cni.ops.doctor",
+            # sock_diag (host sockets on published ports): packs its requests as the rtnl adapter does
+            "portmap.sockdiag"}
 
 
 def modules() -> dict[str, Path]:

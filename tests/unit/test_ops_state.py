@@ -233,8 +233,8 @@ def test_list_rows_and_text(tmp_path: Path) -> None:
     rows = ops_list.entries(root, table, now=1000.0 + 3700)
     assert rows[0]["age"] == "1h" and rows[0]["ports"] == ["8080->80/tcp"] and rows[0]["rules"] == "partial"
     text = ops_list.render(rows)
-    assert text.splitlines()[0].split() == ["NETWORK", "CONTAINER", "IFNAME", "NETNS", "ADDRESSES", "PORTS", "AGE",
-                                            "RULES"]
+    assert text.splitlines()[0].split() == ["NETWORK", "CONTAINER", "IFNAME", "NETNS", "ADDRESSES", "PORTS", "PROXY",
+                                            "AGE", "RULES"]
     assert "hostport element" in text
     assert ops_list.render([]) == "no attachments\n"
 
@@ -274,8 +274,12 @@ def test_mains_output_and_exit_codes(tmp_path: Path, monkeypatch: Any, capsys: A
     assert ops_explain.main("explain", ["nope", "--json"]) == 1
     out = json.loads(capsys.readouterr().out)
     assert out["attachments"] == [] and "no attachment of container" in out["verdict"]
+    from portmap import sockdiag
+
+    monkeypatch.setattr(sockdiag, "bound", lambda ports: [])  # the host's own sockets are not the test's
     assert ops_explain.main("explain", ["7777"]) == 1
-    assert capsys.readouterr().out == "7777: no attachment on this node publishes 7777\n"
+    assert capsys.readouterr().out == ("7777: no attachment on this node publishes 7777; "
+                                       "no host socket holds it either\n")
     for main, name in ((ops_list.main, "list"), (ops_explain.main, "explain"), (ops_reconcile.main, "reconcile")):
         with pytest.raises(SystemExit) as exc:
             main(name, ["--help"])
