@@ -28,8 +28,8 @@ INIT = Path(__file__).resolve().parent / "init.sh"
 # What CI boots on every submission (the matrix's Debian 12 kernel): the feature
 # probes and ADD/DEL churn of every map kind, bridge egress and dual-stack, ipMasq,
 # published ports by traffic (outside, localhost, hairpin, ranges, IPv6, the
-# 127/8 guard), isolation both ways, DEL cleanup, and a kill in the middle of
-# each plugin's nft step. Plain emulation runs Python some 20x slower than the
+# 127/8 guard), isolation both ways, DEL cleanup, a kill in the middle of
+# each plugin's nft step, the [::1] proxy and the host-listener check (sock_diag). Plain emulation runs Python some 20x slower than the
 # host, so this is a few minutes; `make test-kernels` runs everything.
 CI_SUBSET = (
     "tests/netns/test_kernel_features.py",
@@ -42,6 +42,8 @@ CI_SUBSET = (
     "tests/netns/test_bridge_lifecycle.py::test_del_with_empty_netns_and_twice",
     "tests/netns/test_rel_crash.py::test_kill_after_step_then_del_gc_leave_nothing[masq]",
     "tests/netns/test_rel_crash.py::test_kill_after_step_then_del_gc_leave_nothing[portmap-nft]",
+    "tests/netns/test_proxy.py::test_curl_on_loopback_v6_reaches_the_container_then_del_leaves_nothing",
+    "tests/netns/test_host_listeners.py::test_addresses_match_as_the_kernel_delivers",
 )
 # ADD/DEL loops of the churn test (tests/netns/test_kernel_features.py) per subset
 CHURN_LOOPS = {"ci": 10, "kernel": 100, "full": 100}
@@ -70,6 +72,8 @@ KERNEL_SUBSET = (
     "tests/parity/test_portmap_parity.py",
     "tests/netns/test_meta_plugins.py",
     "tests/parity/test_meta_parity.py",
+    "tests/netns/test_proxy.py",
+    "tests/netns/test_host_listeners.py",
     "--deselect", "tests/netns/test_bridge_lifecycle.py::test_32_concurrent_adds_then_dels",
     # emulated (TCG) guests are too slow for a rate to mean anything
     "--deselect", "tests/netns/test_meta_plugins.py::test_bandwidth_shapes_to_the_configured_rates",
