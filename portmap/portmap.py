@@ -383,6 +383,13 @@ def recorded_elements(chain: str, mappings: list[PortMapping], record: dict[str,
             for name, elems in layout.elements_by_map(chain, mappings, version).items():
                 have = out.setdefault(name, [])
                 have += [e for e in elems if e not in have]
+    # an older layout's interval maps only where they still exist: the DEL's
+    # add-then-delete would create them, and the next ADD would then look them
+    # up, which kernels that refuse their key (6.12) answer with EOPNOTSUPP
+    legacy = [name for name in out if name in layout.LEGACY_RANGE_MAPS]
+    if legacy:
+        present = nft.existing(tuple(legacy))
+        out = {name: elems for name, elems in out.items() if name not in legacy or name in present}
     return out
 
 

@@ -13,6 +13,8 @@ import json
 import os
 from typing import Any
 
+import pytest
+
 from tests import harness
 from tests.netns.portmap_helpers import Pod
 
@@ -68,8 +70,14 @@ def old_add(topo: harness.Topology, pod: Pod) -> None:
     node = topo.node
     arg = [str(node.state_dir), pod.name, pod.cid, "eth0", [pod.address(4)],
            [_mapping(m) for m in pod.mappings]]
-    node.exec([str(harness.ROOT / ".venv" / "bin" / "python"), "-c", OLD_ADD, json.dumps(arg)],
-              cwd=str(harness.ROOT), env=dict(os.environ, PYTHONPATH=str(harness.ROOT)))
+    try:
+        node.exec([str(harness.ROOT / ".venv" / "bin" / "python"), "-c", OLD_ADD, json.dumps(arg)],
+                  cwd=str(harness.ROOT), env=dict(os.environ, PYTHONPATH=str(harness.ROOT)))
+    except AssertionError as exc:
+        if "Operation not supported" in str(exc):
+            pytest.skip("this kernel refuses the older layout's interval lookups keyed on l4proto . dport "
+                        "(Linux 6.12): no berth before layout 2 ever ran on it, so there is nothing to upgrade")
+        raise
 
 
 def _mapping(raw: dict[str, Any]) -> dict[str, Any]:

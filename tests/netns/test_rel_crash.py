@@ -83,6 +83,10 @@ def leftovers(node: harness.Node, network: str = NET) -> list[str]:
         vmap = item.get("map")  # sets (bridges, ...) hold node-level names, not attachments
         if vmap and vmap.get("elem"):
             out.append(f"{vmap['name']} elements {vmap['elem']}")
+        if vmap and vmap["name"] in layout.LEGACY_RANGE_MAPS:
+            # only older berths made them; a DEL that made them would break the next ADD
+            # on kernels that refuse their lookup (Linux 6.12)
+            out.append(f"map {vmap['name']} of an older layout")
         addrs = item.get("set")  # except the ipMasq address sets: those hold attachments' addresses
         if addrs and addrs["name"].startswith(layout.IPMASQ_SET_PREFIX) and addrs.get("elem"):
             out.append(f"{addrs['name']} elements {addrs['elem']}")

@@ -7,6 +7,11 @@ $bb mount -t proc proc /proc
 $bb mount -t sysfs sys /sys
 $bb mount -t devtmpfs dev /dev
 $bb mkdir -p /dev/pts /dev/shm
+# what udev would make: nft -f - opens /dev/stdin, shells use /dev/fd
+$bb ln -sf /proc/self/fd /dev/fd
+$bb ln -sf /proc/self/fd/0 /dev/stdin
+$bb ln -sf /proc/self/fd/1 /dev/stdout
+$bb ln -sf /proc/self/fd/2 /dev/stderr
 $bb mount -t devpts devpts /dev/pts
 $bb mount -t tmpfs -o mode=1777 shm /dev/shm
 $bb mount -t tmpfs -o mode=0755 run /run
