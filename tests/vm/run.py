@@ -29,8 +29,9 @@ INIT = Path(__file__).resolve().parent / "init.sh"
 # probes and ADD/DEL churn of every map kind, bridge egress and dual-stack, ipMasq,
 # published ports by traffic (outside, localhost, hairpin, ranges, IPv6, the
 # 127/8 guard), isolation both ways, DEL cleanup, a kill in the middle of
-# each plugin's nft step, the [::1] proxy and the host-listener check (sock_diag). Plain emulation runs Python some 20x slower than the
-# host, so this is a few minutes; `make test-kernels` runs everything.
+# each plugin's nft step, the [::1] proxy and the host-listener check (sock_diag).
+# Plain emulation runs Python some 20x slower than the host, so this is a few
+# minutes; `make test-kernels` runs everything.
 CI_SUBSET = (
     "tests/netns/test_kernel_features.py",
     "tests/netns/test_bridge.py::test_masquerade_outside_sees_node_address",
