@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Iterator
 from types import ModuleType
 
-from cni import errors, netlink, netns, sysctl
+from cni import errors, meta, netlink, netns, sysctl
 from cni.bridge_conf import BridgeConf, parse
 from cni.errors import CNIError
 from cni.invoke import delegate
@@ -56,27 +56,17 @@ def _step_done(step: str, environ: Any) -> None:
 
 @contextlib.contextmanager
 def _kernel_errors(action: str) -> Iterator[None]:
-    """Turn the netlink layer's typed exceptions into precise CNI errors."""
-    try:
-        yield
-    except CNIError:
-        raise
-    except netns.NetnsNotFound as exc:
-        raise CNIError(errors.INVALID_NETNS, f"{action}: network namespace {exc} does not exist") from None
-    except netns.OwnNetns as exc:
-        raise CNIError(errors.INVALID_NETNS, f"{action}: {exc} is the plugin's own network namespace (the node's), "
-                       "not the container's") from None
-    except netns.NotANetns as exc:
-        raise CNIError(errors.INVALID_NETNS, f"{action}: {exc} is not a network namespace") from None
-    except netlink.NotABridge as exc:
-        raise CNIError(errors.LINK_CONFLICT, f"{action}: {exc}") from None
-    except netlink.AlreadyExists as exc:
-        raise CNIError(errors.LINK_CONFLICT, f"{action}: {exc.what} (already exists)") from None
-    except netlink.NetlinkFailure as exc:
-        code = errors.INVALID_NETWORK_CONFIG if exc.code in (22, 34) else errors.NETLINK_FAILURE  # EINVAL, ERANGE
-        raise CNIError(code, f"{action}: {exc}") from None
-    except OSError as exc:
-        raise CNIError(errors.IO_FAILURE, f"{action}: {exc}") from None
+    """meta.kernel_errors, plus what only the bridge meets: a link of its name that is
+    no bridge or already exists, and file errors."""
+    with meta.kernel_errors(action):
+        try:
+            yield
+        except netlink.NotABridge as exc:
+            raise CNIError(errors.LINK_CONFLICT, f"{action}: {exc}") from None
+        except netlink.AlreadyExists as exc:
+            raise CNIError(errors.LINK_CONFLICT, f"{action}: {exc.what} (already exists)") from None
+        except OSError as exc:
+            raise CNIError(errors.IO_FAILURE, f"{action}: {exc}") from None
 
 
 def _masq() -> ModuleType:

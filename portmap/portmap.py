@@ -386,11 +386,8 @@ def recorded_elements(chain: str, mappings: list[PortMapping], record: dict[str,
     # an older layout's interval maps only where they still exist: the DEL's
     # add-then-delete would create them, and the next ADD would then look them
     # up, which kernels that refuse their key (6.12) answer with EOPNOTSUPP
-    legacy = [name for name in out if name in layout.LEGACY_RANGE_MAPS]
-    if legacy:
-        present = nft.existing(tuple(legacy))
-        out = {name: elems for name, elems in out.items() if name not in legacy or name in present}
-    return out
+    gone = [name for name in out if name in layout.LEGACY_RANGE_MAPS and nft.set_exists(name) is False]
+    return {name: elems for name, elems in out.items() if name not in gone}
 
 
 def remove_attachment(root: str, journal: state.Journal) -> None:
