@@ -194,11 +194,17 @@ def static_problems(table: Table) -> list[str]:
         for kind in ("map", "set"):
             if kind in obj and obj[kind]["name"] not in table.elements:
                 problems.append(f"{kind} {obj[kind]['name']} is missing")
-    for chain in _static_chains(base):
+    return problems + chains_lacking(table, base, _static_chains(base))
+
+
+def chains_lacking(table: Table, built: list[Cmd], chains: Iterable[str]) -> list[str]:
+    """What is missing of these chains as `built` writes them: the chain, or some of its rules."""
+    problems = []
+    for chain in chains:
         if chain not in table.chains:
             problems.append(f"chain {chain} is missing")
             continue
-        expected = built_rules(base, chain)
+        expected = built_rules(built, chain)
         lacking = rules_missing(table, chain, expected)
         if lacking:
             problems.append(f"chain {chain} lacks {lacking} of its {len(expected)} rules")
@@ -506,16 +512,7 @@ def firewall_static_problems(table: Table) -> list[str]:
     if not table.exists:
         return [f"table {layout.FAMILY} {layout.TABLE} is missing"]
     problems = [f"set {name} is missing" for name, _key in layout.FIREWALL_SETS if name not in table.elements]
-    built = layout.firewall_rules()
-    for chain in (layout.FIREWALL_CHAIN, layout.SAME_BRIDGE_CHAIN):
-        if chain not in table.chains:
-            problems.append(f"chain {chain} is missing")
-            continue
-        expected = built_rules(built, chain)
-        lacking = rules_missing(table, chain, expected)
-        if lacking:
-            problems.append(f"chain {chain} lacks {lacking} of its {len(expected)} rules")
-    return problems
+    return problems + chains_lacking(table, layout.firewall_rules(), (layout.FIREWALL_CHAIN, layout.SAME_BRIDGE_CHAIN))
 
 
 def firewall_missing(record: FirewallRecord, table: Table, static: bool = True) -> list[Missing]:
