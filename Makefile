@@ -9,8 +9,8 @@ ALIASES ?= 0
 PYTEST_ARGS ?=
 
 DEB_PACKAGES := nftables libnftables1 python3-nftables python3-venv libpython3.11 iproute2 conntrack \
-	iptables containernetworking-plugins gcc libc6-dev zlib1g-dev patchelf
-CLIENT_PACKAGES := podman crun conmon containerd runc busybox-static curl uidmap golang-go golang-github-appc-cni-dev
+	iptables containernetworking-plugins gcc libc6-dev zlib1g-dev patchelf curl
+CLIENT_PACKAGES := podman crun conmon containerd runc busybox-static uidmap golang-go golang-github-appc-cni-dev
 # the kernel matrix (tests/vm): qemu boots Debian's kernel packages, unpacked, never installed
 KERNEL_PACKAGES := qemu-system-x86 cpio busybox-static kmod
 

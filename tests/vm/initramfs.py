@@ -23,12 +23,14 @@ from pathlib import Path
 # the host tools the tests call, and what they need at run time
 BINARIES = (
     "/usr/bin/python3.11", "/usr/sbin/ip", "/usr/sbin/bridge", "/usr/sbin/tc", "/usr/sbin/nft",
-    "/usr/sbin/conntrack", "/usr/sbin/xtables-nft-multi", "/usr/bin/setpriv",
+    "/usr/sbin/conntrack", "/usr/sbin/xtables-nft-multi", "/usr/bin/setpriv", "/usr/bin/curl",
 )
 LINKS = {  # name -> target, as Debian has them
     "/usr/bin/python3": "python3.11",
     "/usr/sbin/iptables": "xtables-nft-multi", "/usr/sbin/ip6tables": "xtables-nft-multi",
-    "/usr/sbin/iptables-nft": "xtables-nft-multi",
+    "/usr/sbin/iptables-nft": "xtables-nft-multi", "/usr/sbin/ip6tables-nft": "xtables-nft-multi",
+    "/usr/sbin/iptables-save": "xtables-nft-multi", "/usr/sbin/iptables-nft-save": "xtables-nft-multi",
+    "/usr/sbin/ip6tables-save": "xtables-nft-multi",
 }
 # xtables: iptables' match and target extensions (`-m comment`), which the reference plugins' rules use
 TREES = ("/usr/lib/python3.11", "/usr/lib/python3/dist-packages/nftables", "/usr/lib/cni",
