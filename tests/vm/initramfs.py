@@ -24,6 +24,7 @@ from pathlib import Path
 BINARIES = (
     "/usr/bin/python3.11", "/usr/sbin/ip", "/usr/sbin/bridge", "/usr/sbin/tc", "/usr/sbin/nft",
     "/usr/sbin/conntrack", "/usr/sbin/xtables-nft-multi", "/usr/bin/setpriv", "/usr/bin/curl",
+    "/usr/bin/ss",
 )
 LINKS = {  # name -> target, as Debian has them
     "/usr/bin/python3": "python3.11",
