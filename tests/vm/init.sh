@@ -15,7 +15,8 @@ $bb ln -sf /proc/self/fd/2 /dev/stderr
 $bb mount -t devpts devpts /dev/pts
 $bb mount -t tmpfs -o mode=1777 shm /dev/shm
 $bb mount -t tmpfs -o mode=0755 run /run
-$bb mount -t tmpfs -o mode=1777 tmp /tmp
+# /tmp stays on the root filesystem (already in RAM): a checkout under /tmp is in the image there
+$bb mkdir -p /tmp && $bb chmod 1777 /tmp
 $bb mount --make-rshared /
 echo /usr/sbin/modprobe > /proc/sys/kernel/modprobe
 $bb hostname berth-vm
