@@ -117,9 +117,12 @@ def test_curl_on_loopback_v6_reaches_the_container_then_del_leaves_nothing(topo:
     stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     pgrp, session = int(stat[2]), int(stat[3])
     assert pgrp == session and session not in (os.getsid(0), os.getpgrp(), pid), stat[:4]  # a session of its own
-    fds = {fd: os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
-    assert all(fds[fd] == "/dev/null" for fd in ("0", "1", "2")), fds
-    assert not [t for t in fds.values() if t.startswith("pipe:")], fds  # the ready and commit pipes are closed
+    def fds() -> dict[str, str]:
+        return {fd: os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
+
+    assert all(fds()[fd] == "/dev/null" for fd in ("0", "1", "2")), fds()
+    # the ready and commit pipes are closed once the proxy has read the commit (ADD does not wait for that)
+    assert harness.wait_for(lambda: not [t for t in fds().values() if t.startswith("pipe:")], timeout=10), fds()
     assert Path(f"/proc/{pid}/cwd").resolve() == Path("/")
     with http_server(pod.netns, 80, b"hello from the container\n"), \
             pod.netns.server(53, "udp", "6", banner="dns6"):
