@@ -90,13 +90,16 @@ test-kernels: venv kernel-deps bundle
 BUNDLE_LINKS := berth-bridge berth-host-local berth-portmap berth-loopback berth-tuning berth-firewall berth-bandwidth
 # with ALIASES=1 also the upstream names, replacing reference plugins of those names
 ALIAS_LINKS := bridge host-local portmap loopback tuning firewall bandwidth
-# The bootloader is PyInstaller's own, built from its sources without the onedir restart
-# (packaging/bootloader.py: one restart less per plugin exec, cached in build/bootloader);
-# `make bundle STOCK_BOOTLOADER=1` uses PyInstaller's prebuilt one instead.
+# `berth` (and every link to it) is a small C launcher that execs the bundle's own copy of the
+# build machine's python binary (packaging/launcher.c; see docs/design.md, "The bundle").
+# `make bundle BERTH_LAUNCHER=0` keeps PyInstaller's bootloader as the executable instead, built from
+# its sources without the onedir restart (packaging/bootloader.py, cached in build/bootloader), or
+# its prebuilt one with STOCK_BOOTLOADER=1.
+BERTH_LAUNCHER ?= 1
 bundle: venv
-	boot=$$($(if $(STOCK_BOOTLOADER),true,$(PY) packaging/bootloader.py build/bootloader)) || { boot=; \
+	boot=$$($(if $(filter 0,$(BERTH_LAUNCHER)),$(if $(STOCK_BOOTLOADER),true,$(PY) packaging/bootloader.py build/bootloader),true)) || { boot=; \
 	  echo "WARNING: building the bootloader failed (see above); PyInstaller's stock one restarts once per exec"; } && \
-	  BERTH_PYI_BOOTLOADER=$$boot \
+	  BERTH_PYI_BOOTLOADER=$$boot BERTH_LAUNCHER=$(BERTH_LAUNCHER) \
 	  $(PY) -m PyInstaller --noconfirm --clean --log-level WARN --distpath dist --workpath build/onedir packaging/berth.spec
 	cd dist/berth && for n in $(BUNDLE_LINKS); do ln -sfn berth $$n; done
 	@cd / && out=$$(env -i $(CURDIR)/dist/berth/berth-bridge </dev/null 2>&1) && echo "bundle: dist/berth ($$(du -sh $(CURDIR)/dist/berth | cut -f1)): $${out%%$$'\n'*}"

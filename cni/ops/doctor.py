@@ -38,6 +38,8 @@ def report() -> dict[str, Any]:
         "berth": __version__,
         "python": sys.version.split()[0],
         "executable": sys.executable,
+        # the interpreter binary itself (in a bundle: _internal/bin/, exec'd by the launcher)
+        "interpreter": (sys.orig_argv or [sys.executable])[0],
         "frozen": bool(getattr(sys, "frozen", False)),
         "bundle_dir": getattr(sys, "_MEIPASS", None),
     }

@@ -115,6 +115,37 @@ def test_berth_cli_help_and_version() -> None:
     assert json.loads(plugin.stdout)["supportedVersions"] == VERSIONS
 
 
+def test_arguments_and_python_variables_never_reach_the_interpreter() -> None:
+    """Python's own options and PYTHON* variables do nothing to a bundle: the launcher puts
+    every argument after the entry module, and the interpreter runs isolated."""
+    assert BUNDLE is not None
+    env = {"CNI_COMMAND": "VERSION", "PYTHONPATH": "/nonexistent", "PYTHONINSPECT": "1", "PYTHONSTARTUP": "/x",
+           "PYTHONHOME": "/nonexistent", "PYTHONVERBOSE": "1"}
+    proc = bare(BUNDLE / "berth-bridge", "-S", "-c", "print('python ran this')", env=env, stdin=b"print('and this')")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["supportedVersions"] == VERSIONS and proc.stderr == b""
+    top = bare(BUNDLE / "berth", "-c", "print(1)", env=env)
+    assert top.returncode == 2 and b"python ran" not in top.stdout + top.stderr
+
+
+def test_a_broken_bundle_still_answers_in_cni_format(tmp_path: Path) -> None:
+    """Without its interpreter the launcher answers with a CNI error, on stdout."""
+    if not is_frozen():
+        pytest.skip("BERTH_BIN_DIR is not a bundle")
+    assert BUNDLE is not None
+    copy = tmp_path / "b"
+    subprocess.run(["cp", "-a", str(Path(os.path.realpath(BUNDLE / "berth")).parent), str(copy)], check=True)
+    interpreters = list((copy / "_internal" / "bin").glob("python3*[0-9]"))
+    if not interpreters:
+        pytest.skip("the bundle runs on PyInstaller's bootloader (BERTH_LAUNCHER=0)")
+    for path in interpreters:
+        path.unlink()
+    proc = bare(copy / "berth-bridge", env={"CNI_COMMAND": "ADD"})
+    assert proc.returncode == 1
+    err = json.loads(proc.stdout)
+    assert err["code"] == 999 and "interpreter" in err["msg"] and "No such file" in err["details"], err
+
+
 def test_bundle_carries_libnftables_and_pyroute2() -> None:
     """The binding loads the bundled libnftables (and its dependencies), not the host's."""
     if not is_frozen():
@@ -124,6 +155,7 @@ def test_bundle_carries_libnftables_and_pyroute2() -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     info = json.loads(proc.stdout)
     internal = str(Path(os.path.realpath(BUNDLE / "berth")).parent / "_internal")
+    assert info["interpreter"].startswith(internal + "/") and info["executable"] == str(BUNDLE / "berth")
     assert info["frozen"] and info["pyroute2"]["ok"] and info["pyroute2"]["version"] == "0.9.7"
     libraries = info["nftables"]["libraries"]
     names = {os.path.basename(p).split(".so")[0] for p in libraries}
