@@ -10,6 +10,7 @@ pay for pyroute2 or libnftables, and a call forwarded to the node agent imports
 only this module and cni.agent_client (not cni.skel, importlib or __future__).
 """
 
+import gc
 import os
 import sys
 
@@ -59,6 +60,9 @@ def load_funcs(name: str) -> "PluginFuncs":
 
 
 def _run_plugin(name: str, fast_exit: bool = False) -> int:
+    # One short process per call: the cyclic collector's passes over what the imports
+    # create (thousands of functions, classes, dicts) would find nothing worth freeing.
+    gc.disable()
     if os.environ.get("BERTH_PHASES"):  # make bench's cold-path breakdown (cni/phases.py)
         from cni import phases
 
@@ -121,12 +125,16 @@ def exit_now(rc: int) -> None:
     """End a plugin call without the interpreter's finalization (module teardown,
     GC passes: a good part of a short call). Nothing a call runs needs atexit or
     finalizers (berth's files are written with os-level calls and closed, leases
-    fsync'ed); the output is flushed here."""
+    fsync'ed); the output is flushed here. Netfilter sockets are left to a child to
+    close (cni/handoff.py): closing them may wait for the kernel."""
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
         except (OSError, ValueError, AttributeError):  # closed pipes (None when closed at start)
             pass
+    from cni import handoff
+
+    handoff.hand_off()
     os._exit(rc)
 
 

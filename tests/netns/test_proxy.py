@@ -89,6 +89,8 @@ def no_proxy_left_behind(topo: harness.Topology) -> Iterator[None]:
         yield
     finally:
         NODE.remove(topo.node.path)
+    # one that is on its way out (its agent just killed) gets a moment to finish exiting
+    harness.wait_for(lambda: not proxy_processes(topo.node.path), timeout=5)
     left = proxy_processes(topo.node.path)
     for pid in left:
         with contextlib.suppress(ProcessLookupError):
