@@ -97,7 +97,7 @@ def plan_from(args: argparse.Namespace) -> Plan:
     plan = Plan()
     if args.quick:
         plan = Plan(samples=5, version_samples=10, levels=(0, 100), conn_max=1000, conn_seconds=1.0,
-                    burst_del=False, filler_containers=4, filler_mappings=250)
+                    burst_del=False, small_burst=0, filler_containers=4, filler_mappings=250)
     if args.full:
         plan.levels = (0, 100, 1000)
     if args.levels:

@@ -39,6 +39,7 @@ class Plan:
     levels: tuple[int, ...] = (0, 100)
     concurrency: int = 4  # for populating existing attachments
     burst: int = 32  # concurrent ADDs
+    small_burst: int = 16  # a smaller burst first, ADDs and DELs (0: none)
     conn_max: int = 2000
     conn_seconds: float = 5.0
     filler_containers: int = 10
@@ -422,10 +423,15 @@ class Bench:
         self.figures["conn_rate"] = fig
 
     def phase_burst(self) -> None:
-        """32 chain ADDs at once on an empty node; then 32 DELs at once (plan.burst_del), or the
-        attachments stay as existing ones for the next level (saves a populate in --quick)."""
-        n = self.plan.burst
-        self.log(f"{n} concurrent ADDs" + (f" (then {n} concurrent DELs)" if self.plan.burst_del else ""))
+        """plan.small_burst chain ADDs at once on an empty node, then as many DELs; then
+        plan.burst (32) ADDs, and 32 DELs (plan.burst_del) or the attachments stay as
+        existing ones for the next level (saves a populate in --quick)."""
+        if self.plan.small_burst:
+            self.figures["burst_small"] = self.burst_of(self.plan.small_burst, True)
+        self.figures["burst"] = self.burst_of(self.plan.burst, self.plan.burst_del)
+
+    def burst_of(self, n: int, with_del: bool) -> dict[str, Any]:
+        self.log(f"{n} concurrent ADDs" + (f" (then {n} concurrent DELs)" if with_del else ""))
         fig: dict[str, Any] = {}
         for side in self.sides.values():
             nets = self.containers(side, n)
@@ -449,7 +455,7 @@ class Bench:
             ips = [ip for a in good for ip in addresses(a.result)]
             fig[side.mode.name] = {"adds": n, "wall_s": round(wall, 3), "errors": len(errs),
                                    "duplicate_addresses": len(ips) - len(set(ips))}
-            if not self.plan.burst_del:
+            if not with_del:
                 side.live.extend(good)
                 continue
             start = time.perf_counter()
@@ -459,7 +465,7 @@ class Bench:
             for e in del_errs:
                 self.error(side, "burst-del", e)
             self.reg.remove_namespaces([ns.name for ns in nets])
-        self.figures["burst"] = fig
+        return fig
 
     def run(self) -> dict[str, Any]:
         self.build()

@@ -26,7 +26,7 @@ from collections.abc import Mapping as MappingT
 from cni import errors, records, state
 from cni.errors import CNIError
 from cni.records import Attachment, MasqRecord
-from portmap import diff, generation, layout, nft, ports
+from portmap import generation, layout, nft, ports
 
 TYPE_CHECKING = False  # mypy treats this name as True: typing stays off the exec path
 if TYPE_CHECKING:
@@ -77,6 +77,7 @@ def is_current(journal_masq: dict[str, Any] | None) -> bool:
 
 def elements_of(journal_masq: dict[str, Any]) -> dict[str, list[Any]]:
     """The per-subnet owner-map elements a per-subnet journal records."""
+    from portmap import diff  # the table reader, lazily: ADD needs none of it
     return diff.owner_elements(MasqRecord.from_json(journal_masq))
 
 
@@ -85,6 +86,7 @@ def teardown(journal_masq: dict[str, Any] | None, network: str, container_id: st
     """Remove this attachment's elements (or, made before IPMASQ_LAYOUT, its chain
     and masq-v4/-v6 elements); idempotent. Without journal data (a crash before
     the ADD recorded it) both kinds are found in a listing of berth's own table."""
+    from portmap import diff
     data = journal_masq or {}
     nft.prepare()  # loaded outside the lock below
     root = state.state_root(environ)
@@ -120,6 +122,7 @@ def teardown(journal_masq: dict[str, Any] | None, network: str, container_id: st
 
 def tagged(objects: list[dict[str, Any]], tag: int) -> dict[str, list[Any]]:
     """Elements of the ipmasq-* maps that carry this tag."""
+    from portmap import diff
     out: dict[str, list[Any]] = {}
     for name, elems in diff.Table.from_objects(objects).elements.items():
         if layout.is_ipmasq_map(name):
@@ -148,6 +151,7 @@ def jumping_to(chain: str, maps: tuple[str, ...],
                objects: list[dict[str, Any]] | None = None) -> dict[str, list[Any]] | None:
     """Elements of our verdict maps `maps` whose verdict is `jump chain`; None
     when berth's table does not exist."""
+    from portmap import diff
     if objects is None:
         objects = nft.list_table()
     if objects is None:
