@@ -41,23 +41,20 @@ def netfilter_fds() -> list[int]:
 
 def hand_off() -> None:
     """Call last, with the output flushed: the caller must exit right after, as it
-    no longer has stdin, stdout or stderr. Nothing happens without netfilter sockets."""
+    no longer has any descriptor but the netfilter sockets. Nothing happens without them."""
     keep = sorted(netfilter_fds())
     if not keep:
         return
-    for fd in (0, 1, 2):  # closed before the fork: the child never holds the runtime's pipes
-        try:
-            os.close(fd)
-        except OSError:
-            pass
+    # everything else is closed here, before the fork: the child never holds the
+    # runtime's pipes or a lock, not even until it is first scheduled
+    low = 0
+    for fd in keep:
+        os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, 1 << 20)
     try:
         pid = os.fork()
     except OSError:
         return  # no child: the exit closes the sockets itself, and waits
     if pid == 0:
-        low = 0
-        for fd in keep:
-            os.closerange(low, fd)
-            low = fd + 1
-        os.closerange(low, 1 << 20)
         os._exit(0)
