@@ -63,7 +63,7 @@ import sys
 import time
 from typing import Any
 
-from cni import agent_client
+from cni import agent_client, agent_path
 from cni.agent_client import MAGIC, Answer, encode_answer, recv_frame
 from cni.skel import MAX_ID_LENGTH, MAX_IFNAME_LENGTH, MAX_NAME_LENGTH, MAX_STDIN_BYTES
 
@@ -882,8 +882,8 @@ def main(command: str, argv: list[str]) -> int:
         epilog="Env: BERTH_AGENT_SOCKET (socket, both sides; 'off' disables forwarding), BERTH_STATE_DIR "
                "(journals, for the flush watcher), BERTH_AGENT_TIMEOUT (client's answer deadline, s).",
     )
-    parser.add_argument("--socket", default=agent_client.socket_path(os.environ),
-                        help=f"Unix socket path (default {agent_client.DEFAULT_SOCKET})")
+    parser.add_argument("--socket", default=agent_path.socket_path(os.environ),
+                        help=f"Unix socket path (default {agent_path.DEFAULT_SOCKET})")
     parser.add_argument("--state-dir", default=None, help="journal root (default BERTH_STATE_DIR or "
                                                           f"{state.DEFAULT_ROOT})")
     parser.add_argument("--check-interval", type=float, default=DEFAULT_CHECK_INTERVAL,
@@ -896,7 +896,7 @@ def main(command: str, argv: list[str]) -> int:
     if os.geteuid() != 0:
         sys.stderr.write("berth agent: must run as root\n")
         return 1
-    if args.socket.lower() in agent_client.DISABLED or args.max_workers < 1 or args.spare_workers < 1:
+    if args.socket.lower() in agent_path.DISABLED or args.max_workers < 1 or args.spare_workers < 1:
         parser.error("a socket path, --max-workers >= 1 and --spare-workers >= 1 are required")
     root = args.state_dir or state.state_root()
     started = time.monotonic()

@@ -28,6 +28,8 @@ import _socket
 import os
 import time
 
+from cni.agent_path import DISABLED, socket_path
+
 TYPE_CHECKING = False  # mypy treats this name as True; typing stays out of the hot path
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -35,7 +37,6 @@ if TYPE_CHECKING:
 
 MAX_STDIN_BYTES = 4 * 1024 * 1024  # cni.skel's limit (a test keeps them equal): skel stays off this path
 MAGIC = b"berth-agent/2"
-DEFAULT_SOCKET = "/run/berth/agent.sock"
 CONNECT_TIMEOUT = 1.0  # a listening Unix socket accepts at once; longer means a full backlog
 DEFAULT_TIMEOUT = 240.0  # total deadline from the request (BERTH_AGENT_TIMEOUT overrides)
 START_TIMEOUT = 30.0  # a call the agent has not started by then is run in-process instead
@@ -43,7 +44,6 @@ START, GO = b"start", b"go"
 MAX_HEADER_BYTES = 1024 * 1024  # env + names; generous, but bounded
 MAX_ANSWER_BYTES = 16 * 1024 * 1024
 FORWARDED_PREFIXES = ("CNI_", "BERTH_")
-DISABLED = ("off", "none", "0")
 
 
 class Answer:
@@ -56,10 +56,6 @@ class Answer:
         self.stdout = stdout
         self.stderr = stderr
         self.fallback = fallback
-
-
-def socket_path(environ: "Mapping[str, str]") -> str:
-    return environ.get("BERTH_AGENT_SOCKET") or DEFAULT_SOCKET
 
 
 def forwarded_env(environ: "Mapping[str, str]") -> dict[str, str]:

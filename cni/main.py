@@ -85,13 +85,17 @@ def _run_plugin_timed(name: str, fast_exit: bool = False) -> int:
         if fast_exit:
             exit_now(status)
         return status
-    from cni import agent_client
+    from cni import agent_path
 
     # a frozen bundle knows its real binary; argv[0] may be a bare name found on PATH
     self_path = os.path.realpath(sys.executable if getattr(sys, "frozen", False) else sys.argv[0])
-    # the node agent, when one listens, does the work with warm imports
-    rc, data = agent_client.forward(canonical_name(name) or name, os.environ, sys.stdin.buffer, sys.stdout,
-                                    sys.stderr, self_path)
+    rc: int | None = None
+    data: bytes | None = None
+    if agent_path.may_answer(os.environ):  # the node agent, when one listens, does the work with warm imports
+        from cni import agent_client
+
+        rc, data = agent_client.forward(canonical_name(name) or name, os.environ, sys.stdin.buffer, sys.stdout,
+                                        sys.stderr, self_path)
     if rc is not None:
         if fast_exit:
             exit_now(rc)

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from cni import agent, agent_client
+from cni import agent, agent_client, agent_path
 from cni.agent_client import Answer, encode_answer, encode_request, frame, recv_frame
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -124,9 +124,23 @@ def test_forwarding_can_be_switched_off(value: str) -> None:
     assert call(value)[:2] == (None, None)
 
 
+def test_no_agent_no_client(tmp_path: Path) -> None:
+    """A plugin exec imports the forwarding client only where an agent could answer."""
+    sock = tmp_path / "agent.sock"
+    assert not agent_path.may_answer({"BERTH_AGENT_SOCKET": str(sock)})  # nothing there: every node without one
+    assert not agent_path.may_answer({"BERTH_AGENT_SOCKET": "off"})
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        listener.bind(str(sock))
+        assert agent_path.may_answer({"BERTH_AGENT_SOCKET": str(sock)})
+        assert not agent_path.may_answer({"BERTH_AGENT_SOCKET": "OFF"})
+    finally:
+        listener.close()
+
+
 def test_default_socket_path() -> None:
-    assert agent_client.socket_path({}) == "/run/berth/agent.sock"
-    assert agent_client.socket_path({"BERTH_AGENT_SOCKET": "/x/y"}) == "/x/y"
+    assert agent_path.socket_path({}) == "/run/berth/agent.sock"
+    assert agent_path.socket_path({"BERTH_AGENT_SOCKET": "/x/y"}) == "/x/y"
 
 
 # --- an agent answers ------------------------------------------------------------

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cni.agent_client import DEFAULT_SOCKET
+from cni.agent_path import DEFAULT_SOCKET
 
 AGENT_CONF = Path(__file__).resolve().parents[2] / "conf" / "agent"
 
