@@ -14,7 +14,6 @@ CNI_PATH that leads to this executable) are never an IPAM plugin: error 7.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 
 from cni import errors, jsonc
 from cni.errors import CNIError
@@ -29,7 +28,11 @@ OWN_NAMES = ("berth", *OWN_PLUGINS)
 # What a plugin gets to answer: runtimes give a whole ADD a few minutes.
 EXEC_TIMEOUT_SECONDS = 300.0
 
-Resolver = Callable[[str], "PluginFuncs | None"]
+TYPE_CHECKING = False  # mypy treats this name as True: typing stays off the exec path
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    Resolver = Callable[[str], PluginFuncs | None]
 _resolver: Resolver | None = None
 _self_path: str | None = None
 

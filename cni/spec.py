@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from cni.errors import DECODE_FAILURE, INCOMPATIBLE_VERSION, INVALID_NETWORK_CONFIG, CNIError
 
-# ipaddress and typing are imported where used: a VERSION call needs neither.
+# typing is imported where used (a VERSION call needs none); addresses go through cni.addrs.
 TYPE_CHECKING = False  # mypy treats this name as True
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -51,12 +51,12 @@ def require_supported(version: object) -> str:
 
 
 def _family_of(address: object) -> str:
-    import ipaddress
+    from cni import addrs
 
     if not isinstance(address, str):
         raise CNIError(DECODE_FAILURE, f"invalid address {address!r} in result")
     try:
-        return "4" if ipaddress.ip_interface(address).version == 4 else "6"
+        return "4" if addrs.interface_version(address) == 4 else "6"
     except ValueError:
         raise CNIError(DECODE_FAILURE, f"invalid address {address!r} in result") from None
 
@@ -169,19 +169,19 @@ def validate_result(result: object) -> Result:
 
 
 def _ip_of(value: object, where: str) -> None:
-    import ipaddress
+    from cni import addrs
 
     try:
-        ipaddress.ip_address(value if isinstance(value, str) else "")
+        addrs.canonical(value if isinstance(value, str) else "")
     except ValueError:
         raise CNIError(DECODE_FAILURE, f"{where} is not an IP address: {str(value)[:60]!r}") from None
 
 
 def _network_of(value: str, where: str) -> None:
-    import ipaddress
+    from cni import addrs
 
     try:
-        ipaddress.ip_network(value, strict=False)
+        addrs.check_network(value)
     except ValueError:
         raise CNIError(DECODE_FAILURE, f"{where} is not a CIDR: {value[:60]!r}") from None
 

@@ -5,9 +5,7 @@ masqAll, markMasqBit, externalSetMarkChain, conditionsV4/V6) and berth's own
 
 from __future__ import annotations
 
-import ipaddress
-
-from cni import errors
+from cni import addrs, errors
 from cni.errors import CNIError
 from cni.records import PortMapping
 from cni.skel import ifname_problem
@@ -87,11 +85,11 @@ def parse_mapping(entry: Any) -> PortMapping:
         raise errors.invalid_config(f"invalid hostIP {host_ip!r}")
     if host_ip:
         try:
-            parsed = ipaddress.ip_address(host_ip.strip())
+            parsed = addrs.canonical(host_ip.strip())
         except ValueError:
             raise errors.invalid_config(f"invalid hostIP {host_ip!r}") from None
         # 0.0.0.0 / :: mean "any local address", as upstream treats them
-        host_ip = "" if parsed.is_unspecified else parsed.compressed
+        host_ip = "" if parsed in ("0.0.0.0", "::") else parsed
     return PortMapping(host_lo, host_hi, cont_lo, protocol.lower(), host_ip)
 
 
@@ -175,6 +173,8 @@ def parse_conditions(config: dict[str, Any], key: str, version: int) -> list[dic
                 raise errors.invalid_config(f"{key}: invalid interface {value!r}")
             out.append(layout.match(layout.meta("iifname"), value, op))
         else:
+            import ipaddress  # lazily: conditions are rare, a portmap ADD needs no network arithmetic
+
             try:
                 net = ipaddress.ip_network(value, strict=False)
             except ValueError:

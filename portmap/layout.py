@@ -58,9 +58,9 @@ ever `add`ed, never flushed.
 
 from __future__ import annotations
 
-import ipaddress
 from _sha512 import sha512  # builtin: hashlib would import OpenSSL on every exec
 
+from cni import addrs
 from cni.records import MASQ_SCHEMA, PORTMAP_SCHEMA, PortMapping
 
 TYPE_CHECKING = False  # mypy treats this name as True: typing stays off the exec path
@@ -227,10 +227,10 @@ def match(left: Any, right: Any, op: str = "==") -> Expr:
 
 
 def prefix(cidr: str) -> Any:
-    net = ipaddress.ip_network(cidr, strict=False)
-    if net.prefixlen == net.max_prefixlen:
-        return str(net.network_address)
-    return {"prefix": {"addr": str(net.network_address), "len": net.prefixlen}}
+    address, bits, width = addrs.network(cidr)
+    if bits == width:
+        return address
+    return {"prefix": {"addr": address, "len": bits}}
 
 
 def ip_proto(version: int) -> str:
@@ -457,7 +457,7 @@ def dnat_rules(chain: str, mappings: list[PortMapping], addresses: list[str], *,
     cmds: list[Cmd] = []
     marked: set[tuple[int, str]] = set()
     for addr in addresses if snat else []:
-        version = ipaddress.ip_address(addr).version
+        version = addrs.version(addr)
         if not any(m.applies_to(version) for m in mappings):
             continue
         fam = ip_proto(version)
@@ -472,7 +472,7 @@ def dnat_rules(chain: str, mappings: list[PortMapping], addresses: list[str], *,
             cmds.append(add_rule(chain, *base, *cond, jump(setmark_chain), note=note))
     for m in mappings:
         for addr in addresses:
-            version = ipaddress.ip_address(addr).version
+            version = addrs.version(addr)
             if not m.applies_to(version):
                 continue
             fam = ip_proto(version)
@@ -542,6 +542,7 @@ def portmap_del(chain: str, elements: dict[str, list[Any]], keep_chain: bool = F
 
 def ipmasq_map_name(subnet: str) -> str:
     """`ipmasq-10.88.0.0-16`, `ipmasq-fd00.88..-64`: readable, and a plain nft identifier."""
+    import ipaddress  # lazily: a portmap ADD needs no network arithmetic
     net = ipaddress.ip_network(subnet, strict=False)
     return IPMASQ_PREFIX + f"{net.network_address}-{net.prefixlen}".replace(":", ".")
 
@@ -576,10 +577,12 @@ def _tag(text: str) -> int:
 
 
 def ipmasq_map(subnet: str) -> Cmd:
+    import ipaddress
     return _ipmasq_map(ipmasq_map_name(subnet), ipaddress.ip_network(subnet, strict=False).version)
 
 
 def ipmasq_set(subnet: str) -> Cmd:
+    import ipaddress
     return _ipmasq_set(ipmasq_set_name(ipmasq_map_name(subnet)), ipaddress.ip_network(subnet, strict=False).version)
 
 
@@ -592,6 +595,7 @@ def _ipmasq_set(name: str, version: int) -> Cmd:
 
 
 def ipmasq_rule(subnet: str) -> Cmd:
+    import ipaddress
     net = ipaddress.ip_network(subnet, strict=False)
     fam = ip_proto(net.version)
     mcast = V4_MULTICAST if net.version == 4 else V6_MULTICAST
@@ -613,6 +617,7 @@ def ipmasq_subnet_setup(subnet: str) -> list[Cmd]:
 
 def ipmasq_subnets(cidrs: list[str]) -> list[str]:
     """The subnets of the attachment's addresses (prefix length as given), in order, once each."""
+    import ipaddress
     out: list[str] = []
     for cidr in cidrs:
         subnet = str(ipaddress.ip_interface(cidr).network)
@@ -623,6 +628,7 @@ def ipmasq_subnets(cidrs: list[str]) -> list[str]:
 
 def ipmasq_elements(cidrs: list[str], tag: int) -> dict[str, list[Any]]:
     """Owner map name -> [address, tag] elements of the attachment's addresses."""
+    import ipaddress
     out: dict[str, list[Any]] = {}
     for cidr in cidrs:
         iface = ipaddress.ip_interface(cidr)
@@ -653,17 +659,19 @@ def ipmasq_del(elements: dict[str, list[Any]]) -> list[Cmd]:
     key type, taken from the element."""
     cmds: list[Cmd] = [add_table()]
     for name, elems in elements.items():
-        version = ipaddress.ip_address(elems[0][0]).version
-        addrs = [e[0] for e in elems]
+        version = addrs.version(elems[0][0])
+        members = [e[0] for e in elems]
         set_name = ipmasq_set_name(name)
         cmds += [_ipmasq_map(name, version), add_elements(name, elems), delete_elements(name, elems),
-                 _ipmasq_set(set_name, version), add_elements(set_name, addrs), delete_elements(set_name, addrs)]
+                 _ipmasq_set(set_name, version), add_elements(set_name, members), delete_elements(set_name, members)]
     return cmds
 
 
 def masq_rules(chain: str, subnets: list[str], note: str | None = None) -> list[Cmd]:
     """upstream ipMasq: traffic to the pod subnet and multicast leaves untouched,
     everything else is masqueraded."""
+    import ipaddress
+
     cmds: list[Cmd] = []
     for cidr in subnets:
         net = ipaddress.ip_network(cidr, strict=False)
@@ -681,7 +689,7 @@ def masq_rules(chain: str, subnets: list[str], note: str | None = None) -> list[
 def masq_elements(chain: str, addresses: list[str]) -> dict[str, list[Any]]:
     out: dict[str, list[Any]] = {}
     for addr in addresses:
-        version = ipaddress.ip_address(addr).version
+        version = addrs.version(addr)
         out.setdefault(MASQ_V4_MAP if version == 4 else MASQ_V6_MAP, []).append(verdict_elem(addr, chain))
     return out
 
@@ -745,7 +753,7 @@ def firewall_elements(addresses: list[str], interface: str) -> dict[str, list[An
     """Set name -> the `address . interface` elements of these container addresses."""
     out: dict[str, list[Any]] = {}
     for addr in addresses:
-        version = ipaddress.ip_address(addr).version
+        version = addrs.version(addr)
         out.setdefault(FIREWALL_V4_SET if version == 4 else FIREWALL_V6_SET, []).append(
             {"concat": [addr, interface]})
     return out

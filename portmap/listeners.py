@@ -15,13 +15,14 @@ The sockets of berth's own proxies are told apart by their cookies.
 
 from __future__ import annotations
 
-import ipaddress
-from collections.abc import Iterable
-
 from cni import errors
 from cni.errors import CNIError
 from cni.records import PortMapping
 from portmap.sockdiag import Socket
+
+TYPE_CHECKING = False  # mypy treats this name as True: typing stays off the exec path
+if TYPE_CHECKING:
+    from collections.abc import Iterable
 
 Destination = tuple[int, str | None]  # (family, address or None for every local address)
 PROXIED_PROTOCOLS = ("tcp", "udp")  # what berth's userland proxy serves on [::1]
@@ -43,6 +44,8 @@ def destinations(m: PortMapping, families: Iterable[int], proxied: bool) -> list
 
 def receives(sock: Socket, dest: Destination) -> bool:
     """Would `sock` receive what is addressed to `dest` (on its port)?"""
+    import ipaddress  # lazily: only where something listens on a mapped port
+
     family, address = dest
     addr = ipaddress.ip_address(sock.address)
     if sock.family == 6 and isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:

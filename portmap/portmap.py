@@ -12,12 +12,10 @@ SIGKILLs the process and BERTH_TEST_FAIL_AFTER=<step> raises after <step>, one o
 
 from __future__ import annotations
 
-import contextlib
-import ipaddress
 import os
 import sys
 
-from cni import errors, records, state, sysctl
+from cni import addrs, ctx, errors, records, state, sysctl
 from cni.errors import CNIError
 from cni.records import Attachment, PortMapping, PortmapRecord, ProxyRecord
 from cni.skel import CmdArgs, PluginFuncs
@@ -56,9 +54,9 @@ def container_addresses(result: Result, ifname: str) -> list[str]:
             continue
         if 0 <= index < len(interfaces) and interfaces[index].get("sandbox") and \
                 interfaces[index].get("name") in (ifname, None, ""):
-            out.append(str(ipaddress.ip_interface(ip["address"]).ip))
+            out.append(addrs.interface_address(ip["address"]))
     if not out and not any(ip.get("interface") is not None for ip in ips):
-        out = [str(ipaddress.ip_interface(ip["address"]).ip) for ip in ips]
+        out = [addrs.interface_address(ip["address"]) for ip in ips]
     return list(dict.fromkeys(out))
 
 
@@ -134,7 +132,7 @@ def cmd_add(args: CmdArgs) -> Result:
         warnings = [] if conf.allow_host_listeners else \
             listeners.check(conf.mappings, _versions(addresses), bool(wanted), _proxy_cookies(root, prior, takeovers))
         # after every refusal: a refused ADD changes nothing
-        if conf.snat and bridge and any(ipaddress.ip_address(a).version == 4 for a in addresses):
+        if conf.snat and bridge and any(addrs.version(a) == 4 for a in addresses):
             enable_route_localnet(bridge)
         record: dict[str, Any] = {"chain": chain, "addresses": addresses, "bridge": bridge, "state": "adding",
                   "mappings": [m.to_json() for m in conf.mappings], "snat": conf.snat,
@@ -214,7 +212,7 @@ def cmd_add(args: CmdArgs) -> Result:
         except Exception:
             if started is not None:
                 started.abort()
-                with contextlib.suppress(Exception):
+                with ctx.suppress(Exception):
                     proxyctl.stop(started.record, key, root)
             _undo_add(root, me, chain, conf.mappings, journal)
             raise
@@ -260,10 +258,10 @@ def _forget_dead(root: str, dead: dict[ports.Owner, tuple[str, dict[str, Any]]])
     """After the commit that removed their leftovers: their proxy, port files and
     journal's portmap section go too (their bridge part waits for their DEL or GC)."""
     for owner, (_why, record) in dead.items():
-        with contextlib.suppress(CNIError):
+        with ctx.suppress(CNIError):
             proxyctl.stop(PortmapRecord.from_json(record).proxy, owner, root)
         ports.release(root, owner, [PortMapping.from_json(m) for m in record.get("mappings") or []])
-        with contextlib.suppress(CNIError):
+        with ctx.suppress(CNIError):
             state.Journal(root, owner.network, owner.container_id, owner.ifname).drop(SECTION)
 
 
@@ -273,7 +271,7 @@ def _proxy_cookies(root: str, prior: dict[str, Any] | None, takeovers: list[port
     sections = [prior] if prior else []
     for t in takeovers:
         owner = t.claim.owner
-        with contextlib.suppress(CNIError):
+        with ctx.suppress(CNIError):
             sections.append(state.Journal(root, owner.network, owner.container_id, owner.ifname).section(SECTION)
                             or {})
     out: set[int] = set()
@@ -307,7 +305,7 @@ def _shrink_proxy(root: str, owner: ports.Owner, taken: list[PortMapping]) -> li
             rest["proxy"] = proxy._replace(listeners=tuple(li._replace(cookies=()) for li in keep), pid=0).to_json()
         return rest
 
-    with contextlib.suppress(CNIError):
+    with ctx.suppress(CNIError):
         journal.update(SECTION, change)
     return stopped
 
@@ -340,7 +338,7 @@ def _refuse_shared_chain(root: str, me: ports.Owner, chain: str, note: str, prio
 
 
 def _versions(addresses: list[str]) -> tuple[int, ...]:
-    return tuple(sorted({ipaddress.ip_address(a).version for a in addresses})) or (4, 6)
+    return tuple(sorted({addrs.version(a) for a in addresses})) or (4, 6)
 
 
 def _restore_journal(journal: state.Journal, prior: dict[str, Any] | None) -> None:

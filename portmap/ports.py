@@ -16,11 +16,9 @@ unreadable file is unowned.
 
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import Iterator
 
-from cni import errors, files, jsonc, state, sysctl
+from cni import ctx, errors, files, jsonc, state, sysctl
 from cni.errors import CNIError
 from cni.records import PortMapping
 from portmap import layout
@@ -65,11 +63,9 @@ def ports_dir(root: str) -> str:
     return os.path.join(root, PORTS_DIR)
 
 
-@contextlib.contextmanager
-def locked(root: str) -> Iterator[None]:
+def locked(root: str) -> files.flocked:
     state.make_dirs(ports_dir(root), root)
-    with files.flocked(os.path.join(ports_dir(root), "lock")):
-        yield
+    return files.flocked(os.path.join(ports_dir(root), "lock"))
 
 
 def port_files(root: str, m: PortMapping) -> list[str]:
@@ -261,7 +257,7 @@ def _remove_claims(root: str, me: Owner, paths: list[str]) -> None:
     for path in paths:
         claim = read(path)
         if claim is not None and claim.owner == me:
-            with contextlib.suppress(FileNotFoundError):
+            with ctx.suppress(FileNotFoundError):
                 os.unlink(path)
-        with contextlib.suppress(FileNotFoundError):
+        with ctx.suppress(FileNotFoundError):
             os.unlink(files.locked_tmp(path))

@@ -31,14 +31,13 @@ from __future__ import annotations
 
 import _signal  # the C module: signal.py would import enum for every exec
 import _socket  # the C module: socket.py would import enum and selectors for every exec
-import contextlib
 import errno
 import os
 import select
 import sys
 import time
 
-from cni import errors, jsonc, records, sysctl
+from cni import ctx, errors, jsonc, records, sysctl
 from cni.errors import CNIError
 from cni.records import Attachment, PortMapping, ProxyListener, ProxyRecord
 from portmap.listeners import PROXIED_PROTOCOLS
@@ -192,7 +191,7 @@ class Started(NamedTuple):
     def abort(self) -> None:
         """Without a commit the process leaves by itself; close our end."""
         if self.commit_fd >= 0:
-            with contextlib.suppress(OSError):
+            with ctx.suppress(OSError):
                 os.close(self.commit_fd)
 
 
@@ -314,7 +313,7 @@ def _serve_forked(key: Key, fds: list[int], done: tuple[ProxyListener, ...], com
         low = fd + 1
     os.closerange(low, 1 << 20)
     os.chdir("/")
-    with contextlib.suppress(OSError), open("/proc/self/comm", "wb") as fh:
+    with ctx.suppress(OSError), open("/proc/self/comm", "wb") as fh:
         fh.write(COMM)
     marker = hold_marker(key)
     said = b""
@@ -415,7 +414,7 @@ def stop(record: ProxyRecord | None, key: Key | None = None, root: str = "") -> 
     if record.mode == records.PROXY_PROCESS:
         kill(record)
     elif record.mode == records.PROXY_AGENT and record.socket and key is not None:
-        with contextlib.suppress(OSError, ValueError):
+        with ctx.suppress(OSError, ValueError):
             service_call(record.socket, {"op": "drop", "root": root, "network": key[0], "containerID": key[1],
                                          "ifname": key[2]})
 
@@ -438,7 +437,7 @@ def kill(record: ProxyRecord) -> None:
     try:
         if start_time(record.pid) != record.start:
             return  # that pid is someone else now (checked with the pidfd held: it cannot change again)
-        with contextlib.suppress(ProcessLookupError):
+        with ctx.suppress(ProcessLookupError):
             _signal.pidfd_send_signal(pidfd, _signal.SIGKILL)
         ready, _, _ = select.select([pidfd], [], [], STOP_TIMEOUT_SECONDS)
         if not ready:
@@ -532,7 +531,7 @@ def marker_inodes(key: Key | None = None) -> set[int]:
     for line in lines:
         parts = line.split()
         if len(parts) >= 8 and (parts[7] == name if key is not None else parts[7].startswith(name)):
-            with contextlib.suppress(ValueError):
+            with ctx.suppress(ValueError):
                 out.add(int(parts[6]))
     return out
 
@@ -552,7 +551,7 @@ def processes(match: Callable[[int, bytes, set[int]], bool]) -> list[int]:
                 cmdline = fh.read()
             sockets = set()
             for fd in os.listdir(f"/proc/{pid}/fd"):
-                with contextlib.suppress(OSError):
+                with ctx.suppress(OSError):
                     link = os.readlink(f"/proc/{pid}/fd/{fd}")
                     if link.startswith("socket:["):
                         sockets.add(int(link[8:-1]))

@@ -53,6 +53,38 @@ def test_plugin_path_imports_none_of_the_heavy_modules() -> None:
     assert proc.stdout.strip() == "", f"the plugin path imports {proc.stdout.strip()}"
 
 
+_PORTMAP_CALL = """
+import sys
+import cni.main
+from cni import spec
+from portmap import conf, layout, portmap
+cni.main.plugin_funcs("berth-portmap")
+config = {{"cniVersion": "1.0.0", "name": "n", "type": "berth-portmap", "snat": True,
+          "runtimeConfig": {{"portMappings": [{{"hostPort": 8080, "containerPort": 80, "protocol": "tcp",
+                                               "hostIP": "2001:db8::1"}},
+                                              {{"hostPort": 53, "containerPort": 53, "protocol": "udp"}}]}},
+          "prevResult": {{"cniVersion": "1.0.0", "interfaces": [{{"name": "eth0", "sandbox": "/run/netns/x"}}],
+                         "ips": [{{"address": "10.0.0.2/24", "interface": 0}},
+                                 {{"address": "fd00::2/64", "interface": 0}}], "routes": [{{"dst": "0.0.0.0/0"}}]}}}}
+c = conf.Conf(config)
+result = spec.prev_result(config)
+addresses = portmap.container_addresses(result, "eth0")
+layout.base_layout(None, ()) + layout.mark_layout(c.mark_bit)
+layout.attachment_add("CNI-DN-x", c.mappings, addresses, snat=True)
+print(",".join(sorted(m for m in {stdlib!r} if m in sys.modules)))
+"""
+
+
+def test_portmap_path_needs_no_ipaddress() -> None:
+    """portmap's ADD (config, prevResult, rules) reads addresses through cni.addrs:
+    ipaddress, and with it functools, collections and contextlib, stay out."""
+    proc = subprocess.run([sys.executable, "-c", _PORTMAP_CALL.format(
+        stdlib=("ipaddress", "functools", "collections", "contextlib"))], capture_output=True, text=True,
+        timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "", f"the portmap path imports {proc.stdout.strip()}"
+
+
 def test_chain_name_hash_is_sha512() -> None:
     """The builtin _sha512 gives what hashlib gives (chain names are upstream's)."""
     import hashlib
