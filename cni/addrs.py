@@ -1,5 +1,5 @@
 """IP address text for the plugin paths that need only an address's family and
-canonical form: the C resolver's inet_pton instead of the ipaddress module.
+canonical form: the C library's inet_pton instead of the ipaddress module.
 
 `ipaddress` pulls `functools`, `collections` and `types` (several ms per exec);
 portmap's calls and a result's validation need none of its arithmetic. Every
