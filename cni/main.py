@@ -7,7 +7,8 @@ the upstream names `bridge`, `host-local`, `portmap`, `loopback`, `tuning`,
 `berth` itself is the operator CLI. `berth plugin NAME` runs a plugin by name,
 for systems where links are awkward. Imports are lazy: a VERSION call must not
 pay for pyroute2 or libnftables, and a call forwarded to the node agent imports
-only this module and cni.agent_client (not cni.skel, importlib or __future__).
+only this module, cni.agent_path, cni.agent_client and cni.handoff (not cni.skel,
+importlib or __future__); without an agent socket the client is not imported at all.
 """
 
 import gc
