@@ -173,13 +173,11 @@ def parse_conditions(config: dict[str, Any], key: str, version: int) -> list[dic
                 raise errors.invalid_config(f"{key}: invalid interface {value!r}")
             out.append(layout.match(layout.meta("iifname"), value, op))
         else:
-            import ipaddress  # lazily: conditions are rare, a portmap ADD needs no network arithmetic
-
             try:
-                net = ipaddress.ip_network(value, strict=False)
+                _address, _bits, width = addrs.network(value)
             except ValueError:
                 raise errors.invalid_config(f"{key}: invalid address {value!r}") from None
-            if net.version != version:
+            if (4 if width == 32 else 6) != version:
                 raise errors.invalid_config(f"{key}: {value} is not an IPv{version} address")
             out.append(layout.match(layout.payload(layout.ip_proto(version), field), layout.prefix(value), op))
         i += 2
